@@ -1,0 +1,56 @@
+"""Records passed between ingest, chunking and the document store.
+
+Kept free of heavy imports so every layer (CLI, MCP, LangChain adapter) can share them cheaply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    """One logical document: a whole file, or one record of a BEIR-style JSONL file.
+
+    `text` is the exact decoded text that offsets refer to. For a file it is the file's text
+    (newlines as in the file, decoded as UTF-8); for a JSONL record it is the record's `text` field.
+    """
+
+    source: str  # path as indexed (as the user gave it, joined with the walked relative path)
+    text: str
+    kind: str  # markdown | rst | text | code | html | jsonl
+    content_hash: str  # sha256 hex of the raw file bytes (or of the record's JSON line)
+    doc_id: str | None = None  # BEIR `_id` for JSONL records
+    title: str | None = None  # BEIR `title`, HTML <title>
+    line_offset: int = 0  # added to line numbers: a JSONL record's line in its file, minus one
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A file that was not indexed, and why (reported, never silent)."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document, small enough for the embedder, that cites back exactly.
+
+    Invariant: document.text[start_char:end_char] == text.
+    `index_text` is what gets embedded and BM25-indexed: whitespace-normalised, tags stripped for
+    HTML, and prefixed with title / heading path for context.
+    """
+
+    source: str
+    text: str
+    start_char: int
+    end_char: int
+    start_line: int  # 1-based, inclusive
+    end_line: int  # 1-based, inclusive
+    heading: str  # "Install > From source", "" when none
+    kind: str
+    index_text: str
+    doc_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)

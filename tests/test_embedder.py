@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from retrieval.embedder import HashEmbedder, content_budget, load_embedder, model_name
+from retrieval.errors import ModelLoadError
+
+
+def test_hash_embedder_is_deterministic_and_normalised():
+    e = load_embedder("hash-32")
+    a = e.embed(["the cat sat", "a dog ran", "the cat sat"])
+    assert a.shape == (3, 32) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(a[0], a[2])
+    np.testing.assert_array_equal(e.embed_query("the cat sat"), a[0])
+    assert e.model_id == "hash-32@v1" and content_budget(e) == e.max_tokens
+
+
+def test_hash_embedder_spans_cover_words():
+    e = HashEmbedder(16)
+    text = "Hello, wörld!  x"
+    assert [text[s:t] for s, t in e.token_spans(text)] == ["Hello", ",", "wörld", "!", "x"]
+
+
+def test_model_id_roundtrip_reloads_same_model():
+    e = load_embedder("hash-8")
+    assert load_embedder(e.model_id).model_id == e.model_id
+    assert model_name("all-MiniLM-L6-v2@abc") == "all-MiniLM-L6-v2"
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError) as ei:
+        load_embedder(str(tmp_path / "nope") + "-model")
+    assert "bundled MiniLM" in ei.value.hint
+
+
+def test_minilm_spans_count_every_piece_without_padding(minilm):
+    text = "word " * 400
+    spans = minilm.token_spans(text)
+    assert len(spans) == 400  # no truncation, no [PAD]
+    assert all(text[s:t] == "word" for s, t in spans)
+    assert minilm.max_tokens == 256 and content_budget(minilm) == 254
+
+
+@pytest.mark.integration
+def test_minilm_query_path_matches_bulk_path(minilm):
+    texts = ["How do vaccines train the immune system?", "Mitochondria are the powerhouse of the cell. " * 30]
+    bulk = minilm.embed(texts)  # torch, bf16 autocast
+    fast = np.stack([minilm.embed_query(t) for t in texts])  # numpy BERT, fp32
+    assert bulk.shape == (2, 384)
+    cos = (bulk * fast).sum(1)
+    assert cos.min() > 0.999, cos
+    # semantic sanity: related texts are closer than unrelated ones
+    q = minilm.embed_query("immune response to vaccination")
+    assert q @ bulk[0] > q @ bulk[1]

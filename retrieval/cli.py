@@ -24,7 +24,8 @@ def _registrars() -> list[Registrar]:
     from lm import commands as lm_commands
     from mcp_server import commands as mcp_commands
 
-    return [retrieval_commands.register, lm_commands.register, mcp_commands.register]
+    mods = (retrieval_commands, lm_commands, mcp_commands)
+    return [m.register for m in mods if hasattr(m, "register")]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,293 @@
+"""kNN-LM on WikiText-2 with the bundled SmolLM2-135M: base vs exact kNN-LM vs the fast configuration.
+
+Stages (each resumable, results cached under $KNNRAG_CACHE/bench/):
+  build  plain forward tokens/s, then a datastore from wiki.train.tokens (decontaminated against
+         wiki.test and wiki.valid with 13-grams), with the fast FAISS index
+  tune   one pass over wiki.valid.tokens: exact + fast neighbours, sweep k / T / lambda / adaptive tau
+  test   one pass over wiki.test.tokens: base, exact (Flat) and fast kNN-LM perplexity and tokens/s
+Every stage prints what it reached, so a run cut short still reports honest partial numbers.
+
+  nice python benchmarks/bench_knnlm.py --max-tokens 1000000 --test-tokens 20000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+log = logging.getLogger("bench_knnlm")
+
+
+def out(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def state_path(root: Path) -> Path:
+    return root / "bench_state.json"
+
+
+def load_state(root: Path) -> dict:
+    p = state_path(root)
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def save_state(root: Path, st: dict) -> None:
+    tmp = state_path(root).with_suffix(".tmp")
+    tmp.write_text(json.dumps(st, indent=1))
+    os.replace(tmp, state_path(root))
+
+
+def plain_forward_tps(lm, ids, n_windows: int = 3, window: int = 1024) -> float:
+    """Tokens/s of the unmodified model (with lm_head) on full windows: the build's yardstick."""
+    import torch
+
+    rates = []
+    for j in range(n_windows):
+        x = torch.as_tensor(ids[j * window:(j + 1) * window])[None]  # (1, T)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            lm.model(input_ids=x, use_cache=False)
+        rates.append(x.shape[1] / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def first_tokens_text(tok, path: Path, n: int) -> str:
+    """The prefix of a file holding about n tokens (cut at a line end)."""
+    text = path.read_text(encoding="utf-8")
+    lines, acc, used = text.splitlines(keepends=True), [], 0
+    for line in lines:
+        acc.append(line)
+        used += len(tok(line, add_special_tokens=False)["input_ids"])
+        if used >= n:
+            break
+    return "".join(acc)
+
+
+def stage_build(args, lm, root: Path, st: dict) -> None:
+    from lm.build import BuildConfig, build_datastore
+
+    train = DATA / "wiki.train.tokens"
+    ids = lm.tokenizer(train.read_text(encoding="utf-8")[:200_000], add_special_tokens=False)["input_ids"]
+    fwd = plain_forward_tps(lm, ids)
+    out(f"[build] plain forward (model incl. lm_head, 1024-token windows): {fwd:.1f} tokens/s")
+    deadline = None
+    if args.build_until:
+        hh, mm = map(int, args.build_until.split(":"))
+        now = datetime.now(timezone.utc)
+        deadline = now.replace(hour=hh, minute=mm, second=0).timestamp()
+    cfg = BuildConfig(max_tokens=args.max_tokens, decontaminate=(str(DATA / "wiki.test.tokens"), str(DATA / "wiki.valid.tokens")),
+                      index_factory=args.fast_index, deadline=deadline)
+    rep = build_datastore(lm, [str(train)], root / "datastore", cfg, progress=True)
+    fwd2 = plain_forward_tps(lm, ids)
+    runs = st.setdefault("build_runs", [])
+    runs.append({"entries_added": rep.entries_added, "seconds": rep.seconds,
+                 "loop_seconds": rep.loop_seconds, "store_tokens_per_s": rep.store_tokens_per_s,
+                 "forward_tokens_per_s": rep.forward_tokens_per_s, "plain_forward_tps": [fwd, fwd2],
+                 "windows_dropped": rep.windows_dropped_decontamination, "entries_dropped": rep.entries_dropped_decontamination,
+                 "stopped_at_deadline": rep.stopped_at_deadline, "index": rep.index})
+    save_state(root, st)
+    plain = statistics.mean([fwd, fwd2])
+    out(f"[build] entries total {rep.entries_total} (this run {runs[-1]['entries_added']}), windows dropped by "
+        f"decontamination {rep.windows_dropped_decontamination} ({rep.entries_dropped_decontamination} tokens), "
+        f"build {rep.store_tokens_per_s:.1f} stored tokens/s ({rep.tokens_per_s:.1f} incl. loading + index), key-layer "
+        f"forward {rep.forward_tokens_per_s:.1f} tokens/s, plain forward {plain:.1f} tokens/s -> build/forward "
+        f"{rep.store_tokens_per_s / plain:.2f}x; index {rep.index}")
+    if rep.stopped_at_deadline:
+        out("[build] stopped at the deadline: the datastore is usable and the build resumes on the next run")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", default="all", choices=["all", "build", "tune", "test"])
+    ap.add_argument("--max-tokens", type=int, default=1_000_000)
+    ap.add_argument("--build-until", default=None, help="UTC HH:MM: stop building then (resumable), evaluate what exists")
+    ap.add_argument("--fast-index", default="IVF2048,PQ64")
+    ap.add_argument("--valid-tokens", type=int, default=6000)
+    ap.add_argument("--test-tokens", type=int, default=20000)
+    ap.add_argument("--stride", type=int, default=768, help="evaluation stride (window 1024)")
+    ap.add_argument("--root", default=None, help="cache folder (default $KNNRAG_CACHE/bench)")
+    ap.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from lm.models import cache_root, load_lm
+
+    root = Path(args.root) if args.root else cache_root() / "bench"
+    root.mkdir(parents=True, exist_ok=True)
+    st = load_state(root)
+    t0 = time.perf_counter()
+    lm = load_lm()
+    out(f"[load] {lm.model_id} key layer {lm.key_layer} in {time.perf_counter() - t0:.1f} s")
+    if args.stage in ("all", "build"):
+        stage_build(args, lm, root, st)
+    if args.stage in ("all", "tune"):
+        stage_tune(args, lm, root, st)
+    if args.stage in ("all", "test"):
+        stage_test(args, lm, root, st)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def open_knnlm(lm, root: Path):
+    from lm.knnlm import KNNLM
+    from retrieval.token_store import TokenStore
+
+    store = TokenStore.open(root / "datastore", lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash)
+    out(f"[store] {store.count} entries, index {store.manifest.get('index')}")
+    return KNNLM(lm, store)
+
+
+def fast_configs(k: int, nprobes=(8, 32)) -> dict:
+    from lm.knnlm import KNNConfig
+
+    cfgs = {}
+    for npb in nprobes:
+        cfgs[f"ivf_np{npb}"] = KNNConfig(k=k, nprobe=npb)
+        cfgs[f"ivf_np{npb}_rerank"] = KNNConfig(k=k, nprobe=npb, rerank_exact=True, rerank_factor=4)
+    return cfgs
+
+
+def stage_tune(args, lm, root: Path, st: dict) -> None:
+    """Choose k, T, lambda on wiki.valid with exact search; then the fast variant and adaptive tau."""
+    from lm.eval import KS, LAMBDAS, TEMPERATURES, best_of, sweep_grid
+    from lm.knnlm import KNNConfig, Retrieval, mix_nll
+
+    knn = open_knnlm(lm, root)
+    text = first_tokens_text(lm.tokenizer, DATA / "wiki.valid.tokens", args.valid_tokens)
+    kmax = max(KS)
+    fast = fast_configs(kmax)
+    names = ["exact", *fast]
+    cfgs = [KNNConfig(k=kmax, exact=True), *fast.values()]
+    sc = knn.score_tokens(text, cfgs, stride=args.stride)
+    base_ppl = float(math.exp(-sc.base_lp.mean()))
+    out(f"[tune] valid {sc.tokens} tokens: base ppl {base_ppl:.3f}, forward {sc.tokens / sc.base_seconds:.1f} tokens/s")
+    grid = sweep_grid(sc.base_lp, sc.retrievals[0], ks=KS, temperatures=TEMPERATURES, lambdas=LAMBDAS[1:])
+    best = best_of(grid)
+    # refine the temperature around the best one
+    T0 = best["temperature"]
+    grid += sweep_grid(sc.base_lp, sc.retrievals[0], ks=[best["k"]], temperatures=[T0 * f for f in (0.5, 0.7, 0.85, 1.2, 1.5, 2.0)],
+                       lambdas=[round(x, 3) for x in np.linspace(0.05, 0.6, 23)])
+    best = best_of(grid)
+    out(f"[tune] exact best: k={best['k']} T={best['temperature']:g} lambda={best['lambda']:g} ppl {best['ppl']:.3f}")
+    from lm.eval import plot_sweep
+
+    plot = plot_sweep([g for g in grid if g["temperature"] in TEMPERATURES or g["k"] == best["k"]], base_ppl,
+                      root / "valid_sweep.png", "WikiText-2 valid")
+    k, T, lam = best["k"], best["temperature"], best["lambda"]
+    exact_gain = base_ppl - best["ppl"]
+    variants = {}
+    for name, r in zip(names[1:], sc.retrievals[1:]):
+        ppl = float(np.exp(mix_nll(sc.base_lp, r, k, T, lam).mean()))
+        variants[name] = {"ppl": ppl, "keep": (base_ppl - ppl) / exact_gain, "search_s_per_token": r.seconds / sc.tokens}
+        out(f"[tune] {name}: ppl {ppl:.3f}, keeps {variants[name]['keep']:.1%} of the exact gain, "
+            f"search {1e3 * r.seconds / sc.tokens:.3f} ms/token (k={kmax})")
+    ok = [n for n, v in variants.items() if v["keep"] >= 0.98] or [max(variants, key=lambda n: variants[n]["keep"])]
+    pick = min(ok, key=lambda n: variants[n]["search_s_per_token"])
+    r = sc.retrievals[names.index(pick)]
+    taus = {}
+    for tau in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
+        skip = sc.max_p >= tau  # (n,) confident positions: no search
+        Dm = r.D.copy()
+        Dm[skip] = np.inf
+        ppl = float(np.exp(mix_nll(sc.base_lp, Retrieval(Dm, r.hit, 0.0, 0), k, T, lam).mean()))
+        taus[tau] = {"ppl": ppl, "keep": (base_ppl - ppl) / exact_gain, "skipped": float(skip.mean())}
+        out(f"[tune] adaptive tau={tau}: skips {skip.mean():.1%} of searches, keeps {taus[tau]['keep']:.1%} of the exact gain")
+    good = [t for t, v in taus.items() if v["keep"] >= 0.99 * variants[pick]["keep"]]
+    tau = min(good) if good else None
+    st["tune"] = {"valid_tokens": sc.tokens, "base_ppl": base_ppl, "best": best, "fast_variant": pick,
+                  "variants": variants, "adaptive": {str(t): v for t, v in taus.items()}, "tau": tau, "plot": str(plot)}
+    save_state(root, st)
+    out(f"[tune] chosen: k={k} T={T:g} lambda={lam:g}; fast = {pick} + adaptive tau={tau}; plot {plot}")
+
+
+def stage_test(args, lm, root: Path, st: dict) -> None:
+    from dataclasses import replace
+
+    from lm.knnlm import KNNConfig, mix_nll
+
+    if "tune" not in st:
+        out("[test] no tuned settings yet: run --stage tune first")
+        return
+    tn = st["tune"]
+    k, T, lam = tn["best"]["k"], tn["best"]["temperature"], tn["best"]["lambda"]
+    knn = open_knnlm(lm, root)
+    fast = replace(fast_configs(k)[tn["fast_variant"]], temperature=T, lambda_=lam, adaptive_threshold=tn["tau"])
+    exact = KNNConfig(k=k, temperature=T, lambda_=lam, exact=True)
+    fast_noad = replace(fast, adaptive_threshold=None)
+    text = first_tokens_text(lm.tokenizer, DATA / "wiki.test.tokens", args.test_tokens)
+    sc = knn.score_tokens(text, [exact, fast, fast_noad], stride=args.stride)
+    n = sc.tokens
+    base_ppl = float(math.exp(-sc.base_lp.mean()))
+    res = {"tokens": n, "datastore_entries": knn.store.count, "k": k, "temperature": T, "lambda": lam,
+           "base_ppl": base_ppl, "base_tps": n / sc.base_seconds}
+    for name, cfg, r in zip(["exact", "fast", "fast_no_adaptive"], [exact, fast, fast_noad], sc.retrievals):
+        ppl = float(np.exp(mix_nll(sc.base_lp, r, k, T, lam).mean()))
+        res[name] = {"ppl": ppl, "tps": n / (sc.base_seconds + r.seconds), "search_seconds": r.seconds,
+                     "searched": r.searched, "reduction": 1 - ppl / base_ppl}
+    gain = base_ppl - res["exact"]["ppl"]
+    for name in ("fast", "fast_no_adaptive"):
+        res[name]["keep"] = (base_ppl - res[name]["ppl"]) / gain if gain > 0 else float("nan")
+        res[name]["ratio"] = res[name]["tps"] / res["base_tps"]
+    res["exact"]["ratio"] = res["exact"]["tps"] / res["base_tps"]
+    st["test"] = res
+    save_state(root, st)
+    fast_desc = f"{tn['fast_variant']} (index {knn.store.manifest['index']['factory']}), adaptive tau={tn['tau']}"
+    out(f"[test] {n} tokens of wiki.test, datastore {knn.store.count} entries, k={k} T={T:g} lambda={lam:g}")
+    out(f"[test] base LM        ppl {base_ppl:8.3f}   {res['base_tps']:7.1f} tokens/s")
+    for name in ("exact", "fast", "fast_no_adaptive"):
+        v = res[name]
+        extra = f", keeps {v['keep']:.1%} of the exact gain" if "keep" in v else ""
+        out(f"[test] {name:15s} ppl {v['ppl']:8.3f}   {v['tps']:7.1f} tokens/s ({v['ratio']:.3f}x base), "
+            f"-{v['reduction']:.1%} ppl, {v['searched']} searches{extra}")
+    if not args.no_append:
+        append_benchmarks(args, st, fast_desc)
+
+
+def append_benchmarks(args, st: dict, fast_desc: str) -> None:
+    res, tn = st["test"], st["tune"]
+    runs = st.get("build_runs", [])
+    entries = sum(r["entries_added"] for r in runs)
+    loop_s = sum(r["loop_seconds"] for r in runs)
+    plain = statistics.mean([x for r in runs for x in r["plain_forward_tps"]]) if runs else float("nan")
+    build_tps = entries / loop_s if loop_s else float("nan")
+    dropped = runs[-1]["windows_dropped"] if runs else 0
+    lines = [
+        f"\n## kNN-LM on WikiText-2, SmolLM2-135M-Instruct ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+        f"Command: `nice python benchmarks/bench_knnlm.py --max-tokens {args.max_tokens} --valid-tokens {args.valid_tokens} "
+        f"--test-tokens {args.test_tokens}{' --build-until ' + args.build_until if args.build_until else ''}` "
+        "(2 shared CPU cores, fp32; stages cached and resumable)\n",
+        f"- Datastore: {res['datastore_entries']} entries from wiki.train.tokens (target {args.max_tokens}), 13-gram "
+        f"decontaminated against wiki.test + wiki.valid ({dropped} windows dropped)",
+        f"- Tuned on {tn['valid_tokens']} wiki.valid tokens only: k={res['k']}, T={res['temperature']:g}, lambda={res['lambda']:g}; "
+        f"fast = {fast_desc}",
+        f"- Test: {res['tokens']} tokens of wiki.test.tokens, window 1024, stride {args.stride}\n",
+        "| mode | perplexity | vs base | tokens/s | x base tokens/s | share of exact gain |",
+        "|---|---|---|---|---|---|",
+        f"| base LM | {res['base_ppl']:.3f} | - | {res['base_tps']:.1f} | 1.000 | - |",
+        f"| kNN-LM exact (Flat) | {res['exact']['ppl']:.3f} | -{res['exact']['reduction']:.1%} | {res['exact']['tps']:.1f} | {res['exact']['ratio']:.3f} | 100% |",
+        f"| kNN-LM fast | {res['fast']['ppl']:.3f} | -{res['fast']['reduction']:.1%} | {res['fast']['tps']:.1f} | {res['fast']['ratio']:.3f} | {res['fast']['keep']:.1%} |",
+        f"| kNN-LM fast, no adaptive | {res['fast_no_adaptive']['ppl']:.3f} | -{res['fast_no_adaptive']['reduction']:.1%} | {res['fast_no_adaptive']['tps']:.1f} | {res['fast_no_adaptive']['ratio']:.3f} | {res['fast_no_adaptive']['keep']:.1%} |",
+        "",
+        f"- Build: {build_tps:.1f} stored tokens/s vs plain forward {plain:.1f} tokens/s (model with lm_head, same 1024 windows, "
+        f"measured before/after each build run) -> {build_tps / plain:.2f}x",
+        "- Base and kNN-LM tokens/s come from one forward pass per window; each kNN mode adds its own timed search + mix "
+        "(one batched FAISS search per window). Peers: faiss-cpu kNN-LM ~0.05x base (efficient-knnlm README), best GPU 0.81x.",
+    ]
+    path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    out(f"[report] appended to {path}")

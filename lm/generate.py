@@ -1,0 +1,115 @@
+"""kNN-LM generation inside `model.generate()`: a LogitsProcessor mixes p_kNN into every step.
+
+The key of the newest position comes from the same forward hook used everywhere else; one
+batched FAISS search per step covers the whole batch. Streaming goes through a TextStreamer
+subclass that hands each finished piece of text to a callback.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from retrieval.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+
+def _processor_base():
+    from transformers import LogitsProcessor
+
+    return LogitsProcessor
+
+
+def make_processor(knnlm, cfg, cap):
+    """LogitsProcessor: log((1-lambda) p_LM + lambda p_kNN) for the last position of each row."""
+    import torch
+
+    from lm.knn import interpolate
+
+    class KNNLogitsProcessor(_processor_base()):
+        def __init__(self) -> None:
+            self.searches = 0
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            base = torch.log_softmax(scores.float(), dim=-1)  # (B, V)
+            key = cap.take()[:, -1, :].float()  # (B, D) key of the position being continued
+            sel = torch.ones(base.shape[0], dtype=torch.bool)  # (B,)
+            if cfg.adaptive_threshold is not None:
+                sel = base.max(dim=-1).values.exp() < cfg.adaptive_threshold  # (B,) confident rows skip
+            if not bool(sel.any()):
+                return base
+            knn, _nb = knnlm.knn_distribution(key[sel].numpy(), cfg)  # (b, V)
+            V = base.shape[-1]
+            if knn.shape[-1] != V:  # padded embedding rows never appear as values
+                knn = torch.nn.functional.pad(knn[:, :V], (0, max(0, V - knn.shape[-1])), value=-float("inf"))
+            out = base.clone()  # (B, V)
+            out[sel] = interpolate(base[sel], knn, cfg.lambda_)  # (b, V)
+            self.searches += int(sel.sum())
+            return out.to(scores.dtype)
+
+    return KNNLogitsProcessor()
+
+
+def _streamer(tok, on_token: Callable[[str], None]):
+    from transformers import TextStreamer
+
+    class CallbackStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                on_token(text)
+
+    return CallbackStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+
+
+def encode_prompt(tok, prompt: str, chat: bool | None):
+    """Token ids (1, L) of the prompt; instruct models (a chat template) get it applied."""
+    import torch
+
+    use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
+    if use_chat:
+        if not getattr(tok, "chat_template", None):
+            raise InvalidInputError("this tokenizer has no chat template", "drop --chat for a base model")
+        enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=True, return_tensors="pt")
+        return enc["input_ids"]
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]  # (1, L)
+    if ids.shape[1] == 0:
+        ids = torch.tensor([[tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]])
+    return ids
+
+
+def generate(knnlm, prompt: str, cfg, *, max_new_tokens: int = 64, do_sample: bool = False, top_p: float | None = None,
+             chat: bool | None = None, on_token: Callable[[str], None] | None = None, seed: int | None = None) -> str:
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList, TopPLogitsWarper
+
+    from lm.hooks import capture, resolve_module
+    from lm.models import autocast
+
+    if not prompt or not prompt.strip():
+        raise InvalidInputError("the prompt is empty", "pass some text to continue")
+    if max_new_tokens < 1:
+        raise InvalidInputError("max_new_tokens must be >= 1", "pass --max-new-tokens 64")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise InvalidInputError(f"top_p must be in (0, 1], got {top_p}", "pass --top-p 0.9")
+    lm = knnlm.lm
+    tok = lm.tokenizer
+    ids = encode_prompt(tok, prompt, chat)  # (1, L)
+    if ids.shape[1] + max_new_tokens > lm.max_length:
+        ids = ids[:, -(lm.max_length - max_new_tokens):]
+    if seed is not None:
+        torch.manual_seed(seed)
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, top_k=None, top_p=None,
+                               temperature=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                               bos_token_id=tok.bos_token_id)
+    procs = LogitsProcessorList()
+    module = resolve_module(lm.model, lm.key_module_path)
+    streamer = _streamer(tok, on_token) if on_token else None
+    with torch.inference_mode(), autocast(lm), capture(module, output=lm.key_is_output) as cap:
+        if knnlm.has_datastore:
+            procs.append(make_processor(knnlm, cfg, cap))
+        if do_sample and top_p is not None and top_p < 1.0:
+            procs.append(TopPLogitsWarper(top_p))  # after the mix, so kNN can promote tokens into the nucleus
+        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen_cfg,
+                                logits_processor=procs, streamer=streamer)  # (1, L + new)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

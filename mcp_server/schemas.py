@@ -1,0 +1,149 @@
+"""Pydantic output models of the MCP tools: they become each tool's published outputSchema."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class HitOut(BaseModel):
+    id: str = Field(description="chunk id; read the whole chunk as the resource `uri`")
+    uri: str = Field(description="chunk://{collection}/{id} resource with the full chunk text")
+    score: float = Field(description="fused ranking score (higher is better)")
+    scores: dict[str, float] = Field(default_factory=dict, description="component scores: dense (cosine), bm25")
+    source: str = Field(description="source file path (or record id for JSONL)")
+    start_line: int = Field(description="first line of the chunk in the source, 1-based")
+    end_line: int = Field(description="last line of the chunk in the source, inclusive")
+    start_char: int
+    end_char: int
+    heading: str | None = Field(default=None, description="heading path the chunk sits under")
+    text: str = Field(description="chunk text (cut to text_limit characters when text_truncated)")
+    text_truncated: bool = False
+    collection: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchOut(BaseModel):
+    query: str
+    collection: str
+    mode: str
+    hits: list[HitOut]
+    returned: int = Field(description="number of hits in this result")
+    truncated: bool = Field(description="true when hits or texts were cut to keep the result under the size limit")
+    note: str | None = Field(default=None, description="what was cut and how to get the rest")
+
+
+class CitationOut(BaseModel):
+    n: int = Field(description="the [n] marker used in the answer")
+    cited: bool = Field(description="whether the answer actually cites [n]")
+    source: str
+    start_line: int
+    end_line: int
+    chunk_id: str
+    uri: str
+    score: float
+    heading: str | None = None
+
+
+class AskOut(BaseModel):
+    question: str
+    answer: str
+    grounded: bool = Field(description="false when nothing relevant was retrieved: the answer then says so")
+    citations: list[CitationOut] = Field(description="the numbered sources the LM was given, [n] -> file and lines")
+    model: str = Field(description="the answering LM")
+    used_knn: bool = Field(description="whether kNN-LM mixing was used while generating")
+    attributed: bool = Field(default=False, description="true: the LM cited nothing and the [n] markers were "
+                                                       "added by word overlap with the sources")
+    note: str | None = None
+
+
+class SkippedOut(BaseModel):
+    source: str
+    reason: str
+
+
+class IndexOut(BaseModel):
+    collection: str
+    paths: list[str] = Field(description="resolved paths that were indexed")
+    files_seen: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    skipped: list[SkippedOut] = Field(default_factory=list, description="files skipped with the reason (first 50)")
+    skipped_total: int = 0
+    dropped: dict[str, int] = Field(default_factory=dict, description="chunks dropped: empty, low_quality, duplicates")
+    seconds: float = 0.0
+
+
+class DeleteOut(BaseModel):
+    collection: str
+    removed_chunks: int
+    removed_sources: int
+
+
+class CollectionOut(BaseModel):
+    name: str
+    chunks: int = 0
+    sources: int = 0
+    embedder: str | None = None
+    dim: int | None = None
+    index_type: str | None = None
+
+
+class CollectionsOut(BaseModel):
+    collections: list[CollectionOut]
+
+
+class StatsOut(BaseModel):
+    collection: str | None = Field(description="the collection asked about, or null for the whole store")
+    store: str = Field(description="store folder")
+    stats: dict[str, Any]
+
+
+class TokenProbOut(BaseModel):
+    token: str
+    prob: float
+
+
+class NeighbourOut(BaseModel):
+    token: str
+    distance: float
+    source: str | None = None
+    snippet: str | None = None
+
+
+class NextTokensOut(BaseModel):
+    context: str = Field(description="the context (cut to 200 characters here)")
+    datastore: bool = Field(description="false: no kNN datastore; knn is empty and mix equals base")
+    base: list[TokenProbOut]
+    knn: list[TokenProbOut]
+    mix: list[TokenProbOut]
+    neighbours: list[NeighbourOut]
+    note: str | None = None
+
+
+class GenerateOut(BaseModel):
+    prompt: str = Field(description="the prompt (cut to 200 characters here)")
+    text: str = Field(description="the generated continuation")
+    datastore: bool = Field(description="whether kNN-LM mixing was used")
+    max_new_tokens: int
+    lambda_: float | None = None
+    temperature: float | None = None
+    do_sample: bool = False
+    note: str | None = None
+
+
+class PerplexityOut(BaseModel):
+    tokens: int
+    base_ppl: float
+    knn_ppl: float | None = Field(description="null without a datastore")
+    datastore: bool
+    k: int | None = None
+    lambda_: float | None = None
+    temperature: float | None = None
+    base_seconds: float | None = None
+    knn_seconds: float | None = None
+    note: str | None = None

@@ -1,0 +1,154 @@
+"""The knnrag MCP server: one `MCPServer`, state loaded lazily in its lifespan.
+
+`initialize` must answer at once, so nothing heavy happens at construction or when the
+lifespan starts: the document store, the LM and the kNN datastore are opened on the first
+tool call that needs them (in a worker thread), once, and shared by every session.
+Stdout is the stdio transport: everything here logs to stderr through `logging`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from retrieval.errors import InvalidInputError
+
+log = logging.getLogger("knnrag.mcp")
+
+SERVER_NAME = "knnrag"
+INSTRUCTIONS = (
+    "knnrag searches a local document store (hybrid BM25 + dense retrieval) and answers questions "
+    "with numbered citations. Use `search` to find passages (each hit names its source file and "
+    "line range; read the whole chunk with the chunk://{collection}/{id} resource), `ask` for a short "
+    "grounded answer from the bundled small LM, `index_paths` to add files under the allowed roots. "
+    "The knn_* tools and `perplexity` expose the kNN-LM (base LM mixed with a token datastore)."
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `knnrag serve` decides; env vars are read by the CLI, not here."""
+
+    store: Path
+    datastore: Path | None = None
+    model: str | None = None  # LM spec for ask / knn_* / perplexity; None = bundled SmolLM2
+    embedder: str | None = None  # None = the one recorded in the store (MiniLM for a new store)
+    allow_roots: tuple[Path, ...] = ()
+    max_result_chars: int = 40_000  # ~10k tokens of JSON; clients cap tool results near 25k tokens
+    min_score: float | None = None  # RAG relevance threshold (None = lm.rag default)
+
+    def __post_init__(self) -> None:
+        roots = tuple(Path(os.path.realpath(os.path.expanduser(str(r)))) for r in self.allow_roots)
+        for r in roots:
+            if not r.is_dir():
+                raise InvalidInputError(f"--allow-root {r} is not a folder", "pass an existing folder the server may index")
+        object.__setattr__(self, "allow_roots", roots)
+        object.__setattr__(self, "store", Path(os.path.expanduser(str(self.store))))
+
+
+@dataclass
+class ServerState:
+    """Lazily opened resources, shared by every session of one server process.
+
+    Each loader runs in a worker thread (the tools call it through anyio.to_thread) and is
+    guarded by its own lock so concurrent first calls load once. `lm_lock` serialises the
+    forward passes: one torch model, many callers.
+    """
+
+    config: ServerConfig
+    _store: Any = None
+    _knnlm: Any = None
+    _lm: Any = None
+    _store_lock: threading.Lock = field(default_factory=threading.Lock)
+    _lm_load_lock: threading.Lock = field(default_factory=threading.Lock)
+    lm_lock: threading.Lock = field(default_factory=threading.Lock)
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def store(self):
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    from retrieval.docstore import DocStore
+
+                    log.info("opening document store %s", self.config.store)
+                    self._store = DocStore.open(self.config.store, embedder=self.config.embedder, create=True)
+        return self._store
+
+    def knnlm(self):
+        """The kNN-LM (base LM alone when no datastore was given); also loads `lm`."""
+        if self._knnlm is None:
+            with self._lm_load_lock:
+                if self._knnlm is None:
+                    from lm.knnlm import KNNLM
+
+                    log.info("loading LM %s (datastore: %s)", self.config.model or "default", self.config.datastore)
+                    # model None + datastore: the datastore's own LM (it records which one built it)
+                    knn = KNNLM.load(self.config.model, datastore=self.config.datastore)
+                    self._lm = knn.lm
+                    self._knnlm = knn
+        return self._knnlm
+
+    def lm(self):
+        self.knnlm()
+        return self._lm
+
+    @property
+    def has_datastore(self) -> bool:
+        return self.config.datastore is not None
+
+    def close(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.close()
+            except Exception:  # closing must never mask the real shutdown reason
+                log.exception("closing the document store failed")
+            self._store = None
+
+
+def build_server(config: ServerConfig, *, state: ServerState | None = None):
+    """The MCPServer with every tool and the chunk resource registered; nothing loaded yet."""
+    from mcp.server.mcpserver import MCPServer
+
+    from mcp_server import tools
+
+    shared = state or ServerState(config)
+
+    @asynccontextmanager
+    async def lifespan(_server: Any) -> AsyncIterator[ServerState]:
+        # Streamable HTTP enters this once per process; stdio once per connection.
+        try:
+            yield shared
+        finally:
+            if state is None:  # we own it
+                shared.close()
+
+    server = MCPServer(
+        SERVER_NAME,
+        title="knnrag: document RAG and kNN-LM",
+        instructions=INSTRUCTIONS,
+        version=_version(),
+        lifespan=lifespan,
+        log_level="WARNING",
+    )
+    tools.register(server)
+    return server
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("knnrag")
+    except Exception:
+        return "0"
+
+
+def run_stdio(config: ServerConfig) -> None:
+    import anyio
+
+    server = build_server(config)
+    anyio.run(server.run_stdio_async)

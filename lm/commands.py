@@ -13,7 +13,7 @@ from retrieval.errors import InvalidInputError, NotFoundError
 
 def _knn_options(p: argparse.ArgumentParser, *, lam: bool = True) -> None:
     p.add_argument("--model", default=None, help="HF id or local path (default: the model that built the datastore, else SmolLM2)")
-    p.add_argument("-k", type=int, default=None, help="neighbours per token (default 32)")
+    p.add_argument("-k", type=int, default=None, help="neighbours per token (default 64)")
     if lam:
         p.add_argument("--lambda", dest="lambda_", type=float, default=None, help="kNN weight in [0, 1]")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature on squared L2 distances")
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--model", default=None, help="HF causal LM id or local path (default: bundled SmolLM2-135M-Instruct)")
     b.add_argument("--key-layer", default=None, help="module path whose input is the key (default: last block's feed-forward)")
     b.add_argument("--max-tokens", type=int, default=None, help="store at most N entries")
-    b.add_argument("--index", default="auto", help="FAISS index_factory string; auto = Flat below 100k entries, else IVF4096,PQ64")
+    b.add_argument("--index", default="auto", help="FAISS index_factory string; auto = Flat below 100k entries, else IVF<~4 sqrt(N)>,PQ64")
     b.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL_FILE",
                    help="drop every window sharing an n-gram with these evaluation texts")
     b.add_argument("--ngram", type=int, default=13, help="n-gram length for --decontaminate (default 13)")

@@ -129,7 +129,7 @@ def rst_blocks(text: str) -> list[Block]:
     styles: dict[tuple[str, bool], int] = {}
     blocks: list[Block] = []
     body_start: int | None = None
-    i = 0
+    i = consumed = 0  # consumed: first line not yet part of a heading (an underline is no overline)
 
     def is_adorn(k: int, title_len: int) -> bool:
         if not 0 <= k < len(raw):
@@ -146,9 +146,9 @@ def rst_blocks(text: str) -> list[Block]:
     while i < len(raw):
         line = raw[i]
         title = line.strip()
-        blank_before = i == 0 or not raw[i - 1].strip()
+        blank_before = i == 0 or i == consumed or not raw[i - 1].strip()
         if title and not line[:1].isspace() and not _RST_ADORN.match(line.rstrip()) and is_adorn(i + 1, len(title)):
-            over = is_adorn(i - 1, len(title)) and raw[i - 1].rstrip()[0] == raw[i + 1].rstrip()[0]
+            over = i - 1 >= consumed and is_adorn(i - 1, len(title)) and raw[i - 1].rstrip()[0] == raw[i + 1].rstrip()[0]
             if blank_before or over:
                 start_line = i - 1 if over else i
                 flush(lines[start_line][0])
@@ -156,6 +156,7 @@ def rst_blocks(text: str) -> list[Block]:
                 level = styles.setdefault(style, len(styles) + 1)
                 blocks.append(Block(lines[start_line][0], lines[i + 1][0] + len(raw[i + 1].rstrip()), "heading", level, title))
                 i += 2
+                consumed = i
                 continue
         if body_start is None and title:
             body_start = lines[i][0]

@@ -222,7 +222,7 @@ class DocStore:
             emb = self.embedder_for(c)
             return run_index(c, conn, emb, [os.fspath(p) for p in paths], exclude=exclude, tags=tags, progress=progress,
                              show_progress=show_progress, force=force, near_dup_threshold=near_dup_threshold,
-                             max_file_bytes=max_file_bytes)
+                             max_file_bytes=max_file_bytes, limit_threads=self._threads)
 
     def add_texts(
         self, texts: Sequence[str], metadatas: Sequence[dict] | None = None, ids: Sequence[str] | None = None, *,
@@ -305,7 +305,7 @@ class DocStore:
         if mode != "bm25" or mmr:
             emb = self.embedder_for(c)
             if _single or len(queries) == 1:
-                with self._blas_threads(1):
+                with self._threads(1):
                     xq = np.asarray(emb.embed_query(queries[0]), np.float32).reshape(1, -1)  # (1, D)
             else:
                 xq = np.asarray(emb.embed(queries), np.float32)  # (nq, D)
@@ -335,20 +335,25 @@ class DocStore:
                                       has_doc_ids=_search.has_doc_ids(conn))
 
     @contextmanager
-    def _blas_threads(self, n: int) -> Iterator[None]:
-        """One query's embedding is a few small matmuls: on one BLAS thread it took 28 ms here,
-        on the default two (busy machine) 1.8 s. threadpoolctl, when installed, sets that."""
-        if self._blas is None:
+    def _threads(self, n: int) -> Iterator[None]:
+        """Run small jobs (one query, a few changed chunks) on n BLAS/OpenMP threads. Measured on this
+        shared 2-core box: a query's numpy-BERT embedding took 28 ms on one BLAS thread and 1.8 s on
+        the default two; torch embedding 4 chunks took 0.55 s on one thread and 1.2-1.6 s on two.
+        Waking a thread team costs more than it saves on tiny work, and much more on a busy machine.
+        Uses threadpoolctl when installed; otherwise runs as is."""
+        import sys
+
+        if self._blas is None or (self._blas and self._blas[0] != len(sys.modules)):  # new libraries (torch) loaded since
             try:
                 from threadpoolctl import ThreadpoolController
 
-                self._blas = ThreadpoolController()
-            except Exception:  # not installed, or no BLAS found: run as is
+                self._blas = (len(sys.modules), ThreadpoolController())
+            except Exception:  # not installed, or nothing to control
                 self._blas = False
         if not self._blas:
             yield
             return
-        with self._blas.limit(limits=n, user_api="blas"):
+        with self._blas[1].limit(limits=n):
             yield
 
     def get(self, ids: Sequence[str], *, collection: str = "default") -> list[Hit]:

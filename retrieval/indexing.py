@@ -15,7 +15,8 @@ import posixpath
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from retrieval.types import Chunk, SourceDocument, Skip
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]  # (done, total, stage)
+SMALL_BATCH = 32  # at most this many new chunks: embed on one thread (see DocStore._threads)
 
 
 @dataclass
@@ -104,6 +106,7 @@ def run_index(
     coll: Collection, conn, embedder, paths: Sequence[str], *, exclude: Sequence[str] = (), tags: Sequence[str] = (),
     progress: Progress | None = None, show_progress: bool = False, force: bool = False,
     near_dup_threshold: float | None = 0.9, max_file_bytes: int = 20_000_000,
+    limit_threads: Callable[[int], ContextManager] | None = None,
 ) -> IndexReport:
     """Scan `paths`, chunk + embed what changed, commit once. Caller holds the writer lock."""
     from retrieval.chunking import ChunkerConfig, chunk_document
@@ -117,7 +120,6 @@ def run_index(
     roots = [posixpath.normpath(os.fspath(p).replace(os.sep, "/")) for p in paths]
     known = chunk_db.source_table(conn)
     pre = PreprocessReport()
-    near = NearDupFilter(threshold=near_dup_threshold) if near_dup_threshold else None
     seen: set[str] = set()
     changed: list[str] = []
     new_chunks: list[Chunk] = []
@@ -165,6 +167,7 @@ def run_index(
     # exact duplicates are judged against the chunks that stay, so a renamed or edited file keeps its text
     released = set(changed) | set(gone)
     stay_hashes = {h for src, h in conn.execute("SELECT source, content_hash FROM chunks") if h and src not in released} if todo else set()
+    near = NearDupFilter(threshold=near_dup_threshold) if near_dup_threshold and todo else None
     bar.stage("chunking", len(todo), "file")
     for group in todo:
         chunks_of_src: list[Chunk] = []
@@ -188,7 +191,10 @@ def run_index(
     remove_ids = chunk_db.chunk_ids_of_sources(conn, changed + gone)
     rows = [_row(c, tags) for c in new_chunks]
     bar.stage("embedding", len(rows), "chunk")
-    xb = embedder.embed([r["index_text"] for r in rows], progress=lambda d, t: bar.update(d - bar.done)) if rows else np.zeros((0, coll.dim), np.float32)
+    # a handful of changed chunks (the common incremental case) embeds faster on one thread
+    ctx = limit_threads(1) if limit_threads is not None and 0 < len(rows) <= SMALL_BATCH else nullcontext()
+    with ctx:
+        xb = embedder.embed([r["index_text"] for r in rows], progress=lambda d, t: bar.update(d - bar.done)) if rows else np.zeros((0, coll.dim), np.float32)
     bar.close()
     tok = coll.tokenizer()
     tokens = [tok(r["index_text"]) for r in rows]

@@ -338,7 +338,7 @@ def iter_sources(
         raise InvalidInputError("no paths to index", "give one or more files or folders, e.g. `knnrag index docs/`")
     if max_file_bytes <= 0:
         raise InvalidInputError(f"max file size {max_file_bytes} bytes is not positive", "use e.g. --max-file-mb 20")
-    ignores = _Ignores(exclude)
+    ignores = _Ignores([exclude] if isinstance(exclude, str) else list(exclude or ()))
     roots = []
     for given in paths:
         text = os.fspath(given)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FORMAT = "knnrag-token-datastore"
 FORMAT_VERSION = 1
 FLAT_MAX = 100_000  # below this "auto" keeps exact search: Flat costs < ~10% of the LM time here
-LARGE_FACTORY = "IVF4096,PQ64"  # measured default for large stores, see docs/notes-knnlm.md
+LARGE_FACTORY = "IVF{nlist},PQ64"  # large stores; nprobe 32 (see docs/notes-knnlm.md)
 DEFAULT_NPROBE = 32
 _FIX = "rebuild it with `knnrag datastore build ... --out DIR` (the corpus files are not modified)"
 
@@ -62,9 +62,23 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def resolve_factory(factory: str, count: int) -> str:
+    """auto: exact Flat while small, else IVF with ~4*sqrt(N) lists (a power of two) and PQ64 codes."""
     if factory in ("auto", "", None):
-        return "Flat" if count < FLAT_MAX else LARGE_FACTORY
+        if count < FLAT_MAX:
+            return "Flat"
+        nlist = int(min(16384, max(256, 2 ** round(np.log2(4 * np.sqrt(count))))))
+        return LARGE_FACTORY.format(nlist=nlist)
     return factory
+
+
+class _Gatherer:
+    """`store[ids]` for stores too large to hold in RAM."""
+
+    def __init__(self, store: "TokenStore") -> None:
+        self.store = store
+
+    def __getitem__(self, ids: np.ndarray) -> np.ndarray:
+        return self.store.keys(ids)
 
 
 class TokenStore:
@@ -207,6 +221,16 @@ class TokenStore:
     def provenance(self, ids: np.ndarray) -> np.ndarray:
         """(..., 3) int64: doc index, token position of the value, char offset of the value."""
         return self._gather(self._prov, ids, (3,), np.int64)
+
+    def _rerank_keys(self) -> np.ndarray:
+        """All keys as one in-RAM fp16 array when they fit in 2 GB (random gathers from many mmap
+        shards cost ~10x more); otherwise the mmap-backed gather."""
+        if getattr(self, "_dense", None) is not None and len(self._dense) == self.count:
+            return self._dense
+        if self.count * self.dim * 2 > (2 << 30):
+            return _Gatherer(self)
+        self._dense = np.concatenate([np.asarray(k) for k in self._keys]) if self._keys else np.zeros((0, self.dim), np.float16)
+        return self._dense
 
     def iter_keys(self, start: int = 0, batch: int = 65536):
         """Yield (first_id, (n, dim) float32 keys) from `start`, shard by shard."""
@@ -409,7 +433,7 @@ class TokenStore:
         if not rerank:
             return Neighbours(D, I)
         safe = np.where(I < 0, 0, I)  # (n, kk)
-        xb = self.keys(safe).astype(np.float32)  # (n, kk, dim)
+        xb = self._rerank_keys()[safe].astype(np.float32)  # (n, kk, dim)
         De = ((xb - xq[:, None, :]) ** 2).sum(-1)  # (n, kk)
         De[I < 0] = np.inf
         order = np.argsort(De, axis=1)[:, :k]  # (n, k)

@@ -326,3 +326,14 @@ def test_html_fuzz_invariants(parts):
     d = doc(raw, "html")
     cfg = ChunkerConfig(max_tokens=24, overlap_tokens=4)
     check_invariants(d, chunk_document(d, minilm_spans, cfg), minilm_spans, cfg, cover=False)
+
+
+def test_rst_underline_is_not_reused_as_overline():
+    text = "para\n=====\nTitle\n=====\n\nbody text here\n"
+    d = doc(text, "rst")
+    chunks = chunk_document(d, regex_spans, ChunkerConfig(max_tokens=16, overlap_tokens=0, min_chunk_chars=0))
+    check_invariants(d, chunks, regex_spans, ChunkerConfig(max_tokens=16, overlap_tokens=0))
+    from retrieval.blocks import rst_blocks
+
+    assert [(b.kind, b.title) for b in rst_blocks(text)] == [("heading", "para"), ("heading", "Title"), ("para", "")]
+    assert {c.heading for c in chunks} == {"Title"}  # the empty "para" section joins the next one

@@ -52,3 +52,16 @@ def test_minilm_query_path_matches_bulk_path(minilm):
     # semantic sanity: related texts are closer than unrelated ones
     q = minilm.embed_query("immune response to vaccination")
     assert q @ bulk[0] > q @ bulk[1]
+
+
+@pytest.mark.integration
+def test_small_batches_skip_torch_and_match_it(minilm):
+    from retrieval.embedder import TransformerEmbedder, bundled_model_dir
+
+    fresh = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False)
+    texts = ["a short text", "another, somewhat longer text about proteins and cells"]
+    small = fresh.embed(texts)  # numpy path
+    assert fresh._torch_model is None
+    big = fresh.embed(texts * 10)  # > SMALL_BATCH: torch path
+    assert fresh._torch_model is not None
+    assert ((small * big[:2]).sum(1) > 0.9999).all()

@@ -182,7 +182,7 @@ def fast_configs(k: int, nprobes=(8, 32)) -> dict:
 
     cfgs = {}
     for npb in nprobes:
-        cfgs[f"ivf_np{npb}"] = KNNConfig(k=k, nprobe=npb)
+        cfgs[f"ivf_np{npb}"] = KNNConfig(k=k, nprobe=npb, rerank_exact=False)
     cfgs[f"ivf_np{max(nprobes)}_rerank2"] = KNNConfig(k=k, nprobe=max(nprobes), rerank_exact=True, rerank_factor=2)
     return cfgs
 

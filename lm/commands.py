@@ -19,7 +19,7 @@ def _knn_options(p: argparse.ArgumentParser, *, lam: bool = True) -> None:
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature on squared L2 distances")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per search (default 32)")
     p.add_argument("--exact", action="store_true", help="exact (Flat) search instead of the trained index")
-    p.add_argument("--rerank", action="store_true", help="re-rank approximate neighbours by exact key distance")
+    p.add_argument("--no-rerank", action="store_true", help="skip the exact re-rank of approximate neighbours (faster, less accurate)")
     p.add_argument("--adaptive", type=float, default=None, metavar="TAU",
                    help="skip retrieval where the base LM's top probability >= TAU")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -89,8 +89,8 @@ def _config(args):
             kw[name] = v
     if getattr(args, "exact", False):
         kw["exact"] = True
-    if getattr(args, "rerank", False):
-        kw["rerank_exact"] = True
+    if getattr(args, "no_rerank", False):
+        kw["rerank_exact"] = False
     return KNNConfig(**kw)
 
 

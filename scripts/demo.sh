@@ -12,6 +12,6 @@ set -x
 knnrag index README.md ARCHITECTURE.md docs --store "$STORE" --collection docs
 knnrag search "how are writes kept atomic after a crash" --store "$STORE" --collection docs -k 3
 knnrag ask "How do I run the MCP server over HTTP?" --store "$STORE" --collection docs -k 4
-knnrag datastore build README.md ARCHITECTURE.md docs --out "$DS"
+knnrag datastore build docs --out "$DS"
 knnrag eval ARCHITECTURE.md --datastore "$DS"
 knnrag generate "The document store keeps" --datastore "$DS" --max-new-tokens 40

@@ -53,9 +53,12 @@ def test_explain_and_generate(smol, store):
     from lm.knnlm import KNNLM, KNNConfig
 
     knn = KNNLM.load(smol, store, KNNConfig(k=4, lambda_=0.0))
-    ex = knn.next_tokens("The Zorblatt Institute of Applied Gastronomy was founded in", top=3)
-    assert ex["neighbours"][0]["token"].strip() == "1" or "18" in ex["neighbours"][0]["token"]
-    assert "Zorblatt" in ex["neighbours"][0]["snippet"]
+    ctx = "The Zorblatt Institute of Applied Gastronomy was founded in"
+    ex = knn.next_tokens(ctx, top=3)
+    ids = smol.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    n_ctx = len(smol.tokenizer(ctx, add_special_tokens=False)["input_ids"])
+    assert ex["knn"][0]["id"] == ids[n_ctx]  # the memorised continuation wins under kNN
+    assert ex["neighbours"][0]["distance"] < 1.0 and "Zorblatt" in ex["neighbours"][0]["snippet"]
     prompt = "Name a soup."
     got = knn.generate(prompt, max_new_tokens=8)  # lambda 0: identical to plain generate() with the chat template
     ids = smol.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,

@@ -114,7 +114,7 @@ def role_quality(a) -> dict:
     s = DocStore.open(a.store)
     _memoise_embeddings(s)
     tmp = Path(a.work)
-    grid = [FusionConfig(method="rrf", rrf_k=60)]
+    grid = [FusionConfig(method="rrf", rrf_k=60, alpha=0.5)]
     grid += [FusionConfig(method="convex", alpha=al / 100, norm=n) for n in ("minmax", "zscore") for al in range(20, 85, 10)]
     tuned = []
     for cfg in grid:
@@ -141,7 +141,7 @@ def role_quality(a) -> dict:
     # plain RRF (k=60) of our own dense and bm25 runs, as the reference fusion
     s = DocStore.open(a.store)
     test = _queries(data, "test.tsv", 10_000)
-    hits = s.search_batch([t for _, t in test], k=100, mode="hybrid", collection="scifact", fusion=FusionConfig(method="rrf", rrf_k=60))
+    hits = s.search_batch([t for _, t in test], k=100, mode="hybrid", collection="scifact", fusion=FusionConfig(method="rrf", rrf_k=60, alpha=0.5))
     run = tmp / "test_rrf.jsonl"
     with open(run, "w") as f:
         for (qid, _), hs in zip(test, hits):

@@ -151,10 +151,11 @@ def _plain_pipeline(model_dir: Path) -> str | None:
     modules_file = model_dir / "modules.json"
     if not modules_file.exists():
         return None
-    kinds = [m["type"].rsplit(".", 1)[-1] for m in json.loads(modules_file.read_text())]
+    modules = json.loads(modules_file.read_text())
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
     if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]):
         return None
-    pool_dir = next((model_dir / m["path"] for m in json.loads(modules_file.read_text()) if m["type"].endswith("Pooling")), None)
+    pool_dir = next((model_dir / m["path"] for m in modules if m["type"].endswith("Pooling")), None)
     cfg = json.loads((pool_dir / "config.json").read_text()) if pool_dir and (pool_dir / "config.json").exists() else {}
     if cfg.get("pooling_mode_cls_token"):
         return "cls"

@@ -97,6 +97,8 @@ def stage_build(args, lm, root: Path, st: dict) -> None:
     runs.append({"entries_added": rep.entries_added, "seconds": rep.seconds,
                  "loop_seconds": rep.loop_seconds, "store_tokens_per_s": rep.store_tokens_per_s,
                  "forward_tokens_per_s": rep.forward_tokens_per_s, "plain_forward_tps": [fwd, fwd2],
+                 "forward_tokens": rep.forward_tokens, "forward_seconds": rep.forward_seconds,
+                 "windows_trimmed": rep.windows_trimmed_decontamination,
                  "windows_dropped": rep.windows_dropped_decontamination, "entries_dropped": rep.entries_dropped_decontamination,
                  "stopped_at_deadline": rep.stopped_at_deadline, "index": rep.index})
     save_state(root, st)
@@ -302,6 +304,11 @@ def append_benchmarks(args, st: dict, fast_desc: str) -> None:
 
     bstate = TokenStore.open(Path(st["root"]) / "datastore").manifest.get("build") or {}
     dropped = bstate.get("windows_dropped", runs[-1]["windows_dropped"] if runs else 0)
+    dropped_entries = bstate.get("entries_dropped", runs[-1].get("entries_dropped", 0) if runs else 0)
+    trimmed = bstate.get("windows_trimmed", 0)
+    fwd_tok = sum(r.get("forward_tokens", 0) for r in runs)
+    fwd_s = sum(r.get("forward_seconds", 0) for r in runs)
+    fwd_tps = fwd_tok / fwd_s if fwd_s else (statistics.mean([r["forward_tokens_per_s"] for r in runs]) if runs else float("nan"))
     lines = [
         f"\n## kNN-LM on WikiText-2, SmolLM2-135M-Instruct ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
         f"Command: `nice python benchmarks/bench_knnlm.py --max-tokens {args.max_tokens} --valid-tokens {args.valid_tokens} "
@@ -310,7 +317,8 @@ def append_benchmarks(args, st: dict, fast_desc: str) -> None:
         f"{' --tau ' + str(args.tau) if args.tau is not None else ''}` "
         "(2 shared CPU cores, fp32; stages cached and resumable)\n",
         f"- Datastore: {res['datastore_entries']} entries from wiki.train.tokens (target {args.max_tokens}), 13-gram "
-        f"decontaminated against wiki.test + wiki.valid ({dropped} windows dropped)",
+        f"decontaminated against wiki.test + wiki.valid, scope span, margin 128: {dropped_entries} entries dropped "
+        f"({trimmed} windows trimmed, {dropped} dropped whole)",
         f"- Tuned on {tn['valid_tokens']} wiki.valid tokens only: k={res['k']}, T={res['temperature']:g}, lambda={res['lambda']:g}; "
         f"fast = {fast_desc}",
         f"- Test: {res['tokens']} tokens of wiki.test.tokens, window 1024, stride {args.stride}\n",
@@ -324,6 +332,9 @@ def append_benchmarks(args, st: dict, fast_desc: str) -> None:
         f"- Build: {build_tps:.1f} stored tokens/s (from {how}) vs plain forward {plain:.1f} tokens/s (model with lm_head, "
         f"1024-token windows, measured at build start) -> {build_tps / plain:.2f}x; the test pass forward ran at "
         f"{res['base_tps']:.1f} tokens/s",
+        f"- Build forward (windows of 1024 with stride 768, stopped at the key layer, hooks on): {fwd_tps:.1f} forward tokens/s "
+        f"-> {fwd_tps / plain:.2f}x plain forward. Stored tokens/s is lower by the window overlap (each stored token costs "
+        f"4/3 forward tokens, for >= 256 tokens of context) and by the decontamination drops.",
         "- Base and kNN-LM tokens/s come from one forward pass per window; each kNN mode adds its own timed search + mix "
         "(one batched FAISS search per window). Peers: faiss-cpu kNN-LM ~0.05x base (efficient-knnlm README), best GPU 0.81x.",
     ]

@@ -36,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--max-tokens", type=int, default=None, help="store at most N entries")
     b.add_argument("--index", default="auto", help="FAISS index_factory string; auto = Flat below 100k entries, else IVF<~4 sqrt(N)>,PQ64")
     b.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL_FILE",
-                   help="drop every window sharing an n-gram with these evaluation texts")
+                   help="drop the datastore entries that follow an n-gram shared with these evaluation texts")
+    b.add_argument("--decontaminate-scope", choices=["span", "window"], default="span",
+                   help="span (default): drop entries inside a shared n-gram or within --decontaminate-margin tokens after it; "
+                        "window: drop every window holding a shared n-gram (strict, discards far more)")
+    b.add_argument("--decontaminate-margin", type=int, default=128, help="tokens dropped after a shared n-gram (scope span)")
     b.add_argument("--ngram", type=int, default=13, help="n-gram length for --decontaminate (default 13)")
     b.add_argument("--window", type=int, default=None, help="tokens per window (default min(max length, 1024))")
     b.add_argument("--stride", type=int, default=None, help="new tokens per window (default 3/4 window)")
@@ -109,7 +113,8 @@ def cmd_build(args) -> int:
     from retrieval.cli import emit_json
 
     cfg = BuildConfig(window=args.window, stride=args.stride, batch_size=max(1, args.batch_size), max_tokens=args.max_tokens,
-                      decontaminate=tuple(args.decontaminate), ngram=args.ngram, index_factory=args.index)
+                      decontaminate=tuple(args.decontaminate), ngram=args.ngram, index_factory=args.index,
+                      decontaminate_scope=args.decontaminate_scope, decontaminate_margin=args.decontaminate_margin)
     if args.ngram < 1:
         raise InvalidInputError("--ngram must be >= 1", "use 13 (the default)")
     spec = args.model
@@ -126,7 +131,8 @@ def cmd_build(args) -> int:
         sys.stderr.write(
             f"stored {d['entries_added']} entries ({d['entries_total']} in total) from {d['documents']} documents in {d['seconds']} s "
             f"({d['store_tokens_per_s']} tokens/s); duplicates dropped: {d['exact_duplicates_dropped']} exact, "
-            f"{d['near_duplicates_dropped']} near; decontamination dropped {d['windows_dropped_decontamination']} windows; "
+            f"{d['near_duplicates_dropped']} near; decontamination dropped {d['entries_dropped_decontamination']} entries "
+            f"({d['windows_dropped_decontamination']} whole windows, {d['windows_trimmed_decontamination']} trimmed); "
             f"index {d['index']['factory'] if d['index'] else None}\n")
         for s in d["skipped"]:
             sys.stderr.write(f"skipped {s['source']}: {s['reason']}\n")

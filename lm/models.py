@@ -59,7 +59,9 @@ class LoadedLM:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("KNNRAG_CACHE") or Path.home() / ".cache" / "knnrag")
+    from retrieval.embedder import cache_root as root
+
+    return root()
 
 
 def default_gguf_path() -> Path:

@@ -11,6 +11,7 @@ Every embedder has a `model_id` ("name@weights-hash") that stores record and che
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -58,6 +59,28 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def cache_root() -> Path:
+    """Where derived model files live (dequantised LMs, ONNX graphs): $KNNRAG_CACHE or ~/.cache/knnrag."""
+    return Path(os.environ.get("KNNRAG_CACHE") or Path.home() / ".cache" / "knnrag")
+
+
+def _choose_backend(backend: str, model_dir: Path, bf16: bool) -> str:
+    """auto: onnxruntime for BERT-shaped models (about 2x torch fp32 on this CPU), else torch.
+
+    A CPU with native bf16 keeps torch + bf16 autocast, which the guide measured at 2x fp32."""
+    if backend not in ("auto", "onnx", "torch"):
+        raise InvalidInputError(f"unknown embedding backend {backend!r}", "use auto, onnx or torch (KNNRAG_EMBED_BACKEND)")
+    from retrieval.onnx_bert import supports
+
+    ok = supports(model_dir) and importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    if backend == "onnx" and not ok:
+        raise InvalidInputError(f"the onnx backend cannot run {model_dir.name}", "it needs a BERT model with onnx and onnxruntime installed; "
+                                "use KNNRAG_EMBED_BACKEND=torch")
+    if backend == "auto":
+        return "onnx" if ok and not bf16 else "torch"
+    return backend
 
 
 def content_budget(embedder: Embedder) -> int:
@@ -169,7 +192,8 @@ class TransformerEmbedder:
 
     special_tokens = 2
 
-    def __init__(self, model_dir: Path, name: str, pooling: str = "mean", bf16: bool | None = None) -> None:
+    def __init__(self, model_dir: Path, name: str, pooling: str = "mean", bf16: bool | None = None,
+                 backend: str = "auto") -> None:
         from tokenizers import Tokenizer
 
         self.model_dir = model_dir
@@ -193,6 +217,8 @@ class TransformerEmbedder:
         self._model_type = cfg.get("model_type")
         self._np_bert = None
         self._torch_model = None
+        self._onnx_model = None
+        self.backend = _choose_backend(backend, model_dir, self.bf16)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         if not text:
@@ -219,9 +245,47 @@ class TransformerEmbedder:
             self._np_bert = NumpyBert(self.model_dir)
         return self._np_bert
 
+    def _onnx(self):
+        if self._onnx_model is None:
+            from retrieval.onnx_bert import OnnxBert, cached_graph
+
+            self._onnx_model = OnnxBert(cached_graph(self.model_dir, self.model_id, cache_root() / "onnx"))
+        return self._onnx_model
+
+    def _batches(self, texts: Sequence[str], batch_size: int):
+        """(rows, input_ids (B, T), attention_mask (B, T)) longest first, so padding stays small."""
+        ids = self._encode_ids(texts)
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # (N,)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            T = max(len(ids[i]) for i in idx)
+            x = np.zeros((len(idx), T), dtype=np.int64)  # (B, T)
+            m = np.zeros((len(idx), T), dtype=np.int64)  # (B, T)
+            for r, i in enumerate(idx):
+                x[r, : len(ids[i])] = ids[i]
+                m[r, : len(ids[i])] = 1
+            yield idx, x, m
+
+    def _pool(self, h: np.ndarray, m: np.ndarray) -> np.ndarray:
+        if self.pooling == "cls":
+            e = h[:, 0]  # (B, D)
+        else:
+            mf = m[..., None].astype(np.float32)  # (B, T, 1)
+            e = (h * mf).sum(1) / np.maximum(mf.sum(1), 1e-9)  # (B, D)
+        return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)  # (B, D)
+
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        if self.backend == "onnx" and len(texts) > SMALL_BATCH:
+            out = np.zeros((len(texts), self.dim), np.float32)  # (N, D)
+            done = 0
+            for idx, x, m in self._batches(texts, batch_size):
+                out[idx] = self._pool(self._onnx().hidden(x, m), m)  # (B, D)
+                done += len(idx)
+                if progress:
+                    progress(done, len(texts))
+            return out
         if self._model_type == "bert" and self._torch_model is None and len(texts) <= SMALL_BATCH:
             # a handful of texts (one edited file, a few queries): numpy, no 3 s torch import
             out = np.stack([self._numpy_one(t) for t in texts])  # (N, D)
@@ -229,27 +293,12 @@ class TransformerEmbedder:
                 progress(len(texts), len(texts))
             return out
         torch, model = self._torch()
-        ids = self._encode_ids(texts)
-        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: padding stays small
         out = np.zeros((len(texts), self.dim), np.float32)  # (N, D)
         done = 0
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
-                T = max(len(ids[i]) for i in idx)
-                x = torch.zeros((len(idx), T), dtype=torch.long)  # (B, T)
-                m = torch.zeros((len(idx), T), dtype=torch.long)  # (B, T)
-                for r, i in enumerate(idx):
-                    x[r, : len(ids[i])] = torch.tensor(ids[i])
-                    m[r, : len(ids[i])] = 1
-                h = model(input_ids=x, attention_mask=m).last_hidden_state.float()  # (B, T, D)
-                if self.pooling == "cls":
-                    e = h[:, 0]  # (B, D)
-                else:
-                    mf = m.unsqueeze(-1).float()  # (B, T, 1)
-                    e = (h * mf).sum(1) / mf.sum(1).clamp(min=1e-9)  # (B, D)
-                e = torch.nn.functional.normalize(e, dim=-1)  # (B, D)
-                out[idx] = e.numpy()
+            for idx, x, m in self._batches(texts, batch_size):
+                h = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).last_hidden_state  # (B, T, D)
+                out[idx] = self._pool(h.float().numpy(), m)  # (B, D)
                 done += len(idx)
                 if progress:
                     progress(done, len(texts))
@@ -298,15 +347,16 @@ class SentenceTransformerEmbedder:
         return self.embed([text])[0]
 
 
-def load_embedder(spec: str | None = None) -> Embedder:
+def load_embedder(spec: str | None = None, backend: str | None = None) -> Embedder:
     """None/'default'/'minilm' -> the bundled MiniLM; 'hash-<dim>' -> test fake; else a model id or path.
 
     A recorded model_id ('name@hash') is accepted too, so a store can reopen the model that built it.
     """
+    backend = backend or os.environ.get("KNNRAG_EMBED_BACKEND") or "auto"
     if spec and "@" in spec and not Path(spec).expanduser().exists():
         spec = spec.split("@", 1)[0]
     if spec is None or spec in ("default", "minilm", DEFAULT_EMBEDDER, f"sentence-transformers/{DEFAULT_EMBEDDER}"):
-        return TransformerEmbedder(bundled_model_dir(), DEFAULT_EMBEDDER)
+        return TransformerEmbedder(bundled_model_dir(), DEFAULT_EMBEDDER, backend=backend)
     m = re.fullmatch(r"hash-(\d+)", spec)
     if m:
         return HashEmbedder(int(m.group(1)))
@@ -315,7 +365,7 @@ def load_embedder(spec: str | None = None) -> Embedder:
     name = spec.rstrip("/").rsplit("/", 1)[-1] if Path(spec).expanduser().is_dir() else spec
     name = name.removeprefix("sentence-transformers/")
     if pooling and (model_dir / "tokenizer.json").exists():
-        return TransformerEmbedder(model_dir, name, pooling)
+        return TransformerEmbedder(model_dir, name, pooling, backend=backend)
     try:
         return SentenceTransformerEmbedder(name, model_dir)
     except Exception as e:

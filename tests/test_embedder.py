@@ -58,10 +58,39 @@ def test_minilm_query_path_matches_bulk_path(minilm):
 def test_small_batches_skip_torch_and_match_it(minilm):
     from retrieval.embedder import TransformerEmbedder, bundled_model_dir
 
-    fresh = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False)
+    fresh = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="torch")
     texts = ["a short text", "another, somewhat longer text about proteins and cells"]
     small = fresh.embed(texts)  # numpy path
     assert fresh._torch_model is None
     big = fresh.embed(texts * 10)  # > SMALL_BATCH: torch path
     assert fresh._torch_model is not None
     assert ((small * big[:2]).sum(1) > 0.9999).all()
+
+
+@pytest.mark.integration
+def test_onnx_backend_matches_torch_and_numpy(tmp_path, monkeypatch):
+    """The hand-built ONNX graph is the same model: padded batches agree with torch and numpy BERT."""
+    from retrieval.embedder import TransformerEmbedder, bundled_model_dir
+
+    monkeypatch.setenv("KNNRAG_CACHE", str(tmp_path))
+    onnx_emb = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="onnx")
+    torch_emb = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="torch")
+    assert onnx_emb.model_id == torch_emb.model_id  # same weights, same identity
+    texts = [("protein folding and chaperones " * (i % 7 + 1)) + str(i) for i in range(20)]  # varied lengths: padding
+    texts.append("long " * 600)  # truncated at 256 pieces
+    a = onnx_emb.embed(texts, batch_size=8)  # > SMALL_BATCH: onnxruntime
+    assert onnx_emb._onnx_model is not None and onnx_emb._torch_model is None
+    b = torch_emb.embed(texts, batch_size=8)
+    c = np.stack([torch_emb.embed_query(t) for t in texts[:3]])  # numpy BERT
+    assert a.shape == (21, 384)
+    assert ((a * b).sum(1) > 0.9999).all(), (a * b).sum(1)
+    assert ((a[:3] * c).sum(1) > 0.9999).all()
+    assert list(tmp_path.joinpath("onnx").glob("*.onnx")), "the graph is cached"
+
+
+def test_unknown_backend_is_a_clear_error():
+    from retrieval.embedder import load_embedder
+    from retrieval.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="backend"):
+        load_embedder(None, backend="tensorrt")

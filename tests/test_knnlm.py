@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from knnlm_fixtures import CORPUS, make_model  # noqa: E402
 
-from lm.build import BuildConfig, build_datastore, ngram_hashes  # noqa: E402
+from lm.build import BuildConfig, build_datastore, contaminated, ngram_hashes  # noqa: E402
 from lm.hooks import capture, has_hooks, resolve_module  # noqa: E402
 from lm.knnlm import KNNLM, KNNConfig, mix_nll  # noqa: E402
 from lm.models import load_lm  # noqa: E402
@@ -199,9 +199,21 @@ def test_decontamination_drops_windows(llama, corpus, tmp_path):
     ev.write_text(OTHER[:200])
     rep = build_datastore(llama, [str(corpus)], tmp_path / "ds", BuildConfig(window=32, stride=24, decontaminate=(str(ev),)),
                           progress=False)
-    assert rep.windows_dropped_decontamination > 0
+    assert rep.windows_dropped_decontamination + rep.windows_trimmed_decontamination > 0
     clean = build_datastore(llama, [str(corpus)], tmp_path / "ds2", BuildConfig(window=32, stride=24), progress=False)
     assert rep.entries_total == clean.entries_total - rep.entries_dropped_decontamination
+    strict = build_datastore(llama, [str(corpus)], tmp_path / "ds3",
+                             BuildConfig(window=32, stride=24, decontaminate=(str(ev),), decontaminate_scope="window"), progress=False)
+    assert strict.windows_dropped_decontamination > 0
+    assert strict.entries_total == clean.entries_total - strict.entries_dropped_decontamination
+    assert strict.entries_dropped_decontamination >= rep.entries_dropped_decontamination
+    # no stored entry (span scope) has a target inside or within the margin after a shared 13-gram
+    tok_ids = np.asarray(llama.tokenizer((corpus / "b.txt").read_text(), add_special_tokens=False)["input_ids"])
+    evh = ngram_hashes(np.asarray(llama.tokenizer(OTHER[:200], add_special_tokens=False)["input_ids"]), 13)
+    starts, drop = contaminated(tok_ids, evh, 13, 128)
+    assert starts.size > 0 and drop.sum() > 0
+    for s0 in starts:
+        assert drop[s0 + 1: min(s0 + 13 + 128, drop.size)].all()
     ids = np.arange(100)
     assert np.isin(ngram_hashes(ids[10:40], 13), ngram_hashes(ids, 13)).all()
     assert not np.isin(ngram_hashes(ids + 1000, 13), ngram_hashes(ids, 13)).any()

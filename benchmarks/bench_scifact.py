@@ -115,7 +115,7 @@ def role_quality(a) -> dict:
     _memoise_embeddings(s)
     tmp = Path(a.work)
     grid = [FusionConfig(method="rrf", rrf_k=60, alpha=0.5)]
-    grid += [FusionConfig(method="convex", alpha=al / 100, norm=n) for n in ("minmax", "zscore") for al in range(20, 85, 10)]
+    grid += [FusionConfig(method="convex", alpha=al / 100, norm=n) for n in ("minmax", "zscore") for al in range(20, 85, 5)]
     tuned = []
     for cfg in grid:
         hits = s.search_batch([t for _, t in train], k=100, mode="hybrid", collection="scifact", fusion=cfg)

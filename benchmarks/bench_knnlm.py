@@ -185,7 +185,8 @@ def fast_configs(k: int, nprobes=(8, 32)) -> dict:
     cfgs = {}
     for npb in nprobes:
         cfgs[f"ivf_np{npb}"] = KNNConfig(k=k, nprobe=npb, rerank_exact=False)
-    cfgs[f"ivf_np{max(nprobes)}_rerank2"] = KNNConfig(k=k, nprobe=max(nprobes), rerank_exact=True, rerank_factor=2)
+    for npb in nprobes:
+        cfgs[f"ivf_np{npb}_rerank2"] = KNNConfig(k=k, nprobe=npb, rerank_exact=True, rerank_factor=2)
     return cfgs
 
 
@@ -223,7 +224,8 @@ def stage_tune(args, lm, root: Path, st: dict) -> None:
         variants[name] = {"ppl": ppl, "keep": (base_ppl - ppl) / exact_gain, "search_s_per_token": r.seconds / sc.tokens}
         out(f"[tune] {name}: ppl {ppl:.3f}, keeps {variants[name]['keep']:.1%} of the exact gain, "
             f"search {1e3 * r.seconds / sc.tokens:.3f} ms/token (k={kmax})")
-    ok = [n for n, v in variants.items() if v["keep"] >= 0.98] or [max(variants, key=lambda n: variants[n]["keep"])]
+    # the cheapest variant keeping >= 97% on valid: the 95% target plus a margin for test
+    ok = [n for n, v in variants.items() if v["keep"] >= 0.97] or [max(variants, key=lambda n: variants[n]["keep"])]
     pick = min(ok, key=lambda n: variants[n]["search_s_per_token"])
     r = sc.retrievals[names.index(pick)]
     taus = {}

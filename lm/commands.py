@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--model", default=None, help="HF causal LM id or local path (default: bundled SmolLM2-135M-Instruct)")
     b.add_argument("--key-layer", default=None, help="module path whose input is the key (default: last block's feed-forward)")
     b.add_argument("--max-tokens", type=int, default=None, help="store at most N entries")
-    b.add_argument("--index", default="auto", help="FAISS index_factory string; auto = Flat below 100k entries, else IVF<~4 sqrt(N)>,PQ64")
+    b.add_argument("--index", default="auto", help="FAISS index_factory string; auto = Flat below 100k entries, else IVF<~4 sqrt(N)>,PQ<dim/2>x4fs")
     b.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL_FILE",
                    help="drop the datastore entries that follow an n-gram shared with these evaluation texts")
     b.add_argument("--decontaminate-scope", choices=["span", "window"], default="span",

@@ -164,3 +164,29 @@ def test_corrupt_files_are_reported_with_a_fix(tmp_path, damage):
         s = TokenStore.open(d)
         s.search(keys[:1].astype(np.float32), 3)
     assert "knnrag datastore build" in e.value.hint or "pass the folder" in e.value.hint
+
+
+def test_auto_factory_is_fast_scan_pq_when_large():
+    from retrieval.token_store import resolve_factory
+
+    assert resolve_factory("auto", 5_000, 576) == "Flat"
+    assert resolve_factory("auto", 1_000_000, 576) == "IVF4096,PQ288x4fs"
+    assert resolve_factory("auto", 1_000_000, 66) == "Flat"  # no PQ split: stay exact
+    assert resolve_factory("IVF8,Flat", 1_000_000, 576) == "IVF8,Flat"
+
+
+def test_fast_scan_pq_finds_neighbours_and_appends(tmp_path):
+    keys, vals, prov = _data(3000)
+    st = _store(tmp_path / "ds", [(keys[:2000], vals[:2000], prov[:2000])], factory=f"IVF8,PQ{DIM // 2}x4fs")
+    st.build_index()
+    st.stage_shard(keys[2000:], vals[2000:], prov[2000:])
+    st.commit()
+    assert st.build_index()["ntotal"] == 3000  # appended without retraining
+    st = TokenStore.open(tmp_path / "ds")
+    xq = keys[::150].astype(np.float32)  # (20, d) stored keys: each must find itself
+    D, I = st.search(xq, 10, nprobe=8)
+    De, Ie = st.search(xq, 10, exact=True)
+    np.testing.assert_array_equal(I[:, 0], Ie[:, 0])
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, Ie)]) >= 0.4  # 4-bit codes of random 16-d data
+    Dr, Ir = st.search(xq, 10, nprobe=8, rerank=4)  # exact re-rank of 40 candidates recovers most of the rest
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(Ir, Ie)]) >= 0.8

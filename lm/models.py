@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrieval.embedder import cache_root
 from retrieval.errors import InvalidInputError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,6 @@ class LoadedLM:
     @property
     def key_dim(self) -> int:
         return int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.n_embd)
-
-
-def cache_root() -> Path:
-    from retrieval.embedder import cache_root as root
-
-    return root()
 
 
 def default_gguf_path() -> Path:

@@ -267,12 +267,9 @@ class TransformerEmbedder:
             yield idx, x, m
 
     def _pool(self, h: np.ndarray, m: np.ndarray) -> np.ndarray:
-        if self.pooling == "cls":
-            e = h[:, 0]  # (B, D)
-        else:
-            mf = m[..., None].astype(np.float32)  # (B, T, 1)
-            e = (h * mf).sum(1) / np.maximum(mf.sum(1), 1e-9)  # (B, D)
-        return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)  # (B, D)
+        from retrieval.numpy_bert import pool
+
+        return pool(h, m, self.pooling)  # (B, D)
 
     def _embed_onnx(self, texts: Sequence[str], batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), np.float32)  # (N, D)

@@ -35,25 +35,39 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
     return (x - mu) / np.sqrt(var + eps) * w + b  # (B, T, C)
 
 
+def load_weights(model_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json, weights by name without the "bert." prefix) of a BERT checkpoint in safetensors."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    w: dict[str, np.ndarray] = {}
+    with safe_open(str(model_dir / "model.safetensors"), framework="np") as f:
+        for key in f.keys():
+            w[key[5:] if key.startswith("bert.") else key] = f.get_tensor(key)
+    return cfg, w
+
+
+def pool(h: np.ndarray, attention_mask: np.ndarray, pooling: str = "mean") -> np.ndarray:
+    """Sentence embeddings from hidden states (B, T, C): [CLS] or masked mean, then L2-normalised."""
+    if pooling == "cls":
+        e = h[:, 0]  # (B, C)
+    else:
+        m = attention_mask[..., None].astype(np.float32)  # (B, T, 1)
+        e = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)  # (B, C)
+    return (e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)).astype(np.float32)  # (B, C)
+
+
 class NumpyBert:
     """Holds the weights of a BertModel; `encode` returns mean-pooled, L2-normalised embeddings."""
 
     def __init__(self, model_dir: str | Path) -> None:
-        from safetensors import safe_open
-
-        model_dir = Path(model_dir)
-        cfg = json.loads((model_dir / "config.json").read_text())
+        cfg, self.w = load_weights(model_dir)
         if cfg.get("model_type") != "bert" or cfg.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"NumpyBert supports BERT with exact GELU, not {cfg.get('model_type')}")
         self.n_layer = int(cfg["num_hidden_layers"])
         self.n_head = int(cfg["num_attention_heads"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))
-        w: dict[str, np.ndarray] = {}
-        with safe_open(str(model_dir / "model.safetensors"), framework="np") as f:
-            for key in f.keys():
-                name = key[5:] if key.startswith("bert.") else key
-                w[name] = f.get_tensor(key)
-        self.w = w
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
         return x @ self.w[name + ".weight"].T + self.w[name + ".bias"]
@@ -82,10 +96,4 @@ class NumpyBert:
             h = _gelu(self._linear(x, p + "intermediate.dense"))  # (B, T, 4C)
             h = self._linear(h, p + "output.dense")  # (B, T, C)
             x = _layer_norm(x + h, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps)
-        if pooling == "cls":
-            e = x[:, 0]  # (B, C)
-        else:
-            m = attention_mask[..., None].astype(np.float32)  # (B, T, 1)
-            e = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)  # (B, C)
-        e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)  # (B, C)
-        return e.astype(np.float32)
+        return pool(x, attention_mask, pooling)  # (B, C)

@@ -35,16 +35,13 @@ def supports(model_dir: Path) -> bool:
 def build_graph(model_dir: Path) -> bytes:
     """Serialized ONNX model: (input_ids (B, T) int64, attention_mask (B, T) int64) -> hidden (B, T, C)."""
     from onnx import ModelProto, TensorProto, helper
-    from safetensors import safe_open
 
-    model_dir = Path(model_dir)
-    cfg = json.loads((model_dir / "config.json").read_text())
+    from retrieval.numpy_bert import load_weights
+
+    cfg, raw = load_weights(model_dir)
+    w = {k: v.astype(np.float32) for k, v in raw.items()}
     n_layer, n_head = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
     eps = float(cfg.get("layer_norm_eps", 1e-12))
-    w: dict[str, np.ndarray] = {}
-    with safe_open(str(model_dir / "model.safetensors"), framework="np") as f:
-        for key in f.keys():
-            w[key[5:] if key.startswith("bert.") else key] = f.get_tensor(key).astype(np.float32)
 
     model = ModelProto()  # filled in place: helper.make_graph/make_model would copy ~90 MB of weights twice
     nodes = []

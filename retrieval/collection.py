@@ -47,6 +47,7 @@ class Snapshot:
     tombstones: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (t,) sorted ids deleted from HNSW
     bm25: BM25Index | None = None
     factory: str = "Flat"
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # derived read-side arrays of this generation
 
 
 @dataclass

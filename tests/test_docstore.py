@@ -447,3 +447,57 @@ def test_collections_and_delete_by_source(tmp_path):
         assert s.verify("docs")["ok"]
         st = s.stats()
         assert {c["name"] for c in st["collections"]} == {"docs", "notes"}
+
+
+def test_flat_search_one_equals_faiss_flat():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(5)
+    xb = rng.standard_normal((2000, 48)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    ids = np.arange(2000, dtype=np.int64) * 3 + 11
+    idx = vector_index.build_index(xb, ids, "Flat", vector_index.IndexConfig())
+    ref = faiss.IndexFlatIP(48)
+    ref.add(xb)
+    view = vector_index.flat_view(idx)
+    assert view is not None and np.array_equal(view[1], ids) and np.array_equal(view[0], xb)
+    for q in range(5):
+        xq = xb[q : q + 1] + 0.05 * rng.standard_normal((1, 48)).astype(np.float32)  # (1, D)
+        for k in (1, 10, 2000, 2500):
+            D, I = vector_index.flat_search_one(xq, view[0], view[1], k)
+            Dr, Ir = ref.search(xq, min(k, 2000))
+            assert D.shape == I.shape == (1, k)
+            n = min(k, 2000)
+            assert np.allclose(D[0, :n], Dr[0], atol=1e-5)  # same ranked scores
+            assert np.allclose(xb[(I[0, :n] - 11) // 3] @ xq[0], D[0, :n], atol=1e-5)  # each id carries its own score
+            assert len(set(I[0, :n].tolist())) == n
+            if k <= 10:  # well-separated head: identical ids
+                assert np.array_equal(I[0, :n], ids[Ir[0]])
+            assert (I[0, 2000:] == -1).all()
+    assert vector_index.flat_view(vector_index.build_index(xb, ids, "HNSW32,Flat", vector_index.IndexConfig())) is None
+
+
+def test_flat_view_of_mmapped_index_is_usable(tmp_path):
+    rng = np.random.default_rng(6)
+    xb = rng.standard_normal((300, 24)).astype(np.float32)
+    ids = np.arange(300, dtype=np.int64)
+    vector_index.write_index(vector_index.build_index(xb, ids, "Flat", vector_index.IndexConfig()), tmp_path / "i.faiss")
+    idx = vector_index.read_index(tmp_path / "i.faiss", mmap=True)
+    view = vector_index.flat_view(idx)
+    assert view[0].flags.aligned and np.array_equal(view[0], xb)
+    _, I = vector_index.flat_search_one(xb[7:8], view[0], view[1], 3)
+    assert I[0, 0] == 7
+
+
+def test_fast_dense_path_and_doc_id_cache_follow_commits(store):
+    store.add_texts(["rivers flow to the ocean", "mountains rise high", "rivers cut canyons"],
+                    [{"doc_id": "R"}, {"doc_id": "M"}, {"doc_id": "R"}])
+    first = store.search("rivers", k=3, mode="dense")
+    assert len(first) == 2 and {h.doc_id for h in first} == {"R", "M"}
+    store.add_texts(["glacier melts into a river"], [{"doc_id": "G"}])
+    assert {h.doc_id for h in store.search("rivers", k=3, mode="dense")} == {"R", "M", "G"}
+    store.delete(ids=[h.id for h in store.search("glacier", k=3, mode="dense") if h.doc_id == "G"])
+    again = store.search("glacier", k=3, mode="dense")
+    assert {h.doc_id for h in again} == {"R", "M"}
+    # the one-query fast path agrees with the batched FAISS path
+    batch = store.search_batch(["rivers", "mountains"], k=3, mode="dense")
+    assert [h.id for h in batch[0]] == [h.id for h in store.search("rivers", k=3, mode="dense")]

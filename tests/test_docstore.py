@@ -17,6 +17,7 @@ from retrieval import bm25_index, fusion, vector_index
 from retrieval.docstore import DocStore
 from retrieval.embedder import HashEmbedder
 from retrieval.errors import InvalidInputError, MismatchError, NotFoundError, StoreWriteError
+from retrieval.bm25_index import BM25Config
 from retrieval.fusion import FusionConfig
 
 HIT_FIELDS = {"id", "score", "scores", "text", "source", "start_char", "end_char", "start_line", "end_line",
@@ -218,10 +219,14 @@ def test_bm25_matches_bm25s(tmp_path):
     texts = [_text(rng, int(rng.integers(0, 25))) for _ in range(150)]
     toks = [tok(t) for t in texts]
     idx = bm25_index.update(None, np.zeros(0, np.int64), np.arange(150), toks, cfg)
-    ref = bm25s.BM25()
+    ref = bm25s.BM25(k1=cfg.k1, b=cfg.b)
     ref.index(toks, show_progress=False)
     q = tok("gamma rivers mountain mountain")
     assert np.allclose(idx.scores(q), ref.get_scores(q), atol=1e-5)
+    # re-scored postings == bm25s built from scratch with those parameters
+    ref2 = bm25s.BM25(k1=1.5, b=0.75)
+    ref2.index(toks, show_progress=False)
+    assert np.allclose(bm25_index.rescore(idx, BM25Config(k1=1.5, b=0.75)).scores(q), ref2.get_scores(q), atol=1e-5)
     # incremental == from scratch
     inc = bm25_index.update(idx, np.arange(0, 150, 4), np.arange(150, 170), toks[:20], cfg)
     keep = [i for i in range(150) if i % 4]

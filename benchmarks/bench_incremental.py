@@ -1,6 +1,6 @@
 """Incremental re-index: one changed file in a 1,000-file folder, against a full rebuild.
 
-usage: nice python benchmarks/bench_incremental.py [--files 1000] [--embedder SPEC] [--no-append]
+usage: python benchmarks/bench_incremental.py [--files 1000] [--embedder SPEC] [--no-append]
 
 Writes a folder of 1,000 Markdown files (10 sub-folders, paragraphs of WikiText-2 raw text,
 ../shared/data/wikitext-2/wiki.test.raw), then with the same embedder (default: the bundled

@@ -7,7 +7,7 @@ Peer = the same DocStore.search call made in-process (no protocol). Measured in 
   4. http x8: 8 concurrent SDK clients for --duration s           -> requests/s, errors (target 0)
 Target: stdio p50 <= 1.5x direct p50. Appends a section to BENCHMARKS.md with the command.
 
-usage: nice python benchmarks/bench_mcp.py [--store DIR] [--queries N] [--duration 60] [--no-append]
+usage: python benchmarks/bench_mcp.py [--store DIR] [--queries N] [--duration 60] [--no-append]
 """
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ def append(res: dict, cmd: str) -> None:
         "", f"## MCP round trip: `search` over stdio / streamable HTTP vs direct Python (SciFact, k=10)",
         "", f"Command: `{cmd}`  ", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"{res['queries']} SciFact queries against a store of {res['chunks']} SciFact chunks (MiniLM, hybrid), {res['date']}; "
-        "2 cores shared with other jobs", "",
+        f"load average {os.getloadavg()[0]:.1f} at the end", "",
         "| path | p50 ms | p95 ms | p50 ratio to direct |", "|---|---|---|---|",
         f"| direct DocStore.search (peer) | {d['p50_ms']} | {d['p95_ms']} | 1.00 |",
         f"| MCP stdio | {s['p50_ms']} | {s['p95_ms']} | {res['stdio_ratio']:.2f} (target <= 1.5) |",
@@ -224,7 +224,7 @@ def main() -> int:
     res["http_ratio"] = res["http"]["p50_ms"] / res["direct"]["p50_ms"]
     print(json.dumps(res, indent=2))
     if not args.no_append:
-        append(res, "nice python benchmarks/bench_mcp.py " + " ".join(sys.argv[1:]))
+        append(res, "python benchmarks/bench_mcp.py " + " ".join(sys.argv[1:]))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Search-only latency on a synthetic 100k-chunk collection: exact flat vs the automatic choice.
 
-usage: nice python benchmarks/bench_search_latency.py [--n 100000] [--dim 384] [--queries 300] [--no-append]
+usage: python benchmarks/bench_search_latency.py [--n 100000] [--dim 384] [--queries 300] [--no-append]
 
 Builds a real DocStore collection (SQLite rows + FAISS + BM25, one atomic commit) from 100k short
 synthetic texts embedded by a deterministic clustered embedder (no model: this measures the store,
@@ -129,11 +129,11 @@ def main() -> int:
         "store_p50": statistics.median(store_ms), "store_p95": pct(store_ms, 95), "recall10": recall,
     }
     ratio = res["flat_p50"] / res["auto_p50"]
-    cmd = "nice python benchmarks/bench_search_latency.py" + "".join(f" {x}" for x in sys.argv[1:])
+    cmd = "python benchmarks/bench_search_latency.py" + "".join(f" {x}" for x in sys.argv[1:])
     lines = [
         f"## Search-only latency, synthetic {a.n:,}-chunk collection ({a.dim}-d)",
         "",
-        f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores shared with other jobs, "
+        f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end, "
         f"FAISS max threads {threads}; one query at a time, k=10, query vectors precomputed)",
         "",
         "| index | p50 ms | p95 ms | recall@10 vs exact |",

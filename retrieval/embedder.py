@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (done, total)
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+# onnxruntime batches hold at most this many (padded) tokens. Measured on MiniLM, 640 SciFact
+# chunks of ~195 tokens: 8 rows of 256 embed 1.13x faster than 64 rows (activations stay in
+# cache) and peak RSS falls from 845 to 300 MB.
+ONNX_BATCH_TOKENS = 2048
 SMALL_BATCH = 16  # up to this many texts are embedded by the numpy BERT path when torch is not loaded
 
 
@@ -252,13 +256,17 @@ class TransformerEmbedder:
             self._onnx_model = OnnxBert(cached_graph(self.model_dir, self.model_id, cache_root() / "onnx"))
         return self._onnx_model
 
-    def _batches(self, texts: Sequence[str], batch_size: int):
-        """(rows, input_ids (B, T), attention_mask (B, T)) longest first, so padding stays small."""
+    def _batches(self, texts: Sequence[str], batch_size: int, max_tokens: int | None = None):
+        """(rows, input_ids (B, T), attention_mask (B, T)) longest first, so padding stays small.
+        With `max_tokens`, a batch also stops at B * T <= max_tokens (at least one row)."""
         ids = self._encode_ids(texts)
         order = np.argsort([-len(x) for x in ids], kind="stable")  # (N,)
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            T = max(len(ids[i]) for i in idx)
+        s = 0
+        while s < len(order):
+            T = len(ids[order[s]])  # longest row of this batch
+            n = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // max(T, 1)))
+            idx = order[s : s + n]
+            s += n
             x = np.zeros((len(idx), T), dtype=np.int64)  # (B, T)
             m = np.zeros((len(idx), T), dtype=np.int64)  # (B, T)
             for r, i in enumerate(idx):
@@ -274,7 +282,7 @@ class TransformerEmbedder:
     def _embed_onnx(self, texts: Sequence[str], batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), np.float32)  # (N, D)
         done = 0
-        for idx, x, m in self._batches(texts, batch_size):
+        for idx, x, m in self._batches(texts, batch_size, ONNX_BATCH_TOKENS):
             out[idx] = self._pool(self._onnx().hidden(x, m), m)  # (B, D)
             done += len(idx)
             if progress:

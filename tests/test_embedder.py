@@ -94,3 +94,17 @@ def test_unknown_backend_is_a_clear_error():
 
     with pytest.raises(InvalidInputError, match="backend"):
         load_embedder(None, backend="tensorrt")
+
+
+def test_token_budget_batches_cover_every_row_once(minilm):
+    texts = [("word " * n).strip() for n in (3, 300, 40, 7, 120, 120, 1, 60, 250, 15) * 3]
+    lens = [len(x) for x in minilm._encode_ids(texts)]
+    seen, prev_T = [], None
+    for idx, x, m in minilm._batches(texts, 64, 512):
+        B, T = x.shape
+        assert B == 1 or B * T <= 512  # a row longer than the budget goes alone
+        assert T == max(lens[i] for i in idx) and (m.sum(1) == [lens[i] for i in idx]).all()
+        assert prev_T is None or T <= prev_T  # longest first
+        prev_T = T
+        seen += list(idx)
+    assert sorted(seen) == list(range(len(texts)))

@@ -3,6 +3,9 @@
 usage: python benchmarks/bench_scifact.py [--data DIR] [--limit N] [--skip-langchain] [--no-append]
                                           [--reuse WORKDIR] [--skip-quality]
 
+Warm query latency of both sides is measured last, in alternating blocks of queries (two warm
+server subprocesses), so background load on a shared machine falls on both alike.
+
 One run measures, with the same bundled MiniLM and the same chunks:
 - build time (ours: the whole `index_paths`, chunking included; LangChain: FAISS.from_texts),
 - warm query latency p50/p95 including query embedding, peak RSS of each side (own subprocess),
@@ -103,10 +106,10 @@ def role_lc(a) -> dict:
     return {"build_s": build, "peak_rss_mb": _rss_mb(), "dense": lat}
 
 
-def role_lc_query(a) -> dict:
-    """LangChain's warm query latency in this run without its 10-minute re-embedding: its FAISS
-    store is filled with our stored vectors of the same chunks (same model), and each query is
-    embedded by LangChain's own HuggingFaceEmbeddings as in `role_lc`."""
+def _lc_from_our_vectors(a):
+    """LangChain's FAISS store over our stored vectors of the same chunks (same model), queries
+    embedded by LangChain's own HuggingFaceEmbeddings as in `role_lc`: its query path without its
+    10-minute re-embedding."""
     import numpy as np
     from langchain_community.embeddings import HuggingFaceEmbeddings
     from langchain_community.vectorstores import FAISS
@@ -123,10 +126,75 @@ def role_lc_query(a) -> dict:
     with DocStore.open(a.store, read_only=True) as s, s.collection("scifact").reading() as (_, snap):
         xb, ids = vector_index.flat_view(snap.index)
         xb = np.asarray(xb)[np.argsort(ids)]  # chunks.jsonl is in chunk id order  # (N, D)
-    vs = FAISS.from_embeddings([(r["text"], v.tolist()) for r, v in zip(rows, xb)], emb,
-                               metadatas=[{"doc_id": r["doc_id"]} for r in rows])
-    qs = [t for _, t in _queries(Path(a.data), "test.tsv", 300)]
-    return {"dense": _latency(lambda q: vs.similarity_search_with_score(q, k=10), qs), "peak_rss_mb": _rss_mb()}
+    return FAISS.from_embeddings([(r["text"], v.tolist()) for r, v in zip(rows, xb)], emb,
+                                 metadatas=[{"doc_id": r["doc_id"]} for r in rows])
+
+
+ARGS = None  # the parsed command line, for the serving roles
+
+
+def _serve(searchers: dict) -> dict:
+    """Answer the parent's timing requests on stdin/stdout: each line {"a": i, "b": j} times
+    queries i..j-1 with every searcher and prints {"mode": [ms, ...]}."""
+    qs = [t for _, t in _queries(Path(ARGS.data), "test.tsv", 300)]
+    for fn in searchers.values():
+        for q in qs[:5]:
+            fn(q)  # warm-up
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        out = {}
+        for mode, fn in searchers.items():
+            ts = []
+            for q in qs[req["a"] : req["b"]]:
+                t = time.perf_counter()
+                fn(q)
+                ts.append((time.perf_counter() - t) * 1000)
+            out[mode] = ts
+        print(json.dumps(out), flush=True)
+    return {"peak_rss_mb": _rss_mb()}
+
+
+def role_ours_srv(a) -> dict:
+    from retrieval.docstore import DocStore
+
+    s = DocStore.open(a.store)
+    return _serve({m: (lambda q, m=m: s.search(q, k=10, mode=m, collection="scifact")) for m in ("dense", "hybrid")})
+
+
+def role_lc_srv(a) -> dict:
+    vs = _lc_from_our_vectors(a)
+    return _serve({"dense": lambda q: vs.similarity_search_with_score(q, k=10)})
+
+
+def _interleaved(a, blocks: int = 10, n: int = 300) -> dict:
+    """Warm query latency of both sides, measured in alternating blocks of queries so that the
+    machine's background load falls on both alike (separate phases differed by 1.5x here)."""
+    procs = {}
+    for side in ("ours", "lc"):
+        cmd = [sys.executable, __file__, "--role", f"{side}_srv", "--store", a.store, "--chunks", a.chunks, "--data", a.data,
+               "--corpus", a.corpus, "--work", a.work]
+        procs[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if not json.loads(procs[side].stdout.readline() or "{}").get("ready"):
+            raise SystemExit(f"{side}_srv failed to start")
+    ts: dict = {"ours": {}, "lc": {}}
+    step = n // blocks
+    for i in range(blocks):
+        order = ("ours", "lc") if i % 2 == 0 else ("lc", "ours")  # alternate who goes first
+        for side in order:
+            pr = procs[side]
+            pr.stdin.write(json.dumps({"a": i * step, "b": (i + 1) * step}) + "\n")
+            pr.stdin.flush()
+            for mode, v in json.loads(pr.stdout.readline()).items():
+                ts[side].setdefault(mode, []).extend(v)
+    out = {}
+    for side, pr in procs.items():
+        pr.stdin.close()
+        rss = json.loads(pr.stdout.read().strip().splitlines()[-1])["peak_rss_mb"]
+        pr.wait()
+        out[side] = {m: {"p50_ms": statistics.median(v), "p95_ms": _pct(v, 95)} for m, v in ts[side].items()}
+        out[side]["peak_rss_mb"] = rss
+    return out
 
 
 def role_quality(a) -> dict:
@@ -243,6 +311,8 @@ def main() -> None:
     p.add_argument("--work", default="")
     p.add_argument("--reuse", default="", help="work dir of an earlier run: skip the builds, re-measure queries and quality")
     a = p.parse_args()
+    global ARGS
+    ARGS = a
     if a.role:
         print(json.dumps(globals()[f"role_{a.role}"](a)))
         return
@@ -263,7 +333,6 @@ def main() -> None:
         res["ours_build"] = _sub("ours_build", a)
         saved.write_text(json.dumps(res))
     print(f"ours build: {res['ours_build']['build_s']:.1f} s, {res['ours_build']['chunks']} chunks", file=sys.stderr)
-    res["ours_query"] = _sub("ours_query", a)
     cold = []
     for _ in range(5):
         t = time.perf_counter()
@@ -277,8 +346,12 @@ def main() -> None:
     if not a.skip_langchain and "langchain" not in res:  # last: the slowest part
         res["langchain"] = _sub("lc", a)
         saved.write_text(json.dumps({k: res[k] for k in ("ours_build", "langchain")}))
-    elif not a.skip_langchain:  # re-used builds: measure LangChain's queries again, in this run
-        res["langchain"] = {**res["langchain"], "dense": _sub("lc_query", a)["dense"], "query_remeasured": True}
+    if a.skip_langchain:
+        res["ours_query"] = _sub("ours_query", a)
+    else:  # both sides' warm queries, interleaved in blocks (LangChain's over the same vectors)
+        inter = _interleaved(a)
+        res["ours_query"] = inter["ours"]
+        res["langchain"] = {**res["langchain"], "dense": inter["lc"]["dense"], "interleaved": True}
     print(json.dumps(res, indent=1))
     report(res, a)
 
@@ -299,9 +372,11 @@ def report(res: dict, a) -> None:
     row("warm hybrid search p50 (ms)", oq["hybrid"]["p50_ms"], lc and lc["dense"]["p50_ms"], "{:.2f}")
     row("peak RSS, build (MB)", ob["peak_rss_mb"], lc and lc["peak_rss_mb"], "{:.0f}")
     row("peak RSS, search (MB)", oq["peak_rss_mb"], None, "{:.0f}")
-    if lc and lc.get("query_remeasured"):
-        lines += ["", "Builds re-used from an earlier run (`--reuse`); both sides' query latencies were measured "
-                  "in this run (LangChain's FAISS store filled with our vectors of the same chunks)."]
+    if lc and lc.get("interleaved"):
+        lines += ["", "Query latencies: both sides warm in their own processes, measured in 10 alternating blocks of "
+                  "30 SciFact test queries (LangChain's FAISS store holds our vectors of the same chunks; its "
+                  "queries go through its own HuggingFaceEmbeddings)."
+                  + (" Builds re-used from an earlier run (`--reuse`)." if a.reuse else "")]
     lines += ["", f"Cold `knnrag search` in a new process (median of 5): {res['cold_cli_search_s']:.2f} s.", ""]
     q = res.get("quality")
     if q:

@@ -68,15 +68,22 @@ def role_ours_build(a) -> dict:
     return {"build_s": build, "peak_rss_mb": _rss_mb(), "chunks": rep.get("chunks_added"), "report": rep}
 
 
-def _latency(fn, qs: list[str]) -> dict:
-    for q in qs[:5]:
-        fn(q)  # warm-up
+def _times(fn, qs: list[str]) -> list[float]:
     ts = []
     for q in qs:
         t = time.perf_counter()
         fn(q)
         ts.append((time.perf_counter() - t) * 1000)
+    return ts
+
+
+def _stats(ts: list[float]) -> dict:
     return {"p50_ms": statistics.median(ts), "p95_ms": _pct(ts, 95)}
+
+
+def _latency(fn, qs: list[str]) -> dict:
+    _times(fn, qs[:5])  # warm-up
+    return _stats(_times(fn, qs))
 
 
 def role_ours_query(a) -> dict:
@@ -101,9 +108,8 @@ def role_lc(a) -> dict:
                                 encode_kwargs={"normalize_embeddings": True})
     vs = FAISS.from_texts([r["text"] for r in rows], emb, metadatas=[{"doc_id": r["doc_id"]} for r in rows])
     build = time.perf_counter() - t
-    qs = [t for _, t in _queries(Path(a.data), "test.tsv", 300)]
-    lat = _latency(lambda q: vs.similarity_search_with_score(q, k=10), qs)
-    return {"build_s": build, "peak_rss_mb": _rss_mb(), "dense": lat}
+    assert vs.index.ntotal == len(rows)
+    return {"build_s": build, "peak_rss_mb": _rss_mb()}  # its queries are timed by `_interleaved`
 
 
 def _lc_from_our_vectors(a):
@@ -130,28 +136,16 @@ def _lc_from_our_vectors(a):
                                  metadatas=[{"doc_id": r["doc_id"]} for r in rows])
 
 
-ARGS = None  # the parsed command line, for the serving roles
-
-
-def _serve(searchers: dict) -> dict:
+def _serve(a, searchers: dict) -> dict:
     """Answer the parent's timing requests on stdin/stdout: each line {"a": i, "b": j} times
     queries i..j-1 with every searcher and prints {"mode": [ms, ...]}."""
-    qs = [t for _, t in _queries(Path(ARGS.data), "test.tsv", 300)]
+    qs = [t for _, t in _queries(Path(a.data), "test.tsv", 300)]
     for fn in searchers.values():
-        for q in qs[:5]:
-            fn(q)  # warm-up
+        _times(fn, qs[:5])  # warm-up
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
-        out = {}
-        for mode, fn in searchers.items():
-            ts = []
-            for q in qs[req["a"] : req["b"]]:
-                t = time.perf_counter()
-                fn(q)
-                ts.append((time.perf_counter() - t) * 1000)
-            out[mode] = ts
-        print(json.dumps(out), flush=True)
+        print(json.dumps({mode: _times(fn, qs[req["a"] : req["b"]]) for mode, fn in searchers.items()}), flush=True)
     return {"peak_rss_mb": _rss_mb()}
 
 
@@ -159,12 +153,12 @@ def role_ours_srv(a) -> dict:
     from retrieval.docstore import DocStore
 
     s = DocStore.open(a.store)
-    return _serve({m: (lambda q, m=m: s.search(q, k=10, mode=m, collection="scifact")) for m in ("dense", "hybrid")})
+    return _serve(a, {m: (lambda q, m=m: s.search(q, k=10, mode=m, collection="scifact")) for m in ("dense", "hybrid")})
 
 
 def role_lc_srv(a) -> dict:
     vs = _lc_from_our_vectors(a)
-    return _serve({"dense": lambda q: vs.similarity_search_with_score(q, k=10)})
+    return _serve(a, {"dense": lambda q: vs.similarity_search_with_score(q, k=10)})
 
 
 def _interleaved(a, blocks: int = 10, n: int = 300) -> dict:
@@ -192,7 +186,7 @@ def _interleaved(a, blocks: int = 10, n: int = 300) -> dict:
         pr.stdin.close()
         rss = json.loads(pr.stdout.read().strip().splitlines()[-1])["peak_rss_mb"]
         pr.wait()
-        out[side] = {m: {"p50_ms": statistics.median(v), "p95_ms": _pct(v, 95)} for m, v in ts[side].items()}
+        out[side] = {m: _stats(v) for m, v in ts[side].items()}
         out[side]["peak_rss_mb"] = rss
     return out
 
@@ -226,14 +220,17 @@ def role_quality(a) -> dict:
     coll = s.collection("scifact")
     with coll.reading() as (_, snap):
         built = snap.bm25
+
+    def use_bm25(k1: float, b: float) -> None:  # benchmark only: swap the open snapshot's BM25
+        with coll.reading() as (_, snap):
+            snap.bm25 = bm25_index.rescore(built, replace(built.config, k1=k1, b=b))
+
     bm = []
     for k1, b in itertools.product((0.6, 0.75, 0.9, 1.2, 1.5), (0.4, 0.5, 0.75)):
-        with coll.reading() as (_, snap):  # benchmark only: swap this snapshot's BM25 for the trial
-            object.__setattr__(snap, "bm25", bm25_index.rescore(built, replace(built.config, k1=k1, b=b)))
+        use_bm25(k1, b)
         bm.append((train_ndcg(s.fusion), k1, b))
     _, k1, b = max(bm)
-    with coll.reading() as (_, snap):
-        object.__setattr__(snap, "bm25", bm25_index.rescore(built, replace(built.config, k1=k1, b=b)))
+    use_bm25(k1, b)
     # 2) fusion at the best BM25
     grid = [FusionConfig(method="rrf", rrf_k=60, alpha=0.5)]
     grid += [FusionConfig(method="convex", alpha=al / 100, norm=n) for n in ("minmax", "zscore") for al in range(20, 85, 5)]
@@ -311,8 +308,6 @@ def main() -> None:
     p.add_argument("--work", default="")
     p.add_argument("--reuse", default="", help="work dir of an earlier run: skip the builds, re-measure queries and quality")
     a = p.parse_args()
-    global ARGS
-    ARGS = a
     if a.role:
         print(json.dumps(globals()[f"role_{a.role}"](a)))
         return

@@ -95,7 +95,7 @@ def _dense(coll: Collection, conn, snap: Snapshot, xq: np.ndarray, depth: int, a
     if allowed is not None and (hnsw or vector_index.is_ivf(snap.index)) and len(allowed) <= cfg.exact_fallback_max:
         D, I = vector_index.exact_search(xq, vectors_of(coll, conn, snap, allowed), allowed, depth)
     elif allowed is None and len(snap.tombstones) == 0 and xq.shape[0] == 1 and (view := _flat_view(snap)) is not None:
-        D, I = vector_index.flat_search_one(xq, view[0], view[1], depth)
+        D, I = vector_index.exact_search(xq, view[0], view[1], depth)
     else:
         D, I = vector_index.search(snap.index, xq, depth, allowed=allowed, excluded=snap.tombstones, config=cfg)
         want = min(depth, len(allowed) if allowed is not None else snap.index.ntotal - len(snap.tombstones))
@@ -181,14 +181,16 @@ DOC_KEY_CACHE_MAX = 2_000_000  # chunk rows; above this, doc ids come from SQLit
 def _doc_ids(conn, snap: Snapshot, ids: np.ndarray) -> list[str | None]:
     """doc_id of each chunk id. The whole (id -> doc_id) table of a generation is read once and kept
     on its snapshot: a per-query SQL lookup of 100 candidates cost ~0.6 ms, a third of a search."""
-    table = snap.cache.get("doc_ids")
-    if table is None and conn.execute("SELECT count(*) FROM chunks").fetchone()[0] <= DOC_KEY_CACHE_MAX:
-        rows = conn.execute("SELECT id, doc_id FROM chunks ORDER BY id").fetchall()
-        names = sorted({d for _, d in rows if d is not None})
-        code = {d: j for j, d in enumerate(names)}
-        table = snap.cache["doc_ids"] = (np.fromiter((r for r, _ in rows), np.int64, len(rows)),  # (n,) sorted ids
-                                         np.fromiter((-1 if d is None else code[d] for _, d in rows), np.int32, len(rows)),
-                                         names)
+    if "doc_ids" not in snap.cache:  # None: too many rows to keep, ask SQLite each time
+        table = None
+        if conn.execute("SELECT count(*) FROM chunks").fetchone()[0] <= DOC_KEY_CACHE_MAX:
+            rows = conn.execute("SELECT id, doc_id FROM chunks ORDER BY id").fetchall()
+            names = sorted({d for _, d in rows if d is not None})
+            code = {d: j for j, d in enumerate(names)}
+            table = (np.fromiter((r for r, _ in rows), np.int64, len(rows)),  # (n,) sorted ids
+                     np.fromiter((-1 if d is None else code[d] for _, d in rows), np.int32, len(rows)), names)
+        snap.cache["doc_ids"] = table
+    table = snap.cache["doc_ids"]
     if table is not None:
         row_ids, codes, names = table
         pos = np.clip(np.searchsorted(row_ids, ids), 0, max(len(row_ids) - 1, 0))  # (n,)
@@ -201,13 +203,10 @@ def _doc_ids(conn, snap: Snapshot, ids: np.ndarray) -> list[str | None]:
     return [got.get(int(i)) for i in ids]
 
 
-def has_doc_ids(conn, snap: Snapshot | None = None) -> bool:
-    if snap is not None and "has_doc_ids" in snap.cache:
-        return snap.cache["has_doc_ids"]
-    got = conn.execute("SELECT 1 FROM chunks WHERE doc_id IS NOT NULL LIMIT 1").fetchone() is not None
-    if snap is not None:
-        snap.cache["has_doc_ids"] = got
-    return got
+def has_doc_ids(conn, snap: Snapshot) -> bool:
+    if "has_doc_ids" not in snap.cache:
+        snap.cache["has_doc_ids"] = conn.execute("SELECT 1 FROM chunks WHERE doc_id IS NOT NULL LIMIT 1").fetchone() is not None
+    return snap.cache["has_doc_ids"]
 
 
 def get_hits(coll: Collection, ids: Sequence[str | int]) -> list[Hit]:

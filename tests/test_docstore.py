@@ -454,7 +454,7 @@ def test_collections_and_delete_by_source(tmp_path):
         assert {c["name"] for c in st["collections"]} == {"docs", "notes"}
 
 
-def test_flat_search_one_equals_faiss_flat():
+def test_one_query_flat_view_scan_equals_faiss_flat():
     faiss = pytest.importorskip("faiss")
     rng = np.random.default_rng(5)
     xb = rng.standard_normal((2000, 48)).astype(np.float32)
@@ -468,7 +468,7 @@ def test_flat_search_one_equals_faiss_flat():
     for q in range(5):
         xq = xb[q : q + 1] + 0.05 * rng.standard_normal((1, 48)).astype(np.float32)  # (1, D)
         for k in (1, 10, 2000, 2500):
-            D, I = vector_index.flat_search_one(xq, view[0], view[1], k)
+            D, I = vector_index.exact_search(xq, view[0], view[1], k)
             Dr, Ir = ref.search(xq, min(k, 2000))
             assert D.shape == I.shape == (1, k)
             n = min(k, 2000)
@@ -489,7 +489,7 @@ def test_flat_view_of_mmapped_index_is_usable(tmp_path):
     idx = vector_index.read_index(tmp_path / "i.faiss", mmap=True)
     view = vector_index.flat_view(idx)
     assert view[0].flags.aligned and np.array_equal(view[0], xb)
-    _, I = vector_index.flat_search_one(xb[7:8], view[0], view[1], 3)
+    _, I = vector_index.exact_search(xb[7:8], view[0], view[1], 3)
     assert I[0, 0] == 7
 
 

@@ -17,8 +17,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "beir-scifact" / "corpus.jsonl"
@@ -36,7 +34,7 @@ def main() -> int:
 
     from sentence_transformers import SentenceTransformer
 
-    from retrieval.embedder import TransformerEmbedder, bundled_model_dir
+    from retrieval.embed.embedder import TransformerEmbedder, bundled_model_dir
 
     sides = {
         "ours onnx": TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", backend="onnx"),

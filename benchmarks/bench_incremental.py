@@ -30,7 +30,7 @@ WIKI = ROOT.parent / "shared" / "data" / "wikitext-2" / "wiki.test.raw"
 COLD = """
 import json, sys, time
 t = time.perf_counter()
-from retrieval.docstore import DocStore
+from retrieval.store.docstore import DocStore
 with DocStore.open(sys.argv[1], embedder=sys.argv[3] or None) as s:
     rep = s.index_paths([sys.argv[2]]).to_dict()
 print(json.dumps({"seconds": time.perf_counter() - t, "report": rep}))
@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--no-append", action="store_true")
     a = ap.parse_args()
 
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-incr-"))
     folder, store = tmp / "notes", tmp / "store"

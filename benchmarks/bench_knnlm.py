@@ -76,7 +76,7 @@ def first_tokens_text(tok, path: Path, n: int) -> str:
 
 
 def stage_build(args, lm, root: Path, st: dict) -> None:
-    from lm.build import BuildConfig, build_datastore
+    from lm.datastore.build import BuildConfig, build_datastore
 
     train = DATA / "wiki.train.tokens"
     ids = lm.tokenizer(train.read_text(encoding="utf-8")[:200_000], add_special_tokens=False)["input_ids"]
@@ -148,8 +148,8 @@ def main(argv=None) -> int:
 
 
 def open_knnlm(lm, root: Path, fast_index: str):
+    from lm.datastore.token_store import TokenStore
     from lm.knnlm import KNNLM
-    from retrieval.token_store import TokenStore
 
     store = TokenStore.open(root / "datastore", lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash)
     idx = store.manifest.get("index") or {}
@@ -163,7 +163,7 @@ def open_knnlm(lm, root: Path, fast_index: str):
 
 def build_rate_from_shards(root: Path) -> dict:
     """Stored tokens/s of the last uninterrupted build run, from the commit times of its shards."""
-    from retrieval.token_store import TokenStore
+    from lm.datastore.token_store import TokenStore
 
     st = TokenStore.open(root / "datastore")
     sh = sorted(((root / "datastore" / s["keys"]).stat().st_mtime, s["count"]) for s in st.manifest["shards"])
@@ -302,7 +302,7 @@ def append_benchmarks(args, st: dict, fast_desc: str) -> None:
     if not runs:  # the build was stopped from outside: measure it from its shards' commit times
         rate = build_rate_from_shards(Path(st["root"]))
         build_tps, how = rate.get("store_tokens_per_s", float("nan")), f"shard commit times ({rate})"
-    from retrieval.token_store import TokenStore
+    from lm.datastore.token_store import TokenStore
 
     bstate = TokenStore.open(Path(st["root"]) / "datastore").manifest.get("build") or {}
     dropped = bstate.get("windows_dropped", runs[-1]["windows_dropped"] if runs else 0)

@@ -42,7 +42,7 @@ def summary(ms: list[float]) -> dict:
 
 def knnrag() -> list[str]:
     exe = shutil.which("knnrag") or str(Path(sys.executable).with_name("knnrag"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "retrieval.cli"]
+    return [exe] if Path(exe).exists() else [sys.executable, "-m", "retrieval.cli.root"]
 
 
 def load_queries(n: int) -> list[str]:
@@ -53,7 +53,7 @@ def load_queries(n: int) -> list[str]:
 def ensure_store(store: Path, docs: int) -> None:
     """SciFact corpus (or its first `docs` records: embedding all 5,183 abstracts with MiniLM takes
     ~20 CPU-minutes, too long on a shared 2-core box; the protocol overhead does not depend on it)."""
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     if (store / "store.json").exists():
         return
@@ -73,14 +73,14 @@ def ensure_store(store: Path, docs: int) -> None:
 
 
 def _chunks(store: Path) -> int:
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     with DocStore.open(store, read_only=True) as s:
         return int(s.stats()["chunks"])
 
 
 def bench_direct(store: Path, queries: list[str]) -> dict:
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     with DocStore.open(store, read_only=True) as s:
         for q in queries[:5]:
@@ -181,7 +181,7 @@ async def bench_http_load(url: str, queries: list[str], clients: int, duration: 
 def append(res: dict, cmd: str) -> None:
     d, s, h, load = res["direct"], res["stdio"], res["http"], res["http_load"]
     lines = [
-        "", f"## MCP round trip: `search` over stdio / streamable HTTP vs direct Python (SciFact, k=10)",
+        "", "## MCP round trip: `search` over stdio / streamable HTTP vs direct Python (SciFact, k=10)",
         "", f"Command: `{cmd}`  ", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"{res['queries']} SciFact queries against a store of {res['chunks']} SciFact chunks (MiniLM, hybrid), {res['date']}; "
         f"load average {os.getloadavg()[0]:.1f} at the end", "",

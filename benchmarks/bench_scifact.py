@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -50,7 +48,7 @@ def _queries(data: Path, qrels: str, n: int) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- subprocess roles
 def role_ours_build(a) -> dict:
     t = time.perf_counter()  # both sides are timed from imports to a searchable index
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     with DocStore.open(a.store) as s:
         rep = s.index_paths([a.corpus], collection="scifact").to_dict()
@@ -87,7 +85,7 @@ def _latency(fn, qs: list[str]) -> dict:
 
 
 def role_ours_query(a) -> dict:
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     qs = [t for _, t in _queries(Path(a.data), "test.tsv", 300)]
     s = DocStore.open(a.store)
@@ -101,7 +99,7 @@ def role_lc(a) -> dict:
     from langchain_community.embeddings import HuggingFaceEmbeddings
     from langchain_community.vectorstores import FAISS
 
-    from retrieval.embedder import bundled_model_dir
+    from retrieval.embed.embedder import bundled_model_dir
 
     rows = [json.loads(l) for l in open(a.chunks)]
     emb = HuggingFaceEmbeddings(model_name=str(bundled_model_dir()), model_kwargs={"device": "cpu"},
@@ -120,9 +118,9 @@ def _lc_from_our_vectors(a):
     from langchain_community.embeddings import HuggingFaceEmbeddings
     from langchain_community.vectorstores import FAISS
 
-    from retrieval import vector_index
-    from retrieval.docstore import DocStore
-    from retrieval.embedder import bundled_model_dir
+    from retrieval.embed.embedder import bundled_model_dir
+    from retrieval.index import vector_index
+    from retrieval.store.docstore import DocStore
 
     # torch first, FAISS second, as in `role_lc`: the other order measured 21-23 ms against 15.7 ms
     emb = HuggingFaceEmbeddings(model_name=str(bundled_model_dir()), model_kwargs={"device": "cpu"},
@@ -150,7 +148,7 @@ def _serve(a, searchers: dict) -> dict:
 
 
 def role_ours_srv(a) -> dict:
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     s = DocStore.open(a.store)
     return _serve(a, {m: (lambda q, m=m: s.search(q, k=10, mode=m, collection="scifact")) for m in ("dense", "hybrid")})
@@ -194,13 +192,13 @@ def _interleaved(a, blocks: int = 10, n: int = 300) -> dict:
 def role_quality(a) -> dict:
     """Tune the fusion on TRAIN qrels, then write test runs through the CLI batch search and score them."""
     sys.path.insert(0, str(SHARED / "tools"))
-    import ndcg  # the judge's scorer
-
     from dataclasses import replace
 
-    from retrieval import bm25_index
-    from retrieval.docstore import DocStore
-    from retrieval.fusion import FusionConfig
+    import ndcg  # the judge's scorer
+
+    from retrieval.index import bm25_index
+    from retrieval.index.fusion import FusionConfig
+    from retrieval.store.docstore import DocStore
 
     data = Path(a.data)
     train = _queries(data, "train.tsv", 10_000)

@@ -85,8 +85,8 @@ def main() -> int:
 
     import faiss
 
-    from retrieval import vector_index
-    from retrieval.docstore import DocStore
+    from retrieval.index import vector_index
+    from retrieval.store.docstore import DocStore
 
     rng = np.random.default_rng(1)
     texts = [" ".join(rng.choice(WORDS, size=12)) for _ in range(a.n)]
@@ -101,7 +101,7 @@ def main() -> int:
     coll = s.collection("default")
     with coll.reading() as (conn, snap):
         auto_index = snap.index
-        from retrieval import chunk_db
+        from retrieval.store import chunk_db
 
         ids, xb = chunk_db.all_vectors(conn, a.dim)  # (N,), (N, D)
     flat = vector_index.build_index(xb, ids, "Flat", vector_index.IndexConfig())

@@ -6,8 +6,8 @@ A sweep costs one pass: the neighbours (k_max of them) of every scored token are
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -7,7 +7,7 @@ subclass that hands each finished piece of text to a callback.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from retrieval.errors import InvalidInputError
 

@@ -5,8 +5,8 @@ the hook is gone even when the forward pass raises (including our own early stop
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,10 +120,10 @@ class KNNLM:
         faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
 
     @classmethod
-    def load(cls, model=None, datastore: str | Path | None = None, config: KNNConfig | None = None) -> "KNNLM":
+    def load(cls, model=None, datastore: str | Path | None = None, config: KNNConfig | None = None) -> KNNLM:
         """model: None (the datastore's model, else bundled SmolLM2), an HF id/path, or a LoadedLM."""
+        from lm.datastore.token_store import TokenStore
         from lm.models import LoadedLM, load_lm
-        from retrieval.token_store import TokenStore
 
         spec = None
         if datastore is not None and model is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieval.embedder import cache_root
+from retrieval.embed.embedder import cache_root
 from retrieval.errors import InvalidInputError, ModelLoadError
 
 log = logging.getLogger(__name__)

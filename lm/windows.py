@@ -4,7 +4,8 @@ Shared by the datastore build and perplexity so both see a token with the same k
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 
 class Window(NamedTuple):

@@ -14,8 +14,9 @@ from mcp_types import CallToolResult
 from pydantic import Field
 
 from mcp_server import schemas as S
+from mcp_server import tool_support as T
+from mcp_server.tool_support import COMPUTE, MAX_TEXT_CHARS, NO_DATASTORE
 from retrieval.errors import InvalidInputError
-from mcp_server.tools import COMPUTE, MAX_TEXT_CHARS, NO_DATASTORE, _result, _run, _state, _text
 
 
 def _tp(rows: Any) -> list[S.TokenProbOut]:
@@ -32,20 +33,20 @@ def register(server: Any) -> None:
     ) -> Annotated[CallToolResult, S.NextTokensOut]:
         """Top next tokens under the base LM, the kNN distribution and their mix, with the datastore
         neighbours' source snippets."""
-        _text(context, "context", MAX_TEXT_CHARS)
-        state = _state(ctx)
+        T.text(context, "context", MAX_TEXT_CHARS)
+        state = T.state(ctx)
 
         def work():
             knnlm = state.knnlm()
             with state.lm_lock:
                 return knnlm.next_tokens(context, top=top), bool(knnlm.has_datastore)
 
-        d, has_ds = await _run(work)
+        d, has_ds = await T.run(work)
         neighbours = [S.NeighbourOut(token=str(n.get("token")), distance=float(n.get("distance", 0.0)),
                                      source=None if n.get("source") is None else str(n.get("source")),
                                      snippet=None if n.get("snippet") is None else str(n.get("snippet"))[:400])
                       for n in (d.get("neighbours") or [])[:top]]
-        return _result(S.NextTokensOut(context=context[:200], datastore=has_ds, base=_tp(d.get("base")),
+        return T.result(S.NextTokensOut(context=context[:200], datastore=has_ds, base=_tp(d.get("base")),
                                        knn=_tp(d.get("knn")), mix=_tp(d.get("mix")), neighbours=neighbours,
                                        note=None if has_ds else NO_DATASTORE))
 
@@ -65,8 +66,8 @@ def register(server: Any) -> None:
         seed: Annotated[int | None, Field(description="random seed for sampling", ge=0, le=2**31 - 1)] = None,
     ) -> Annotated[CallToolResult, S.GenerateOut]:
         """Continue a prompt with the base LM interpolated with the kNN datastore (base LM alone without one)."""
-        _text(prompt, "prompt", MAX_TEXT_CHARS)
-        state = _state(ctx)
+        T.text(prompt, "prompt", MAX_TEXT_CHARS)
+        state = T.state(ctx)
 
         def work():
             knnlm = state.knnlm()
@@ -79,8 +80,8 @@ def register(server: Any) -> None:
                                       seed=seed)
             return text, bool(knnlm.has_datastore)
 
-        text, has_ds = await _run(work)
-        return _result(S.GenerateOut(prompt=prompt[:200], text=text[:40_000], datastore=has_ds,
+        text, has_ds = await T.run(work)
+        return T.result(S.GenerateOut(prompt=prompt[:200], text=text[:40_000], datastore=has_ds,
                                      max_new_tokens=max_new_tokens, lambda_=lambda_, temperature=temperature,
                                      do_sample=do_sample, note=None if has_ds else NO_DATASTORE))
 
@@ -90,18 +91,18 @@ def register(server: Any) -> None:
         ctx: Context,
     ) -> Annotated[CallToolResult, S.PerplexityOut]:
         """Perplexity of the text under the base LM and under kNN-LM (null without a datastore)."""
-        _text(text, "text", MAX_TEXT_CHARS)
-        state = _state(ctx)
+        T.text(text, "text", MAX_TEXT_CHARS)
+        state = T.state(ctx)
 
         def work():
             knnlm = state.knnlm()
             with state.lm_lock:
                 return knnlm.perplexity(text).to_dict(), bool(knnlm.has_datastore)
 
-        d, has_ds = await _run(work)
+        d, has_ds = await T.run(work)
         if not d.get("tokens"):
             raise ToolError("the text has no token to score. Hint: pass at least two tokens of text")
-        return _result(S.PerplexityOut(
+        return T.result(S.PerplexityOut(
             tokens=int(d["tokens"]), base_ppl=float(d["base_ppl"]),
             knn_ppl=None if d.get("knn_ppl") is None else float(d["knn_ppl"]), datastore=has_ds,
             k=d.get("k"), lambda_=d.get("lambda", d.get("lambda_")), temperature=d.get("temperature"),

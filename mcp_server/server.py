@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from retrieval.errors import InvalidInputError
 
@@ -39,7 +40,7 @@ class ServerConfig:
     embedder: str | None = None  # None = the one recorded in the store (MiniLM for a new store)
     allow_roots: tuple[Path, ...] = ()
     max_result_chars: int = 40_000  # ~10k tokens of JSON; clients cap tool results near 25k tokens
-    min_score: float | None = None  # RAG relevance threshold (None = lm.rag default)
+    min_score: float | None = None  # RAG relevance threshold (None = lm.rag.answer default)
 
     def __post_init__(self) -> None:
         roots = tuple(Path(os.path.realpath(os.path.expanduser(str(r)))) for r in self.allow_roots)
@@ -72,7 +73,7 @@ class ServerState:
         if self._store is None:
             with self._store_lock:
                 if self._store is None:
-                    from retrieval.docstore import DocStore
+                    from retrieval.store.docstore import DocStore
 
                     log.info("opening document store %s", self.config.store)
                     self._store = DocStore.open(self.config.store, embedder=self.config.embedder, create=True)
@@ -113,7 +114,7 @@ def build_server(config: ServerConfig, *, state: ServerState | None = None):
     """The MCPServer with every tool and the chunk resource registered; nothing loaded yet."""
     from mcp.server.mcpserver import MCPServer
 
-    from mcp_server import tools
+    from mcp_server import lm_tools, tools
 
     shared = state or ServerState(config)
 
@@ -135,6 +136,7 @@ def build_server(config: ServerConfig, *, state: ServerState | None = None):
         log_level="WARNING",
     )
     tools.register(server)
+    lm_tools.register(server)
     return server
 
 

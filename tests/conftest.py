@@ -13,6 +13,6 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def minilm():
     """The real bundled embedder, loaded once per test session."""
-    from retrieval.embedder import load_embedder
+    from retrieval.embed.embedder import load_embedder
 
     return load_embedder()

@@ -4,7 +4,7 @@ store must open with vectors, rows and BM25 consistent and equal to the last com
 The writer runs a fixed sequence of commits (index a folder, add, update files, delete by id and by
 source, upsert). A reference run without kills records the state after every commit. Crash runs
 freeze the writer at a named step of the N-th commit (KNNRAG_TEST_PAUSE_AT=step@N, see
-retrieval.manifest.checkpoint) or after a random delay, kill it with SIGKILL, and compare.
+retrieval.store.durable.checkpoint) or after a random delay, kill it with SIGKILL, and compare.
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.docstore import DocStore
+from retrieval.store.docstore import DocStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITER = r'''
 import json, os, sys
 from pathlib import Path
-from retrieval.docstore import DocStore
+from retrieval.store.docstore import DocStore
 
 os.chdir(sys.argv[1]); factory = sys.argv[2]; ref = os.environ.get("REF_DIR")
 corp = Path("corp")  # relative: sources are recorded as given, so runs in different folders compare equal

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retrieval.chunking import ChunkerConfig, chunk_document, tokenizer_is_exact
 from retrieval.errors import InvalidInputError
-from retrieval.preprocess import normalize_whitespace
+from retrieval.ingest.chunking import ChunkerConfig, chunk_document, tokenizer_is_exact
+from retrieval.ingest.preprocess import normalize_whitespace
 from retrieval.types import SourceDocument
 
 
@@ -333,7 +333,7 @@ def test_rst_underline_is_not_reused_as_overline():
     d = doc(text, "rst")
     chunks = chunk_document(d, regex_spans, ChunkerConfig(max_tokens=16, overlap_tokens=0, min_chunk_chars=0))
     check_invariants(d, chunks, regex_spans, ChunkerConfig(max_tokens=16, overlap_tokens=0))
-    from retrieval.blocks import rst_blocks
+    from retrieval.ingest.blocks import rst_blocks
 
     assert [(b.kind, b.title) for b in rst_blocks(text)] == [("heading", "para"), ("heading", "Title"), ("para", "")]
     assert {c.heading for c in chunks} == {"Title"}  # the empty "para" section joins the next one

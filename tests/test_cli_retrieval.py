@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HIT_FIELDS = {"id", "score", "scores", "text", "source", "start_char", "end_char", "start_line", "end_line",
               "heading", "metadata", "doc_id", "collection"}
-CLI = [sys.executable, "-c", "import sys; from retrieval.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from retrieval.cli.root import main; sys.exit(main())"]
 
 
 def knnrag(*args: str, cwd: Path, check: bool = True, probe: bool = False) -> subprocess.CompletedProcess:

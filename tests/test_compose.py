@@ -37,7 +37,7 @@ def _compose() -> dict:
 
 def _knnrag() -> list[str]:
     exe = shutil.which("knnrag") or str(Path(sys.executable).with_name("knnrag"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "retrieval.cli"]
+    return [exe] if Path(exe).exists() else [sys.executable, "-m", "retrieval.cli.root"]
 
 
 def test_compose_file_validates_against_compose_spec():

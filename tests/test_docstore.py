@@ -7,18 +7,17 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from retrieval import bm25_index, fusion, vector_index
-from retrieval.docstore import DocStore
-from retrieval.embedder import HashEmbedder
+from retrieval.embed.embedder import HashEmbedder
 from retrieval.errors import InvalidInputError, MismatchError, NotFoundError, StoreWriteError
-from retrieval.bm25_index import BM25Config
-from retrieval.fusion import FusionConfig
+from retrieval.index import bm25_index, fusion, vector_index
+from retrieval.index.bm25_index import BM25Config
+from retrieval.index.fusion import FusionConfig
+from retrieval.store.docstore import DocStore
 
 HIT_FIELDS = {"id", "score", "scores", "text", "source", "start_char", "end_char", "start_line", "end_line",
               "heading", "metadata", "doc_id", "collection"}
@@ -318,7 +317,7 @@ def test_read_only_open(tmp_path):
 
 READ_ONLY_SCRIPT = """
 import sys
-from retrieval.docstore import DocStore
+from retrieval.store.docstore import DocStore
 from retrieval.errors import StoreWriteError
 s = DocStore.open(sys.argv[1])
 print(s.search("hello")[0].text)
@@ -362,7 +361,7 @@ def test_read_only_directory(tmp_path):
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from retrieval.manifest import WriterLock
+from retrieval.store.durable import WriterLock
 with WriterLock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(30)
@@ -414,7 +413,7 @@ def test_open_and_search_do_not_import_torch(tmp_path):
     with DocStore.open(tmp_path / "s", embedder="hash-64") as s:
         s.add_texts(["hello world"])
     code = (
-        "import sys\nfrom retrieval.docstore import DocStore\n"
+        "import sys\nfrom retrieval.store.docstore import DocStore\n"
         f"s = DocStore.open({str(tmp_path / 's')!r}, read_only=True)\n"
         "s.stats(); s.list_collections()\nassert 'faiss' not in sys.modules or True\n"
         "s.search('hello')\n"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from retrieval.embedder import HashEmbedder, content_budget, load_embedder, model_name
+from retrieval.embed.embedder import HashEmbedder, content_budget, load_embedder, model_name
 from retrieval.errors import ModelLoadError
 
 
@@ -56,7 +56,7 @@ def test_minilm_query_path_matches_bulk_path(minilm):
 
 @pytest.mark.integration
 def test_small_batches_skip_torch_and_match_it(minilm):
-    from retrieval.embedder import TransformerEmbedder, bundled_model_dir
+    from retrieval.embed.embedder import TransformerEmbedder, bundled_model_dir
 
     fresh = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="torch")
     texts = ["a short text", "another, somewhat longer text about proteins and cells"]
@@ -70,7 +70,7 @@ def test_small_batches_skip_torch_and_match_it(minilm):
 @pytest.mark.integration
 def test_onnx_backend_matches_torch_and_numpy(tmp_path, monkeypatch):
     """The hand-built ONNX graph is the same model: padded batches agree with torch and numpy BERT."""
-    from retrieval.embedder import TransformerEmbedder, bundled_model_dir
+    from retrieval.embed.embedder import TransformerEmbedder, bundled_model_dir
 
     monkeypatch.setenv("KNNRAG_CACHE", str(tmp_path))
     onnx_emb = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="onnx")
@@ -89,7 +89,7 @@ def test_onnx_backend_matches_torch_and_numpy(tmp_path, monkeypatch):
 
 
 def test_unknown_backend_is_a_clear_error():
-    from retrieval.embedder import load_embedder
+    from retrieval.embed.embedder import load_embedder
     from retrieval.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="backend"):

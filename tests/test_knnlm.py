@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from knnlm_fixtures import CORPUS, make_model  # noqa: E402
 
-from lm.build import BuildConfig, build_datastore, contaminated, ngram_hashes  # noqa: E402
+from lm.datastore.build import BuildConfig, build_datastore, contaminated, ngram_hashes  # noqa: E402
 from lm.hooks import capture, has_hooks, resolve_module  # noqa: E402
 from lm.knnlm import KNNLM, KNNConfig, mix_nll  # noqa: E402
 from lm.models import load_lm  # noqa: E402
@@ -155,7 +154,7 @@ def test_explain_lists_neighbours_with_sources(llama, datastore):
 
 
 def test_resume_after_interruption_equals_one_shot(llama, corpus, tmp_path, monkeypatch):
-    from retrieval.token_store import TokenStore
+    from lm.datastore.token_store import TokenStore
 
     cfg = BuildConfig(window=32, stride=16, batch_size=1, shard_tokens=20)
     one = build_datastore(llama, [str(corpus)], tmp_path / "one", cfg, progress=False)
@@ -247,7 +246,7 @@ def test_bad_input_errors(llama, datastore, corpus, tmp_path):
 
 
 def test_cli_build_info_eval_generate_explain(llama_dir, corpus, tmp_path, capsys):
-    from retrieval.cli import main
+    from retrieval.cli.root import main
 
     ds = str(tmp_path / "ds")
     assert main(["datastore", "build", str(corpus / "a.txt"), "--out", ds, "--model", str(llama_dir), "--window", "64", "--json"]) == 0

@@ -22,7 +22,7 @@ def smol():
 
 @pytest.fixture(scope="module")
 def store(smol, tmp_path_factory):
-    from lm.build import BuildConfig, build_datastore
+    from lm.datastore.build import BuildConfig, build_datastore
 
     d = tmp_path_factory.mktemp("smol")
     (d / "doc.txt").write_text(TEXT)

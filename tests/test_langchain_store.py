@@ -5,9 +5,9 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
-from retrieval.docstore import DocStore
 from retrieval.errors import InvalidInputError
-from retrieval.langchain_store import EmbedderEmbeddings, KnnragVectorStore
+from retrieval.integrations.langchain import EmbedderEmbeddings, KnnragVectorStore
+from retrieval.store.docstore import DocStore
 
 TEXTS = ["rivers flow into the ocean", "mountains are tall and cold", "the ocean is deep and blue",
          "deserts are hot and dry", "forests are full of trees"]

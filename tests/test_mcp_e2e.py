@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -35,7 +34,7 @@ def anyio_backend():
 
 def knnrag() -> list[str]:
     exe = shutil.which("knnrag") or str(Path(sys.executable).with_name("knnrag"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "retrieval.cli"]
+    return [exe] if Path(exe).exists() else [sys.executable, "-m", "retrieval.cli.root"]
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from mcp_helpers import tiny_lm_dir, write_docs  # noqa: E402
 
 from mcp_server import schemas as S  # noqa: E402
 from mcp_server.server import ServerConfig, ServerState, build_server  # noqa: E402
-from mcp_server.tools import MAX_QUERY_CHARS, bound_hits  # noqa: E402
+from mcp_server.tool_support import MAX_QUERY_CHARS, bound_hits  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOOLS = {"search", "ask", "index_paths", "delete", "list_collections", "stats", "knn_next_tokens", "knn_generate",
@@ -343,7 +343,7 @@ async def test_fuzz_random_arguments_never_crash_the_server(env, indexed):
 
 async def test_knn_tools_with_a_datastore(env, indexed, lm_dir, tmp_path):
     """A real token datastore built from the docs with the tiny LM: kNN and mix are populated."""
-    from lm.build import build_datastore
+    from lm.datastore.build import build_datastore
 
     knn = env["state"].knnlm()  # the loaded tiny LM
     ds = tmp_path / "ds"

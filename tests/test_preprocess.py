@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.errors import InvalidInputError
-from retrieval.preprocess import (
+from retrieval.ingest.preprocess import (
     NearDupFilter,
     PreprocessReport,
     blank_whitespace,

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from mcp_helpers import tiny_lm_dir, write_docs  # noqa: E402
 
-from lm import rag  # noqa: E402
+from lm.rag import answer as rag  # noqa: E402
 from retrieval.errors import InvalidInputError  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +34,7 @@ def knnlm(tiny_lm):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     docs = write_docs(tmp_path_factory.mktemp("docs"))
     s = DocStore.open(tmp_path_factory.mktemp("store") / "s", embedder="hash-64")
@@ -123,7 +123,7 @@ def test_citation_markers_are_checked(store, tiny_lm, monkeypatch):
 
 
 def test_cli_ask_json_and_streaming(store, tmp_path, capsys):
-    from retrieval.cli import main
+    from retrieval.cli.root import main
 
     lm_dir = tiny_lm_dir(tmp_path / "lm")
     args = ["ask", "How are path parameters declared in the route?", "--store", str(store.path), "--model", str(lm_dir),
@@ -145,7 +145,7 @@ def test_bundled_models_answer_with_a_citation(tmp_path):
     """SmolLM2-135M-Instruct + MiniLM, end to end: a grounded answer that cites the routing doc."""
     from lm.knnlm import KNNLM
     from lm.models import load_lm
-    from retrieval.docstore import DocStore
+    from retrieval.store.docstore import DocStore
 
     docs = write_docs(tmp_path / "docs")
     with DocStore.open(tmp_path / "store") as s:
@@ -161,7 +161,7 @@ def test_bundled_models_answer_with_a_citation(tmp_path):
 
 
 def test_echo_is_cut_while_streaming_and_after():
-    from lm.citations import EchoCutStream, cut_echo
+    from lm.rag.citations import EchoCutStream, cut_echo
 
     raw = "Braces declare them [1].\nMore detail here.\n\nQuestion: How are they declared?\n[2] a.md (lines 1-3)\nx"
     out: list[str] = []
@@ -174,7 +174,7 @@ def test_echo_is_cut_while_streaming_and_after():
 
 
 def test_attribution_by_overlap_is_flagged():
-    from lm.citations import attribute
+    from lm.rag.citations import attribute
 
     text, used = attribute("Path parameters use curly braces in the route. Bananas are yellow.",
                            ["deploy behind a proxy", "Path parameters are declared with curly braces in the route"])

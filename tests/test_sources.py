@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from retrieval import sources as sources_mod
 from retrieval.errors import InvalidInputError
-from retrieval.sources import file_hash, iter_sources, kind_of
-from retrieval.types import SourceDocument, Skip
+from retrieval.ingest import sources as sources_mod
+from retrieval.ingest.sources import file_hash, iter_sources, kind_of
+from retrieval.types import Skip, SourceDocument
 
 
 def write(path, data, mode="w"):

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from lm.datastore.token_store import TokenStore
 from retrieval.errors import CorruptStoreError, InvalidInputError, MismatchError, NotFoundError
-from retrieval.token_store import TokenStore
 
 DIM = 16
 
@@ -167,7 +167,7 @@ def test_corrupt_files_are_reported_with_a_fix(tmp_path, damage):
 
 
 def test_auto_factory_is_fast_scan_pq_when_large():
-    from retrieval.token_store import resolve_factory
+    from lm.datastore.token_store import resolve_factory
 
     assert resolve_factory("auto", 5_000, 576) == "Flat"
     assert resolve_factory("auto", 1_000_000, 576) == "IVF4096,PQ288x4fs"

@@ -1,0 +1,230 @@
+"""Grounded answers: hybrid retrieval -> numbered sources that fit the LM context -> generate -> [n] citations.
+
+Why each step is shaped this way:
+- Relevance is judged on the dense cosine (a calibrated scale across queries), not on the fused
+  rank score; below `min_score` we say we found nothing instead of letting a small LM invent.
+- The prompt is measured with the LM's own tokenizer *after* its chat template is applied, and
+  sources are cut token-wise until it fits `context_tokens - max_new_tokens`: it never overflows.
+- Citations are parsed back from the answer and mapped to source path + line range; markers the
+  LM made up (out of range) are reported, not silently kept.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lm.rag.citations import EchoCutStream, attribute, cut_echo, extract_citations
+from retrieval.errors import InvalidInputError
+
+log = logging.getLogger("knnrag.rag")
+
+SYSTEM_PROMPT = (
+    "You are a careful assistant. Answer the question using only the numbered sources. "
+    "After each claim, cite the source it comes from as [1], [2], ... "
+    "If the sources do not contain the answer, say that you do not know. Be brief."
+)
+FALLBACK_TEMPLATE = "System: {system}\n\nUser: {user}\n\nAssistant:"
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    k: int = 5
+    mode: str = "hybrid"
+    min_score: float = 0.25  # dense cosine below which a hit is not relevant
+    min_bm25: float = 1.0  # used only for hits without a dense score (bm25 mode)
+    max_new_tokens: int = 256
+    context_tokens: int | None = None  # None = min(LM context, 2048): CPU prefill cost grows with it
+    max_source_tokens: int = 512  # one long chunk must not crowd out the others
+    lambda_: float | None = None
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= 50:
+            raise InvalidInputError(f"k={self.k} is out of range", "use 1 <= k <= 50")
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise InvalidInputError(f"max_new_tokens={self.max_new_tokens} is out of range", "use 1..4096")
+        if self.context_tokens is not None and self.context_tokens < 128:
+            raise InvalidInputError(f"context_tokens={self.context_tokens} is too small", "use at least 128")
+        if self.mode not in ("hybrid", "dense", "bm25"):
+            raise InvalidInputError(f"unknown mode {self.mode!r}", "use hybrid, dense or bm25")
+
+
+@dataclass
+class RagAnswer:
+    question: str
+    answer: str
+    grounded: bool
+    citations: list[dict[str, Any]]  # every numbered source given to the LM, with `cited`
+    model: str
+    used_knn: bool
+    prompt_tokens: int = 0
+    invalid_citations: list[int] = field(default_factory=list)
+    attributed: bool = False  # True: the LM cited nothing and markers were added by word overlap
+    note: str | None = None
+    streamed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("streamed")
+        return d
+
+
+def relevance(hit: dict[str, Any], cfg: RagConfig) -> bool:
+    scores = hit.get("scores") or {}
+    if scores.get("dense") is not None:
+        return float(scores["dense"]) >= cfg.min_score
+    if scores.get("bm25") is not None:
+        return float(scores["bm25"]) >= cfg.min_bm25
+    return float(hit.get("score") or 0.0) >= cfg.min_score
+
+
+def source_header(n: int, hit: dict[str, Any]) -> str:
+    head = f" — {hit['heading']}" if hit.get("heading") else ""
+    return f"[{n}] {hit.get('source')} (lines {hit.get('start_line')}-{hit.get('end_line')}){head}\n"
+
+
+def build_messages(question: str, sources: Sequence[str]) -> list[dict[str, str]]:
+    body = "\n\n".join(sources) if sources else "(no sources)"
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": f"Sources:\n\n{body}\n\nQuestion: {question}"}]
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The exact text the LM sees: its chat template when it has one, a plain layout otherwise."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return FALLBACK_TEMPLATE.format(system=messages[0]["content"], user=messages[1]["content"])
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _cut(tokenizer: Any, text: str, n_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= n_tokens else tokenizer.decode(ids[:max(0, n_tokens)], skip_special_tokens=True)
+
+
+def fit_sources(question: str, hits: Sequence[dict[str, Any]], tokenizer: Any, budget: int,
+                max_source_tokens: int) -> tuple[str, list[dict[str, Any]], int]:
+    """Prompt text, the hits it numbers (with `truncated`), and its token count (<= budget)."""
+    base = count_tokens(tokenizer, render_prompt(tokenizer, build_messages(question, [])))
+    if base > budget:
+        raise InvalidInputError(f"the question alone takes {base} tokens, over the prompt budget of {budget}",
+                                "shorten the question, or raise --context-tokens / lower --max-new-tokens")
+    remaining = budget - base - 4
+    blocks: list[str] = []
+    used: list[dict[str, Any]] = []
+    for hit in hits:
+        header = source_header(len(used) + 1, hit)
+        h_cost = count_tokens(tokenizer, header) + 2
+        text = _cut(tokenizer, hit.get("text") or "", max_source_tokens)
+        t_cost = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        truncated = text != (hit.get("text") or "")
+        if h_cost + t_cost > remaining:
+            if remaining - h_cost < 48:
+                break
+            text, truncated = _cut(tokenizer, text, remaining - h_cost), True
+            t_cost = remaining - h_cost
+        blocks.append(header + text)
+        used.append({**hit, "truncated": truncated})
+        remaining -= h_cost + t_cost
+        if remaining < 48:
+            break
+    while True:  # exact check on the rendered template; trim until it fits
+        prompt = render_prompt(tokenizer, build_messages(question, blocks))
+        total = count_tokens(tokenizer, prompt)
+        if total <= budget or not blocks:
+            return prompt, used, total
+        last = blocks[-1]
+        body = last.split("\n", 1)[1] if "\n" in last else ""
+        n_body = len(tokenizer(body, add_special_tokens=False)["input_ids"])
+        if n_body <= 32:
+            blocks.pop(), used.pop()
+        else:
+            blocks[-1] = last.split("\n", 1)[0] + "\n" + _cut(tokenizer, body, n_body - max(16, total - budget))
+            used[-1]["truncated"] = True
+
+
+def _citation(n: int, hit: dict[str, Any], cited: bool) -> dict[str, Any]:
+    coll = hit.get("collection") or "default"
+    return {"n": n, "cited": cited, "source": str(hit.get("source")), "start_line": int(hit.get("start_line") or 0),
+            "end_line": int(hit.get("end_line") or 0), "chunk_id": str(hit.get("id")),
+            "uri": f"chunk://{coll}/{hit.get('id')}", "score": float(hit.get("score") or 0.0),
+            "heading": hit.get("heading") or None, "truncated": bool(hit.get("truncated"))}
+
+
+def not_found_answer(collection: str, best: float | None, cfg: RagConfig) -> str:
+    why = f" (best relevance {best:.2f} < threshold {cfg.min_score:.2f})" if best is not None else ""
+    return (f"I could not find anything relevant to this question in collection {collection!r}{why}, "
+            "so I will not guess. Try rephrasing, a larger k, or indexing more documents.")
+
+
+def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection: str = "default",
+           config: RagConfig | None = None, on_token: Callable[[str], None] | None = None) -> RagAnswer:
+    """Answer `question` from `store`.
+
+    `knnlm`: a KNNLM (kNN mixing when it has a datastore) or a zero-argument callable returning
+    one, called only when something relevant was retrieved (so a refusal never loads the LM).
+    `lm`: its LoadedLM (default: knnlm.lm), whose tokenizer measures the prompt.
+    """
+    cfg = config or RagConfig()
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidInputError("the question is empty", "ask something")
+    hits = [h.to_dict() if hasattr(h, "to_dict") else dict(h)
+            for h in store.search(question, k=cfg.k, mode=cfg.mode, collection=collection)]
+    relevant = [h for h in hits if relevance(h, cfg)]
+    if not relevant:
+        dense = [float((h.get("scores") or {}).get("dense")) for h in hits if (h.get("scores") or {}).get("dense") is not None]
+        text = not_found_answer(collection, max(dense) if dense else None, cfg)
+        if on_token:
+            on_token(text)
+        model_id = str(getattr(lm, "model_id", None) or getattr(getattr(knnlm, "lm", None), "model_id", "not loaded"))
+        return RagAnswer(question, text, False, [], model_id, bool(getattr(knnlm, "has_datastore", False)),
+                         note="no retrieved passage passed the relevance threshold; the LM was not called",
+                         streamed=on_token is not None)
+    if callable(knnlm) and not hasattr(knnlm, "generate"):
+        knnlm = knnlm()
+    lm = lm if lm is not None else knnlm.lm
+    tok = lm.tokenizer
+    context = cfg.context_tokens or min(int(getattr(lm, "max_length", 2048) or 2048), 2048)
+    budget = context - cfg.max_new_tokens
+    if budget < 64:
+        raise InvalidInputError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for sources in a "
+                                f"{context}-token context", "lower --max-new-tokens or raise --context-tokens")
+    prompt, used, n_prompt = fit_sources(question, relevant, tok, budget, cfg.max_source_tokens)
+    log.info("rag: %d/%d hits relevant, %d in a %d-token prompt", len(relevant), len(hits), len(used), n_prompt)
+    stream = EchoCutStream(on_token) if on_token else None
+    raw = knnlm.generate(prompt, max_new_tokens=cfg.max_new_tokens, lambda_=cfg.lambda_,
+                         temperature=cfg.temperature, chat=False, on_token=stream)
+    if stream:
+        stream.close()
+    text = cut_echo(raw).strip()
+    cited = extract_citations(text)
+    valid = [n for n in cited if 1 <= n <= len(used)]
+    invalid = [n for n in cited if n not in valid]
+    attributed = False
+    notes = []
+    if not valid:
+        text, valid = attribute(text, [h.get("text") or "" for h in used])
+        attributed = bool(valid)
+        notes.append("the LM cited no source; markers were attributed by word overlap between answer sentences "
+                     "and sources" if valid else "the LM cited no source and no answer sentence matches one")
+    if invalid:
+        notes.append(f"markers {invalid} name no source and were made up by the LM")
+    citations = [_citation(i + 1, h, (i + 1) in valid) for i, h in enumerate(used)]
+    return RagAnswer(question, text, True, citations, str(lm.model_id), bool(knnlm.has_datastore),
+                     prompt_tokens=n_prompt, invalid_citations=invalid, attributed=attributed,
+                     note="; ".join(notes) or None, streamed=on_token is not None)
+
+
+def format_sources(res: RagAnswer) -> str:
+    lines = ["Sources:"]
+    for c in res.citations:
+        mark = ("  (attributed)" if res.attributed else "") if c["cited"] else "  (not cited)"
+        lines.append(f"  [{c['n']}] {c['source']}:{c['start_line']}-{c['end_line']}{mark}")
+    if res.note:
+        lines.append(f"note: {res.note}")
+    return "\n".join(lines)

@@ -1,0 +1,253 @@
+"""`knnrag index | search | stats | delete | collections`: the document store on the command line.
+
+Cheap to import: the store (faiss, numpy) loads inside the handlers, and a search never imports
+torch (queries are embedded by the numpy BERT fast path).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from retrieval.errors import InvalidInputError, NotFoundError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="index files and folders (incremental: only changed files are re-embedded)",
+                       description="Index files and folders recursively into a store collection. Re-running re-embeds only "
+                                   "changed files and removes the chunks of deleted ones.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.gitignore files are honoured)")
+    _store_args(p)
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="gitignore-style pattern to leave out (repeatable)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag every chunk of these files (repeatable; filter with --filter tags=TAG)")
+    p.add_argument("--embedder", help="embedding model for a NEW collection: sentence-transformers id or path (default: bundled all-MiniLM-L6-v2); must match for an existing one")
+    p.add_argument("--index-factory", metavar="STR", help="FAISS index_factory string, e.g. 'Flat', 'HNSW32,Flat', 'IVF1024,Flat' (default: auto = Flat below 50k vectors, HNSW32 above)")
+    p.add_argument("--force", action="store_true", help="re-chunk and re-embed every file, changed or not")
+    p.add_argument("--near-dup", type=float, default=0.9, metavar="T", help="near-duplicate MinHash Jaccard threshold (default 0.9; 0 disables)")
+    p.add_argument("--max-file-mb", type=float, default=20.0, help="skip files larger than this (default 20 MB)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("search", help="search a store (hybrid dense + BM25 by default)",
+                       description="Search a collection. Give a QUERY, or --queries FILE for a batch (BEIR queries.jsonl "
+                                   "or one query per line) that prints one JSON line per query.")
+    s.add_argument("query", nargs="?", help="what to search for")
+    _store_args(s)
+    s.add_argument("-k", type=int, default=10, help="number of results (default 10, at most 10000)")
+    s.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="hybrid")
+    s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="source=GLOB, kind=markdown, tags=T, doc_id=ID or any metadata key; repeatable (all must match)")
+    s.add_argument("--mmr", action="store_true", help="diversify results with maximal marginal relevance")
+    s.add_argument("--mmr-lambda", type=float, default=0.5, help="MMR trade-off: 1 = relevance only, 0 = diversity only")
+    s.add_argument("--min-score", type=float, help="drop hits scoring below this (scale depends on --mode)")
+    s.add_argument("--queries", metavar="FILE", help="batch: BEIR queries.jsonl ({_id, text}) or one query per line")
+    s.add_argument("--embedder", help="embedding model (must be the one that built the collection; default: that one)")
+    s.add_argument("--alpha", type=float, help="hybrid: dense weight in [0, 1] (default tuned)")
+    s.add_argument("--fusion", choices=("convex", "rrf"), help="hybrid: fusion method (default tuned)")
+    s.add_argument("--norm", choices=("minmax", "zscore", "max", "none"), help="hybrid: score normalisation (default tuned)")
+    s.add_argument("--doc-agg", choices=("max", "none"), help="one hit per doc_id (best chunk), or every chunk")
+    s.set_defaults(func=cmd_search)
+
+    st = sub.add_parser("stats", help="what a store holds: collections, chunks, sources, embedder, index type, size")
+    _store_args(st, collection_default=None)
+    st.set_defaults(func=cmd_stats)
+
+    d = sub.add_parser("delete", help="delete chunks by source path (file, folder or glob) or by chunk id")
+    _store_args(d)
+    d.add_argument("--source", nargs="+", default=[], metavar="PATH", help="source paths as indexed, folders or globs")
+    d.add_argument("--id", nargs="+", default=[], metavar="ID", help="chunk ids (as printed by search)")
+    d.set_defaults(func=cmd_delete)
+
+    c = sub.add_parser("collections", help="list the collections of a store")
+    c.add_argument("--store", required=True, metavar="DIR", help="store directory")
+    c.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    c.set_defaults(func=cmd_collections)
+
+
+def _store_args(p: argparse.ArgumentParser, collection_default: str | None = "default") -> None:
+    p.add_argument("--store", required=True, metavar="DIR", help="store directory (created by index when missing)")
+    p.add_argument("--collection", default=collection_default, metavar="NAME",
+                   help="collection inside the store" + (f" (default {collection_default})" if collection_default else " (default: all)"))
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (JSON lines for a batch) and nothing else")
+
+
+def _emit(obj: object) -> None:
+    from retrieval.cli.output import emit_json
+
+    emit_json(obj)
+
+
+def _open(args, *, write: bool, embedder: str | None = None):
+    from retrieval.store.docstore import DocStore
+
+    return DocStore.open(Path(args.store), embedder=embedder, create=write, read_only=not write)
+
+
+# --------------------------------------------------------------------------- index
+def cmd_index(args) -> int:
+    show = not args.json and not args.no_progress and sys.stderr.isatty()
+    if args.max_file_mb <= 0:
+        raise InvalidInputError(f"--max-file-mb must be positive, got {args.max_file_mb}", "use e.g. --max-file-mb 20")
+    if not 0 <= args.near_dup <= 1:
+        raise InvalidInputError(f"--near-dup must be in [0, 1], got {args.near_dup}", "0 disables, 0.9 is the default")
+    with _open(args, write=True, embedder=args.embedder) as store:
+        rep = store.index_paths(args.paths, collection=args.collection, exclude=args.exclude, tags=args.tag,
+                                show_progress=show, index_factory=args.index_factory, force=args.force,
+                                near_dup_threshold=args.near_dup or None, max_file_bytes=int(args.max_file_mb * 1e6))
+        d = rep.to_dict()
+        if args.json:
+            _emit(d)
+            return 0
+        out = sys.stdout
+        out.write(f"{args.collection}: {d['files_seen']} files seen, {d['added']} added, {d['updated']} updated, "
+                  f"{d['removed']} removed, {d['unchanged']} unchanged; {d['chunks_added']} chunks added, "
+                  f"{d['chunks_removed']} removed in {d['seconds']:.1f}s\n")
+        dropped = {k: v for k, v in d["dropped"].items() if v}
+        if dropped:
+            out.write("dropped chunks: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) + "\n")
+        for s in d["skipped"]:
+            out.write(f"skipped {s['source']}: {s['reason']}\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- search
+def _filters(items: list[str]) -> dict | None:
+    if not items:
+        return None
+    f: dict = {}
+    for it in items:
+        if "=" not in it:
+            raise InvalidInputError(f"bad --filter {it!r}", "use KEY=VALUE, e.g. --filter kind=markdown or --filter source='docs/*'")
+        key, val = it.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise InvalidInputError(f"bad --filter {it!r}: empty key", "use KEY=VALUE")
+        if key == "tags" or key == "tag":
+            f.setdefault("tags", []).extend(v for v in val.split(",") if v)
+        elif key in f:
+            f[key] = (f[key] if isinstance(f[key], list) else [f[key]]) + [val]
+        else:
+            f[key] = val
+    return f
+
+
+def _read_queries(path: str) -> list[tuple[str, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"queries file not found: {path}", "pass a BEIR queries.jsonl or a text file with one query per line")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"cannot read queries file {path}: {e}", "it must be UTF-8 text") from e
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                rec = json.loads(line)
+                qid, text = str(rec.get("_id", rec.get("id", n))), rec.get("text", rec.get("query", ""))
+            except (ValueError, AttributeError) as e:
+                raise InvalidInputError(f"{path}:{n}: not a JSON object: {e}", "BEIR queries.jsonl lines look like {\"_id\": \"1\", \"text\": \"...\"}") from e
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInputError(f"{path}:{n}: query {qid!r} has no text", "every query needs a non-empty 'text'")
+            out.append((qid, text))
+        else:
+            out.append((str(n), line.strip()))
+    if not out:
+        raise InvalidInputError(f"no queries in {path}", "one query per line, or BEIR queries.jsonl")
+    return out
+
+
+def cmd_search(args) -> int:
+
+    if (args.query is not None) == bool(args.queries):
+        raise InvalidInputError("give either a QUERY or --queries FILE", "e.g. knnrag search 'install' --store DIR")
+    filters = _filters(args.filter)
+    with _open(args, write=False, embedder=args.embedder) as store:
+        over = {k: v for k, v in (("alpha", args.alpha), ("method", args.fusion), ("norm", args.norm), ("doc_agg", args.doc_agg)) if v is not None}
+        fusion = store.fusion.with_(**over) if over else None
+        kw = dict(k=args.k, mode=args.mode, filters=filters, collection=args.collection, mmr=args.mmr,
+                  mmr_lambda=args.mmr_lambda, min_score=args.min_score, fusion=fusion)
+        if args.queries:
+            queries = _read_queries(args.queries)
+            batch = 256
+            for i in range(0, len(queries), batch):
+                part = queries[i : i + batch]
+                results = store.search_batch([q for _, q in part], **kw)
+                for (qid, q), hits in zip(part, results):
+                    rec = {"query_id": qid, "hits": [h.to_dict() for h in hits]}
+                    if args.json:
+                        _emit(rec)
+                    else:
+                        sys.stdout.write(f"== {qid}: {q}\n")
+                        _print_hits(hits)
+            return 0
+        hits = store.search(args.query, **kw)
+        if args.json:
+            _emit({"query": args.query, "collection": args.collection, "mode": args.mode, "k": args.k, "hits": [h.to_dict() for h in hits]})
+        else:
+            if not hits:
+                sys.stdout.write("no results\n")
+            _print_hits(hits)
+    return 0
+
+
+def _print_hits(hits) -> None:
+    for n, h in enumerate(hits, 1):
+        where = f"{h.source}:{h.start_line}-{h.end_line}" if h.start_line is not None else h.source
+        extra = " ".join(f"{m}={v:.3f}" for m, v in h.scores.items())
+        sys.stdout.write(f"{n}. [{h.score:.3f}] {where}" + (f"  ({h.heading})" if h.heading else "")
+                         + (f"  doc_id={h.doc_id}" if h.doc_id else "") + f"  id={h.id}  {extra}\n")
+        snippet = " ".join(h.text.split())
+        sys.stdout.write("   " + (snippet[:300] + ("..." if len(snippet) > 300 else "")) + "\n")
+
+
+# --------------------------------------------------------------------------- stats / delete / collections
+def cmd_stats(args) -> int:
+    with _open(args, write=False) as store:
+        st = store.stats(args.collection)
+        if args.json:
+            _emit(st)
+            return 0
+        cols = [st] if args.collection else st["collections"]
+        if not cols:
+            sys.stdout.write(f"{args.store}: no collections yet\n")
+        for c in cols:
+            sys.stdout.write(
+                f"{c['name']}: {c['chunks']} chunks from {c['sources']} sources, embedder {c['embedder']} (dim {c['dim']}), "
+                f"index {c['index_type']} ({c['vectors']} vectors), {c['bm25_terms']} BM25 terms, "
+                f"generation {c['generation']}, {c['disk_bytes'] / 1e6:.1f} MB\n")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    if not args.source and not args.id:
+        raise InvalidInputError("nothing to delete", "pass --source PATH... or --id ID...")
+    from retrieval.store.docstore import DocStore
+
+    with DocStore.open(Path(args.store), create=False) as store:
+        res = store.delete(sources=args.source, ids=args.id, collection=args.collection)
+        if res["removed_chunks"] == 0 and res["removed_sources"] == 0:
+            what = ", ".join(args.source + args.id)
+            raise NotFoundError(f"nothing matched {what} in collection {args.collection!r}",
+                                "source paths are as indexed (see `knnrag search ... --json`); ids as printed by search")
+        if args.json:
+            _emit(res)
+        else:
+            sys.stdout.write(f"removed {res['removed_chunks']} chunks ({res['removed_sources']} sources)\n")
+    return 0
+
+
+def cmd_collections(args) -> int:
+    with _open(args, write=False) as store:
+        cols = store.list_collections()
+        if args.json:
+            _emit({"store": str(args.store), "collections": cols})
+        else:
+            for c in cols:
+                sys.stdout.write(f"{c['name']}\t{c['chunks']} chunks\t{c['sources']} sources\t{c['embedder']}\t{c['index_type']}\n")
+            if not cols:
+                sys.stdout.write("no collections\n")
+    return 0

@@ -1,0 +1,221 @@
+"""BM25 over chunks, saved in bm25s's own format (folder of .npy + JSON), loaded memory-mapped.
+
+Why not call bm25s at run time: `import bm25s` costs ~0.5 s (a cold CLI search has 2 s in all)
+and its indexer is pure Python (100k chunks take ~16 s), which would make every incremental
+commit O(corpus). So this module keeps, per generation, the postings (term ids and term
+frequencies per chunk) next to the bm25s score matrix and rebuilds the matrix with numpy in
+O(nnz) when chunks come and go; only new chunks are tokenised. The score files are exactly
+bm25s's (`bm25s.BM25.load(dir)` opens them; tests check the scores agree with bm25s).
+Tokenisation matches bm25s: lowercase, `\\b\\w\\w+\\b`, English stopwords, PyStemmer English stemmer.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.errors import CorruptStoreError
+
+# bm25s.stopwords.STOPWORDS_EN (kept here so the query path never imports bm25s)
+STOPWORDS_EN = (
+    "a an and are as at be but by for if in into is it no not of on or such that the their then "
+    "there these they this to was will with"
+).split()
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+
+DATA, INDICES, INDPTR = "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"
+VOCAB, PARAMS = "vocab.index.json", "params.index.json"
+IDS, DOC_PTR, DOC_TERMS, DOC_TFS, TOKENIZER = "ids.npy", "doc_ptr.npy", "doc_terms.npy", "doc_tfs.npy", "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class BM25Config:
+    """Lucene BM25. k1=0.75, b=0.5 are the SciFact *train*-qrels best for hybrid search (grid
+    k1 0.6-2.0, b 0.3-0.9; bm25s's 1.5/0.75 was 0.008 nDCG@10 lower). Each collection keeps the
+    values it was built with in its manifest."""
+
+    k1: float = 0.75
+    b: float = 0.5
+    method: str = "lucene"
+    stemmer: str = "english"
+    stopwords: str = "en"
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Tokenizer:
+    """bm25s-compatible tokeniser; the stemmer is created once per tokenizer."""
+
+    def __init__(self, stemmer: str | None = "english", stopwords: Sequence[str] = STOPWORDS_EN) -> None:
+        self._split = re.compile(TOKEN_PATTERN).findall
+        self._stop = frozenset(stopwords)
+        self._stem = None
+        if stemmer:
+            import Stemmer  # PyStemmer, C, ~10 ms import
+
+            self._stem = Stemmer.Stemmer(stemmer).stemWords
+
+    def __call__(self, text: str) -> list[str]:
+        toks = [t for t in self._split(text.lower()) if t not in self._stop]
+        return self._stem(toks) if self._stem else toks
+
+
+@dataclass
+class BM25Index:
+    """One generation's BM25: bm25s CSC score matrix (term-major) plus per-chunk postings."""
+
+    ids: np.ndarray  # (D,) int64 chunk id of each row, ascending
+    data: np.ndarray  # (nnz,) float32 precomputed BM25 term-doc scores
+    indices: np.ndarray  # (nnz,) int32 row (doc position) of each score
+    indptr: np.ndarray  # (V+1,) int64 term column pointers
+    vocab: dict[str, int]
+    doc_ptr: np.ndarray  # (D+1,) int64 postings pointers per doc
+    doc_terms: np.ndarray  # (nnz,) int32 term id per posting
+    doc_tfs: np.ndarray  # (nnz,) int32 term frequency per posting
+    config: BM25Config
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.ids.shape[0])
+
+    def scores(self, query_tokens: Sequence[str]) -> np.ndarray:
+        """BM25 score of every row for the query (bm25s semantics: repeated terms count again)."""
+        s = np.zeros(self.num_docs, dtype=np.float32)  # (D,)
+        for tok in query_tokens:
+            t = self.vocab.get(tok)
+            if t is None or t + 1 >= len(self.indptr):
+                continue
+            a, b = int(self.indptr[t]), int(self.indptr[t + 1])
+            s[self.indices[a:b]] += self.data[a:b]
+        return s
+
+    def positions(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """Row positions of the given chunk ids (ids absent from this index are dropped)."""
+        pos = np.searchsorted(self.ids, chunk_ids)
+        pos = np.clip(pos, 0, max(self.num_docs - 1, 0))
+        ok = (self.num_docs > 0) & (self.ids[pos] == chunk_ids) if self.num_docs else np.zeros(len(chunk_ids), bool)
+        return pos[ok]
+
+    def top_k(self, query_tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Best k (score, chunk id) among rows with a positive score, restricted to `allowed` ids
+        before ranking, so k come back whenever k matching chunks exist."""
+        s = self.scores(query_tokens)  # (D,)
+        if allowed is not None:
+            mask = np.zeros(self.num_docs, dtype=bool)
+            mask[self.positions(np.asarray(allowed, dtype=np.int64))] = True
+            s = np.where(mask, s, 0.0)
+        cand = np.flatnonzero(s > 0)
+        if len(cand) > k:
+            cand = cand[np.argpartition(-s[cand], k - 1)[:k]]
+        order = cand[np.argsort(-s[cand], kind="stable")]
+        return s[order].astype(np.float32), self.ids[order]
+
+
+def _csc(doc_ptr: np.ndarray, terms: np.ndarray, tfs: np.ndarray, n_vocab: int, cfg: BM25Config):
+    """bm25s 'lucene' scores for every posting, laid out term-major (CSC) like bm25s."""
+    n_docs = len(doc_ptr) - 1
+    doc = np.repeat(np.arange(n_docs, dtype=np.int32), np.diff(doc_ptr))  # (nnz,)
+    dl = np.bincount(doc, weights=tfs, minlength=n_docs).astype(np.float64)  # (D,)
+    avgdl = float(dl.mean()) if n_docs and dl.sum() > 0 else 1.0
+    df = np.bincount(terms, minlength=n_vocab).astype(np.float64)  # (V,)
+    idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))  # (V,)
+    tf = tfs.astype(np.float64)
+    score = idf[terms] * tf / (tf + cfg.k1 * (1.0 - cfg.b + cfg.b * dl[doc] / avgdl))  # (nnz,)
+    order = np.lexsort((doc, terms))
+    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
+    np.cumsum(np.bincount(terms, minlength=n_vocab), out=indptr[1:])
+    return score[order].astype(np.float32), doc[order].astype(np.int32), indptr
+
+
+def _postings(token_lists: Sequence[Sequence[str]], vocab: dict[str, int]):
+    """Per-doc (term id, tf) postings; new terms are appended to `vocab` (mutated)."""
+    lens, terms, tfs = [], [], []
+    for toks in token_lists:
+        counts: dict[int, int] = {}
+        for t in toks:
+            tid = vocab.get(t)
+            if tid is None:
+                tid = vocab[t] = len(vocab)
+            counts[tid] = counts.get(tid, 0) + 1
+        lens.append(len(counts))
+        terms.extend(counts.keys())
+        tfs.extend(counts.values())
+    return np.asarray(lens, np.int64), np.asarray(terms, np.int32), np.asarray(tfs, np.int32)
+
+
+def empty(cfg: BM25Config) -> BM25Index:
+    z = np.zeros(0, np.int32)
+    return BM25Index(np.zeros(0, np.int64), np.zeros(0, np.float32), z, np.zeros(1, np.int64), {}, np.zeros(1, np.int64), z, z, cfg)
+
+
+def update(old: BM25Index | None, remove_ids: np.ndarray, add_ids: np.ndarray, add_tokens: Sequence[Sequence[str]], cfg: BM25Config) -> BM25Index:
+    """A new BM25Index: `old` minus removed chunks plus the new ones (ids ascending), O(nnz) numpy."""
+    old = old if old is not None else empty(cfg)
+    vocab = dict(old.vocab)
+    keep = ~np.isin(old.ids, remove_ids) if len(remove_ids) else np.ones(old.num_docs, bool)  # (D,)
+    lens_old = np.diff(old.doc_ptr)[keep]
+    entry_keep = np.repeat(keep, np.diff(old.doc_ptr))  # (nnz,)
+    lens_new, terms_new, tfs_new = _postings(add_tokens, vocab)
+    ids = np.concatenate([old.ids[keep], np.asarray(add_ids, np.int64)])
+    lens = np.concatenate([lens_old, lens_new])
+    terms = np.concatenate([np.asarray(old.doc_terms)[entry_keep], terms_new])
+    tfs = np.concatenate([np.asarray(old.doc_tfs)[entry_keep], tfs_new])
+    doc_ptr = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum(lens, out=doc_ptr[1:])
+    if len(ids) > 1 and np.any(np.diff(ids) <= 0):  # keep rows sorted by chunk id
+        order = np.argsort(ids, kind="stable")
+        starts, ls = doc_ptr[:-1][order], lens[order]
+        sel = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, ls)]) if len(ls) else np.zeros(0, np.int64)
+        ids, lens, terms, tfs = ids[order], ls, terms[sel], tfs[sel]
+        np.cumsum(lens, out=doc_ptr[1:])
+    data, indices, indptr = _csc(doc_ptr, terms, tfs, len(vocab), cfg)
+    return BM25Index(ids, data, indices, indptr, vocab, doc_ptr, terms, tfs, cfg)
+
+
+def rescore(index: BM25Index, cfg: BM25Config) -> BM25Index:
+    """The same postings scored with other k1/b (O(nnz), no re-tokenising): how k1 and b are tuned."""
+    if cfg.stemmer != index.config.stemmer or cfg.stopwords != index.config.stopwords:
+        raise ValueError("rescore changes k1, b and method only; the tokens depend on stemmer and stopwords")
+    data, indices, indptr = _csc(np.asarray(index.doc_ptr), np.asarray(index.doc_terms), np.asarray(index.doc_tfs),
+                                 len(index.vocab), cfg)
+    return BM25Index(index.ids, data, indices, indptr, index.vocab, index.doc_ptr, index.doc_terms, index.doc_tfs, cfg)
+
+
+def save(index: BM25Index, folder: Path) -> None:
+    """bm25s's layout plus our postings; numpy files without pickle, JSON params."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in ((DATA, index.data), (INDICES, index.indices), (INDPTR, index.indptr), (IDS, index.ids),
+                      (DOC_PTR, index.doc_ptr), (DOC_TERMS, index.doc_terms), (DOC_TFS, index.doc_tfs)):
+        np.save(folder / name, np.asarray(arr), allow_pickle=False)
+    (folder / VOCAB).write_text(json.dumps(index.vocab, ensure_ascii=False), encoding="utf-8")
+    c = index.config
+    params = {"k1": c.k1, "b": c.b, "delta": 0.5, "method": c.method, "idf_method": c.method, "dtype": "float32",
+              "int_dtype": "int32", "num_docs": index.num_docs, "version": "knnrag", "backend": "numpy"}
+    (folder / PARAMS).write_text(json.dumps(params, indent=2), encoding="utf-8")
+    tok = {"token_pattern": TOKEN_PATTERN, "lower": True, "stopwords": STOPWORDS_EN, "stemmer": c.stemmer}
+    (folder / TOKENIZER).write_text(json.dumps(tok, indent=2), encoding="utf-8")
+
+
+def load(folder: Path, *, mmap: bool = True) -> BM25Index:
+    mode = "r" if mmap else None
+    try:
+        arr = {n: np.load(folder / n, mmap_mode=mode, allow_pickle=False)
+               for n in (DATA, INDICES, INDPTR, IDS, DOC_PTR, DOC_TERMS, DOC_TFS)}
+        vocab = json.loads((folder / VOCAB).read_text(encoding="utf-8"))
+        params = json.loads((folder / PARAMS).read_text(encoding="utf-8"))
+        tok = json.loads((folder / TOKENIZER).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CorruptStoreError(f"cannot read the BM25 index in {folder}: {e}", "delete the collection and re-index") from e
+    cfg = BM25Config(k1=params["k1"], b=params["b"], method=params["method"], stemmer=tok.get("stemmer") or "")
+    if int(params.get("num_docs", -1)) != len(arr[IDS]):
+        raise CorruptStoreError(f"BM25 index {folder} is inconsistent (num_docs != ids)", "delete the collection and re-index")
+    return BM25Index(arr[IDS], arr[DATA], arr[INDICES], arr[INDPTR], vocab, arr[DOC_PTR], arr[DOC_TERMS], arr[DOC_TFS], cfg)
+
+
+def tokenizer_for(cfg: BM25Config) -> Tokenizer:
+    return Tokenizer(cfg.stemmer or None, STOPWORDS_EN if cfg.stopwords else ())

@@ -1,0 +1,378 @@
+"""DocStore: the document store's Python API (add / index / search / get / delete / stats).
+
+A store is a directory: STORE/store.json, STORE/write.lock and one folder per collection (see
+retrieval/store/collection.py for the on-disk layout and the atomic commit protocol). Opening a store
+loads no model: the embedder is loaded on the first search or write, and a search embeds its
+query with `embed_query` (numpy BERT, no torch).
+
+    with DocStore.open("my-store") as store:
+        store.index_paths(["docs/"])
+        for hit in store.search("how do I install it?", k=5):
+            print(hit.source, hit.start_line, hit.score)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import InvalidInputError, MismatchError, NotFoundError, StoreWriteError
+from retrieval.index.bm25_index import BM25Config
+from retrieval.index.fusion import FusionConfig
+from retrieval.index.vector_index import IndexConfig, validate_factory
+from retrieval.store import chunk_db
+from retrieval.store import search as _search
+from retrieval.store.collection import Changes, Collection
+from retrieval.store.collection import create as create_collection
+from retrieval.store.durable import WriterLock, atomic_write_json, read_json, write_error
+from retrieval.store.indexing import IndexReport, run_index
+from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_manifest, new_store_manifest
+from retrieval.store.search import MAX_K, MODES, Hit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DocStore", "Hit", "IndexReport", "FusionConfig", "MAX_K", "MODES"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInputError(f"invalid collection name {name!r}", "use letters, digits, '-' and '_' (at most 64), e.g. 'docs'")
+    return name
+
+
+def _probe_writable(path: Path) -> StoreWriteError | None:
+    """Can we create files in the store? (os.access lies for root and read-only mounts.)"""
+    probe = path / f".probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+        return None
+    except OSError as e:
+        return write_error(path, e)
+
+
+class DocStore:
+    """A directory of collections. Thread-safe: searches see the last committed snapshot while a
+    write is in progress; one writer at a time per store (across processes too)."""
+
+    def __init__(self, path: Path, embedder: Any, read_only: bool, fusion: FusionConfig) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.fusion = fusion
+        self._embedder_arg = embedder
+        self._embedders: dict[str, Any] = {}
+        self._collections: dict[str, Collection] = {}
+        self._lock = threading.RLock()
+        self._write_problem: StoreWriteError | None = None
+        self._blas: Any = None
+
+    # ----------------------------------------------------------------- open / close
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, *, embedder: Any = None, create: bool = True, read_only: bool = False,
+        fusion: FusionConfig | None = None,
+    ) -> DocStore:
+        """Open (or create) a store. `embedder`: an Embedder, a spec for load_embedder, or None to use
+        the one each collection was built with (the bundled MiniLM for new collections)."""
+        p = Path(path).expanduser()
+        manifest = p / "store.json"
+        if p.exists() and not p.is_dir():
+            raise InvalidInputError(f"{p} is a file, not a store directory", "pass a directory for --store")
+        if not manifest.exists():
+            if read_only or not create:
+                raise NotFoundError(f"no knnrag store at {p}", "create one with `knnrag index PATH --store DIR`")
+            if p.exists() and any(x for x in p.iterdir() if not x.name.startswith(".")):
+                raise InvalidInputError(f"{p} exists and is not a knnrag store (no store.json)", "choose a new or empty directory for --store")
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise write_error(p, e) from e
+            atomic_write_json(manifest, new_store_manifest())
+        check_format(read_json(manifest, "store manifest"), STORE_FORMAT, manifest)
+        store = cls(p, embedder, read_only, fusion or FusionConfig())
+        if not read_only:
+            store._write_problem = _probe_writable(p)
+            store.read_only = store._write_problem is not None
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._collections.values():
+                c.close()
+            self._collections.clear()
+
+    def __enter__(self) -> DocStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- collections
+    def _names(self) -> list[str]:
+        return sorted(d.name for d in self.path.iterdir() if d.is_dir() and (d / "manifest.json").exists())
+
+    def collection(self, name: str = "default") -> Collection:
+        with self._lock:
+            c = self._collections.get(name)
+            if c is None:
+                _check_name(name)
+                if not (self.path / name / "manifest.json").exists():
+                    names = self._names()
+                    raise NotFoundError(
+                        f"collection {name!r} not found in {self.path}" + (f"; it has: {', '.join(names)}" if names else "; the store is empty"),
+                        f"use --collection {names[0]}" if names else "index something first: knnrag index PATH --store DIR",
+                    )
+                c = self._collections[name] = Collection(self.path, name, read_only=self.read_only)
+                if self._embedder_arg is not None and not isinstance(self._embedder_arg, str):
+                    self._check_embedder(c, self._embedder_arg)
+            return c
+
+    def list_collections(self) -> list[dict]:
+        out = []
+        for name in self._names():
+            i = self.collection(name).info()
+            out.append({k: i[k] for k in ("name", "chunks", "sources", "embedder", "dim", "index_type")})
+        return out
+
+    def _ensure_collection(self, name: str, index_factory: str | None) -> Collection:
+        _check_name(name)
+        if not (self.path / name / "manifest.json").exists():
+            from retrieval.embed.embedder import content_budget
+            from retrieval.ingest.chunking import ChunkerConfig
+
+            emb = self._load_embedder(self._embedder_arg)
+            factory = index_factory or "auto"
+            validate_factory(factory, emb.dim)
+            spec = self._embedder_arg if isinstance(self._embedder_arg, str) else (None if self._embedder_arg is None else emb.model_id)
+            manifest = new_collection_manifest(
+                name,
+                {"model_id": emb.model_id, "spec": spec, "dim": int(emb.dim), "max_tokens": int(emb.max_tokens)},
+                asdict(ChunkerConfig(max_tokens=content_budget(emb))),
+                IndexConfig(factory=factory).to_dict(),
+                BM25Config().to_dict(),
+            )
+            create_collection(self.path, name, manifest)
+        c = self.collection(name)
+        if index_factory and index_factory != c.index_config.factory:
+            validate_factory(index_factory, c.dim)
+            c.manifest["index"]["factory"] = index_factory
+            atomic_write_json(c.dir / "manifest.json", c.manifest)
+            c.index_config = IndexConfig.from_dict(c.manifest["index"])
+        return c
+
+    # ----------------------------------------------------------------- embedders
+    def _load_embedder(self, spec: Any):
+        if spec is not None and not isinstance(spec, str):
+            return spec
+        key = spec or "default"
+        with self._lock:
+            if key not in self._embedders:
+                from retrieval.embed.embedder import load_embedder
+
+                self._embedders[key] = load_embedder(spec)
+            return self._embedders[key]
+
+    def _check_embedder(self, c: Collection, emb: Any) -> None:
+        built = c.manifest["embedder"]
+        if emb.model_id != built["model_id"] or int(emb.dim) != int(built["dim"]):
+            raise MismatchError(
+                f"collection {c.name!r} was built with embedder {built['model_id']} (dim {built['dim']}), "
+                f"not {emb.model_id} (dim {emb.dim})",
+                f"search it without --embedder (uses {built['model_id'].split('@')[0]}), or index into a new "
+                "collection (--collection NAME) or store to use another model",
+            )
+
+    def embedder_for(self, c: Collection):
+        """The collection's embedder, loaded on first use and checked against the manifest."""
+        emb = self._load_embedder(self._embedder_arg if self._embedder_arg is not None else (c.manifest["embedder"].get("spec") or c.manifest["embedder"]["model_id"]))
+        self._check_embedder(c, emb)
+        return emb
+
+    # ----------------------------------------------------------------- writes
+    @contextmanager
+    def _writing(self, collection: str, index_factory: str | None = None) -> Iterator[tuple[Collection, Any]]:
+        if self._write_problem is not None:
+            raise self._write_problem
+        if self.read_only:
+            raise StoreWriteError(f"the store {self.path} was opened read-only", "open it without read_only to write")
+        with WriterLock(self.path):
+            c = self._ensure_collection(collection, index_factory)
+            with c.writer() as conn:
+                yield c, conn
+
+    def index_paths(
+        self, paths: Sequence[str | os.PathLike], *, collection: str = "default", exclude: Sequence[str] = (),
+        tags: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None, show_progress: bool = False,
+        index_factory: str | None = None, force: bool = False, near_dup_threshold: float | None = 0.9,
+        max_file_bytes: int = 20_000_000,
+    ) -> IndexReport:
+        """Index files and folders incrementally; returns what was added/updated/removed/skipped."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        with self._writing(collection, index_factory) as (c, conn):
+            emb = self.embedder_for(c)
+            return run_index(c, conn, emb, [os.fspath(p) for p in paths], exclude=exclude, tags=tags, progress=progress,
+                             show_progress=show_progress, force=force, near_dup_threshold=near_dup_threshold,
+                             max_file_bytes=max_file_bytes, limit_threads=self._threads)
+
+    def add_texts(
+        self, texts: Sequence[str], metadatas: Sequence[dict] | None = None, ids: Sequence[str] | None = None, *,
+        collection: str = "default", index_factory: str | None = None,
+    ) -> list[str]:
+        """Add raw texts (one chunk each). Given ids replace existing chunks with the same id.
+        Metadata keys source, kind, heading, doc_id and tags fill the hit fields of the same name."""
+        texts = list(texts)
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise InvalidInputError(f"{len(metadatas)} metadatas for {len(texts)} texts", "pass one metadata dict per text")
+        given = [str(i) for i in ids if i is not None] if ids is not None else []
+        if ids is not None and (len(ids) != len(texts) or len(set(given)) != len(given)):
+            raise InvalidInputError("ids must be unique and one per text", "pass one distinct id per text (None: assign one), or none")
+        if any(not isinstance(t, str) for t in texts):
+            raise InvalidInputError("every text must be a string", "convert your documents to str first")
+        if not texts:
+            return []
+        from retrieval.ingest.preprocess import content_hash, normalize_whitespace
+
+        with self._writing(collection, index_factory) as (c, conn):
+            emb = self.embedder_for(c)
+            rows = []
+            for i, t in enumerate(texts):
+                md = dict(metadatas[i]) if metadatas is not None and metadatas[i] else {}
+                tags = md.pop("tags", []) or []
+                it = normalize_whitespace(t)
+                rows.append({
+                    "ext_id": str(ids[i]) if ids is not None and ids[i] is not None else None, "source": str(md.get("source", "")), "text": t,
+                    "index_text": it, "start_char": 0, "end_char": len(t), "start_line": 1, "end_line": t.count("\n") + 1,
+                    "heading": str(md.get("heading", "")), "kind": str(md.get("kind", "text")),
+                    "doc_id": None if md.get("doc_id") is None else str(md["doc_id"]), "metadata": md,
+                    "content_hash": content_hash(it), "tags": [str(x) for x in (tags if isinstance(tags, (list, tuple)) else [tags])],
+                })
+            replaced = list(chunk_db.resolve_ids(conn, [r["ext_id"] for r in rows if r["ext_id"]]).values()) if ids is not None else []
+            xb = emb.embed([r["index_text"] for r in rows])  # (n, D)
+            tok = c.tokenizer()
+            new_ids = c.commit(conn, Changes(np.asarray(replaced, np.int64), rows, np.asarray(xb, np.float32), [tok(r["index_text"]) for r in rows]))
+            return [r["ext_id"] or str(i) for r, i in zip(rows, new_ids)]
+
+    def delete(self, *, sources: Sequence[str] | None = None, ids: Sequence[str] | None = None, collection: str = "default") -> dict:
+        """Delete chunks by source path (exact, folder prefix or glob) and/or by id: vectors, rows and
+        BM25 entries go together in one commit."""
+        if not sources and not ids:
+            raise InvalidInputError("nothing to delete", "pass --source PATH or --id ID")
+        self.collection(collection)  # NotFoundError before taking the lock
+        with self._writing(collection) as (c, conn):
+            rm: set[int] = set()
+            src_rows: list[str] = []
+            for s in sources or []:
+                s = str(s).rstrip("/") or s
+                rm.update(r[0] for r in conn.execute("SELECT id FROM chunks WHERE knn_glob(?, source)", (s,)))
+                src_rows += [r[0] for r in conn.execute("SELECT source FROM sources WHERE knn_glob(?, source)", (s,))]
+            if ids:
+                rm.update(chunk_db.resolve_ids(conn, [str(i) for i in ids]).values())
+            c.commit(conn, Changes(np.asarray(sorted(rm), np.int64), [], np.zeros((0, c.dim), np.float32), [], [], sorted(set(src_rows))))
+            return {"removed_chunks": len(rm), "removed_sources": len(set(src_rows))}
+
+    # ----------------------------------------------------------------- reads
+    def search(
+        self, query: str, *, k: int = 10, mode: str = "hybrid", filters: dict | None = None, collection: str = "default",
+        mmr: bool = False, mmr_lambda: float = 0.5, min_score: float | None = None, fusion: FusionConfig | None = None,
+    ) -> list[Hit]:
+        """Top-k chunks for `query`. Filters (source glob, kind, tags, doc_id, metadata keys) apply
+        before ranking; hybrid fuses dense and BM25 scores (see FusionConfig)."""
+        return self.search_batch([query], k=k, mode=mode, filters=filters, collection=collection, mmr=mmr,
+                                 mmr_lambda=mmr_lambda, min_score=min_score, fusion=fusion, _single=True)[0]
+
+    def search_batch(
+        self, queries: Sequence[str], *, k: int = 10, mode: str = "hybrid", filters: dict | None = None,
+        collection: str = "default", mmr: bool = False, mmr_lambda: float = 0.5, min_score: float | None = None,
+        fusion: FusionConfig | None = None, _single: bool = False,
+    ) -> list[list[Hit]]:
+        """Many queries at once; the queries are embedded in one batch."""
+        queries = [_search.validate(q, k, mode, filters) for q in queries]
+        if not 0.0 <= mmr_lambda <= 1.0:
+            raise InvalidInputError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}", "1 = pure relevance, 0 = pure diversity")
+        cfg = fusion or self.fusion
+        c = self.collection(collection)
+        single = _single or len(queries) == 1
+        # One query: everything on one BLAS thread. Two-thread BLAS calls on a 2-core box fight
+        # onnxruntime's spinning workers both ways (measured: embed 8.3 + scan 3.0 ms vs 4.8 + 1.5 ms).
+        with self._threads(1) if single else nullcontext():
+            xq = None
+            if mode != "bm25" or mmr:
+                emb = self.embedder_for(c)
+                if single:
+                    xq = np.asarray(emb.embed_query(queries[0]), np.float32).reshape(1, -1)  # (1, D)
+                else:
+                    xq = np.asarray(emb.embed(queries), np.float32)  # (nq, D)
+            with c.reading() as (conn, snap):
+                allowed = chunk_db.filter_ids(conn, filters)
+                docs = _search.has_doc_ids(conn, snap)
+                return [
+                    _search.search_one(c, conn, snap, q, None if xq is None else xq[i : i + 1], k=k, mode=mode,
+                                       allowed=allowed, mmr=mmr, mmr_lambda=mmr_lambda, min_score=min_score, cfg=cfg,
+                                       has_doc_ids=docs)
+                    for i, q in enumerate(queries)
+                ]
+
+    def search_by_vector(
+        self, vector: Sequence[float], *, k: int = 10, filters: dict | None = None, collection: str = "default",
+        mmr: bool = False, mmr_lambda: float = 0.5, min_score: float | None = None,
+    ) -> list[Hit]:
+        """Dense search with a query vector you embedded yourself (same model as the collection)."""
+        _search.validate("vector", k, "dense", filters)
+        c = self.collection(collection)
+        xq = np.asarray(vector, dtype=np.float32).reshape(1, -1)  # (1, D)
+        if xq.shape[1] != c.dim:
+            raise MismatchError(f"query vector has dimension {xq.shape[1]}, collection {collection!r} has {c.dim}",
+                                f"embed the query with {c.manifest['embedder']['model_id']}")
+        with c.reading() as (conn, snap):
+            return _search.search_one(c, conn, snap, "", xq, k=k, mode="dense", allowed=chunk_db.filter_ids(conn, filters),
+                                      mmr=mmr, mmr_lambda=mmr_lambda, min_score=min_score, cfg=self.fusion,
+                                      has_doc_ids=_search.has_doc_ids(conn, snap))
+
+    @contextmanager
+    def _threads(self, n: int) -> Iterator[None]:
+        """Run small jobs (one query, a few changed chunks) on n BLAS/OpenMP threads. Measured on this
+        shared 2-core box: a query's numpy-BERT embedding took 28 ms on one BLAS thread and 1.8 s on
+        the default two; torch embedding 4 chunks took 0.55 s on one thread and 1.2-1.6 s on two.
+        Waking a thread team costs more than it saves on tiny work, and much more on a busy machine.
+        Uses threadpoolctl when installed; otherwise runs as is."""
+        import sys
+
+        if self._blas is None or (self._blas and self._blas[0] != len(sys.modules)):  # new libraries (torch) loaded since
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                self._blas = (len(sys.modules), ThreadpoolController())
+            except Exception:  # not installed, or nothing to control
+                self._blas = False
+        if not self._blas:
+            yield
+            return
+        with self._blas[1].limit(limits=n):
+            yield
+
+    def get(self, ids: Sequence[str], *, collection: str = "default") -> list[Hit]:
+        """Chunks by id (unknown ids are left out), score 0."""
+        return _search.get_hits(self.collection(collection), [str(i) for i in ids])
+
+    def verify(self, collection: str = "default") -> dict:
+        """Check that vectors, rows and BM25 entries of the committed state agree (CorruptStoreError if not)."""
+        return self.collection(collection).verify()
+
+    def stats(self, collection: str | None = None) -> dict:
+        if collection is not None:
+            return self.collection(collection).info()
+        cols = [self.collection(n).info() for n in self._names()]
+        return {"store": str(self.path), "collections": cols, "chunks": sum(c["chunks"] for c in cols),
+                "disk_bytes": sum(c["disk_bytes"] for c in cols), "read_only": self.read_only}

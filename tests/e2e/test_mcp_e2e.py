@@ -20,8 +20,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-sys.path.insert(0, str(Path(__file__).parent))
-from mcp_helpers import write_docs  # noqa: E402
+from tests.support.docs import write_docs
 
 pytestmark = pytest.mark.anyio
 TOKEN = "test-token-0123456789abcdef"

@@ -22,7 +22,7 @@ import pytest
 
 from retrieval.store.docstore import DocStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 WRITER = r'''
 import json, os, sys

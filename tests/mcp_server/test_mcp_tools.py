@@ -5,19 +5,16 @@ Real DocStore with the deterministic "hash-64" embedder, a tiny random LM for th
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import anyio
 import pytest
 from mcp import Client
 
-sys.path.insert(0, str(Path(__file__).parent))
-from mcp_helpers import tiny_lm_dir, write_docs  # noqa: E402
-
 from mcp_server import schemas as S  # noqa: E402
 from mcp_server.server import ServerConfig, ServerState, build_server  # noqa: E402
 from mcp_server.tool_support import MAX_QUERY_CHARS, bound_hits  # noqa: E402
+from tests.support.docs import write_docs
+from tests.support.tiny_lm import make_tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOOLS = {"search", "ask", "index_paths", "delete", "list_collections", "stats", "knn_next_tokens", "knn_generate",
@@ -32,7 +29,7 @@ def anyio_backend():
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
-    return tiny_lm_dir(tmp_path_factory.mktemp("tiny-lm"))
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), vocab='word')
 
 
 @pytest.fixture(scope="module")

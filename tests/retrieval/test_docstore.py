@@ -244,7 +244,9 @@ def test_fusion_functions():
     assert np.allclose(fusion.convex(d, b, 1.0, "minmax"), fusion.normalize(d, "minmax"))
     assert np.allclose(fusion.convex(d, b, 0.0, "minmax"), fusion.normalize(b, "minmax"))
     r = fusion.rrf(d, b, 60)
-    assert r[1] > r[0] > r[2] or r[1] > r[2]
+    # reference formula: sum over modes of 1 / (k + rank), ranks from 1
+    assert np.allclose(r, [1 / 61 + 1 / 63, 1 / 62 + 1 / 61, 1 / 63 + 1 / 62])
+    assert r[1] > r[0] > r[2]
     rep, (mx,) = fusion.aggregate_max(["a", "b", "a"], d, by=d)
     assert list(rep) == [0, 1] and np.allclose(mx, [0.9, 0.5])
     xc = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
@@ -372,7 +374,7 @@ def test_second_writer_gets_store_write_error(tmp_path):
     with DocStore.open(tmp_path / "s", embedder="hash-64") as s:
         s.add_texts(["hello world"])
         p = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "s")], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
         try:
             assert p.stdout.readline().strip() == "locked"
             with pytest.raises(StoreWriteError, match="another process") as ei:
@@ -415,7 +417,7 @@ def test_open_and_search_do_not_import_torch(tmp_path):
     code = (
         "import sys\nfrom retrieval.store.docstore import DocStore\n"
         f"s = DocStore.open({str(tmp_path / 's')!r}, read_only=True)\n"
-        "s.stats(); s.list_collections()\nassert 'faiss' not in sys.modules or True\n"
+        "s.stats(); s.list_collections()\n"
         "s.search('hello')\n"
         "bad = [m for m in ('torch', 'transformers', 'sentence_transformers', 'bm25s') if m in sys.modules]\n"
         "print(bad)\n"

@@ -2,21 +2,17 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from knnlm_fixtures import CORPUS, make_model  # noqa: E402
 
 from lm.datastore.build import BuildConfig, build_datastore, contaminated, ngram_hashes  # noqa: E402
 from lm.hooks import capture, has_hooks, resolve_module  # noqa: E402
 from lm.knnlm import KNNLM, KNNConfig, mix_nll  # noqa: E402
 from lm.models import load_lm  # noqa: E402
 from retrieval.errors import InvalidInputError, KnnragError, MismatchError  # noqa: E402
+from tests.support.tiny_lm import CORPUS, make_tiny_lm
 
 OTHER = ("Volcanic islands form where magma rises through the crust. Basalt cools into columns, and "
          "new land appears in the sea within months; seabirds arrive first, then mosses and ferns. ") * 2
@@ -24,7 +20,7 @@ OTHER = ("Volcanic islands form where magma rises through the crust. Basalt cool
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    return make_model(tmp_path_factory.mktemp("llama"), "llama")
+    return make_tiny_lm(tmp_path_factory.mktemp("llama"), "llama")
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +49,13 @@ def test_load_lm_identity_and_key_layer(llama, llama_dir, tmp_path):
     assert llama.model_id.startswith(f"{llama_dir.name}@") and len(llama.model_id.split("@")[1]) == 16
     again = load_lm(str(llama_dir))
     assert (again.model_id, again.tokenizer_hash) == (llama.model_id, llama.tokenizer_hash)
-    other = load_lm(str(make_model(tmp_path / "llama", "llama", seed=1)))
+    other = load_lm(str(make_tiny_lm(tmp_path / "llama", "llama", seed=1)))
     assert other.model_id.split("@")[1] != llama.model_id.split("@")[1]
     assert other.tokenizer_hash == llama.tokenizer_hash
 
 
 def test_gpt2_key_is_ln2_output(tmp_path):
-    lm = load_lm(str(make_model(tmp_path / "gpt2", "gpt2")))
+    lm = load_lm(str(make_tiny_lm(tmp_path / "gpt2", "gpt2")))
     assert lm.key_layer == "transformer.h.1.mlp"
     block = lm.model.transformer.h[1]
     x = torch.tensor([[5, 6, 7, 8, 9]])
@@ -236,7 +232,7 @@ def test_bad_input_errors(llama, datastore, corpus, tmp_path):
         KNNConfig(k=0)
     with pytest.raises(InvalidInputError):
         KNNConfig(temperature=0)
-    other = load_lm(str(make_model(tmp_path / "other", "llama", seed=7)))
+    other = load_lm(str(make_tiny_lm(tmp_path / "other", "llama", seed=7)))
     with pytest.raises(MismatchError, match="built with LM"):
         KNNLM.load(other, datastore)
     with pytest.raises(MismatchError):

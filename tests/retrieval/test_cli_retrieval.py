@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HIT_FIELDS = {"id", "score", "scores", "text", "source", "start_char", "end_char", "start_line", "end_line",
               "heading", "metadata", "doc_id", "collection"}
 CLI = [sys.executable, "-c", "import sys; from retrieval.cli.root import main; sys.exit(main())"]

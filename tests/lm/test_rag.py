@@ -4,16 +4,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from mcp_helpers import tiny_lm_dir, write_docs  # noqa: E402
-
 from lm.rag import answer as rag  # noqa: E402
 from retrieval.errors import InvalidInputError  # noqa: E402
+from tests.support.docs import write_docs
+from tests.support.tiny_lm import make_tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def tiny_lm(tmp_path_factory):
     from lm.models import load_lm
 
-    return load_lm(str(tiny_lm_dir(tmp_path_factory.mktemp("tiny-lm"))))
+    return load_lm(str(make_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), vocab='word')))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +122,7 @@ def test_citation_markers_are_checked(store, tiny_lm, monkeypatch):
 def test_cli_ask_json_and_streaming(store, tmp_path, capsys):
     from retrieval.cli.root import main
 
-    lm_dir = tiny_lm_dir(tmp_path / "lm")
+    lm_dir = make_tiny_lm(tmp_path / "lm", vocab='word')
     args = ["ask", "How are path parameters declared in the route?", "--store", str(store.path), "--model", str(lm_dir),
             "-k", "2", "--max-new-tokens", "8"]
     assert main(args + ["--json"]) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -35,17 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("query", nargs="?", help="what to search for")
     _store_args(s)
     s.add_argument("-k", type=int, default=10, help="number of results (default 10, at most 10000)")
-    s.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="hybrid")
+    s.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="hybrid",
+                   help="dense: embedding cosine; bm25: keyword (Lucene BM25); hybrid: both fused (default)")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="source=GLOB, kind=markdown, tags=T, doc_id=ID or any metadata key; repeatable (all must match)")
     s.add_argument("--mmr", action="store_true", help="diversify results with maximal marginal relevance")
     s.add_argument("--mmr-lambda", type=float, default=0.5, help="MMR trade-off: 1 = relevance only, 0 = diversity only")
-    s.add_argument("--min-score", type=float, help="drop hits scoring below this (scale depends on --mode)")
+    s.add_argument("--min-score", type=float, help="drop hits scoring below this; scale of --mode: dense cosine in [-1, 1], bm25 raw BM25 (>= 0), "
+                        "hybrid fused score in [0, 1] (1 = best candidate in both modes)")
     s.add_argument("--queries", metavar="FILE", help="batch: BEIR queries.jsonl ({_id, text}) or one query per line")
     s.add_argument("--embedder", help="embedding model (must be the one that built the collection; default: that one)")
-    s.add_argument("--alpha", type=float, help="hybrid: dense weight in [0, 1] (default tuned)")
-    s.add_argument("--fusion", choices=("convex", "rrf"), help="hybrid: fusion method (default tuned)")
-    s.add_argument("--norm", choices=("minmax", "zscore", "max", "none"), help="hybrid: score normalisation (default tuned)")
+    s.add_argument("--alpha", type=float, help="hybrid: dense weight in [0, 1] (default: the collection's fusion, see stats)")
+    s.add_argument("--fusion", choices=("convex", "rrf"), help="hybrid: fusion method (default: the collection's fusion)")
+    s.add_argument("--norm", choices=("tmm", "minmax", "zscore", "max", "none"),
+                   help="hybrid: per-mode score normalisation before convex fusion (default: the collection's fusion)")
     s.add_argument("--doc-agg", choices=("max", "none"), help="one hit per doc_id (best chunk), or every chunk")
     s.set_defaults(func=cmd_search)
 
@@ -160,22 +164,33 @@ def _read_queries(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def cmd_search(args) -> int:
+def _request(args, store):
+    """The CLI's search settings as one SearchRequest; fusion flags override the collection's fusion."""
+    from retrieval.store.search import SearchRequest
 
+    if args.min_score is not None and not math.isfinite(args.min_score):
+        raise InvalidInputError(f"--min-score must be a finite number, got {args.min_score}",
+                                "dense: a cosine in [-1, 1]; bm25: a BM25 score >= 0; hybrid: a fused score in [0, 1]")
+    req = SearchRequest(k=args.k, mode=args.mode, filters=_filters(args.filter), collection=args.collection, mmr=args.mmr,
+                        mmr_lambda=args.mmr_lambda, min_score=args.min_score)
+    over = {k: v for k, v in (("alpha", args.alpha), ("method", args.fusion), ("norm", args.norm), ("doc_agg", args.doc_agg))
+            if v is not None}
+    if over:
+        req = req.with_(fusion=store.fusion_for(store.collection(args.collection)).with_(**over))
+    return req
+
+
+def cmd_search(args) -> int:
     if (args.query is not None) == bool(args.queries):
         raise InvalidInputError("give either a QUERY or --queries FILE", "e.g. knnrag search 'install' --store DIR")
-    filters = _filters(args.filter)
     with _open(args, write=False, embedder=args.embedder) as store:
-        over = {k: v for k, v in (("alpha", args.alpha), ("method", args.fusion), ("norm", args.norm), ("doc_agg", args.doc_agg)) if v is not None}
-        fusion = store.fusion.with_(**over) if over else None
-        kw = dict(k=args.k, mode=args.mode, filters=filters, collection=args.collection, mmr=args.mmr,
-                  mmr_lambda=args.mmr_lambda, min_score=args.min_score, fusion=fusion)
+        req = _request(args, store)
         if args.queries:
             queries = _read_queries(args.queries)
             batch = 256
             for i in range(0, len(queries), batch):
                 part = queries[i : i + batch]
-                results = store.search_batch([q for _, q in part], **kw)
+                results = store.search_batch([q for _, q in part], req)
                 for (qid, q), hits in zip(part, results):
                     rec = {"query_id": qid, "hits": [h.to_dict() for h in hits]}
                     if args.json:
@@ -184,7 +199,7 @@ def cmd_search(args) -> int:
                         sys.stdout.write(f"== {qid}: {q}\n")
                         _print_hits(hits)
             return 0
-        hits = store.search(args.query, **kw)
+        hits = store.search(args.query, req)
         if args.json:
             _emit({"query": args.query, "collection": args.collection, "mode": args.mode, "k": args.k, "hits": [h.to_dict() for h in hits]})
         else:

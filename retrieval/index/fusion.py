@@ -136,7 +136,7 @@ def aggregate_max(keys: list, *scores: np.ndarray, by: np.ndarray) -> tuple[np.n
     return rep, maxes
 
 
-def mmr(xq: np.ndarray, xc: np.ndarray, relevance: np.ndarray, k: int, lambda_: float = 0.5) -> np.ndarray:
+def mmr(xq: np.ndarray | None, xc: np.ndarray, relevance: np.ndarray, k: int, lambda_: float = 0.5) -> np.ndarray:
     """Maximal marginal relevance: pick k of n candidates trading relevance against redundancy.
 
     xq (D,) query (unused beyond shape: relevance already encodes it), xc (n, D) L2-normalised

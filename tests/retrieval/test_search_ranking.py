@@ -1,0 +1,196 @@
+"""Search ranking: filters before ranking, HNSW/flat paths, BM25 against bm25s, fusion, doc aggregation, MMR."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.errors import InvalidInputError
+from retrieval.index import bm25_index, fusion, vector_index
+from retrieval.index.bm25_index import BM25Config
+from retrieval.index.fusion import FusionConfig
+from retrieval.store.docstore import DocStore
+from tests.retrieval.docstore_helpers import tagged_store, text_of
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = DocStore.open(tmp_path / "store", embedder="hash-64")
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_filters_apply_before_ranking(tmp_path, mode):
+    s, texts, metas = tagged_store(tmp_path)
+    rare = [i for i, m in enumerate(metas) if m["tags"]]
+    q = texts[rare[0]]  # matched by many untagged chunks too
+    hits = s.search(q, k=len(rare), mode=mode, filters={"tags": ["rare"]})
+    assert len(hits) == len(rare) and all("rare" in h.metadata["tags"] for h in hits)
+    hits = s.search(q, k=10, mode=mode, filters={"source": "dir1/*", "kind": "markdown"})
+    assert len(hits) == 10 and all(h.source.startswith("dir1/") and h.metadata["kind"] == "markdown" for h in hits)
+    assert s.search(q, k=5, mode=mode, filters={"source": "nowhere/*"}) == []
+    s.close()
+
+
+def test_hnsw_filtered_search_returns_k_and_tombstones(tmp_path):
+    rng = np.random.default_rng(2)
+    with DocStore.open(tmp_path / "s", embedder="hash-64") as s:
+        texts = [text_of(rng, 10) for _ in range(400)]
+        metas = [{"source": f"f{i}", "tags": ["few"] if i % 80 == 0 else []} for i in range(400)]
+        ids = s.add_texts(texts[:10], metas[:10])
+        ids += s.add_texts(texts[10:], metas[10:], index_factory="HNSW16,Flat")  # switch: rebuilt as HNSW
+        st = s.stats("default")
+        assert st["index_type"] == "HNSW16,Flat" and st["vectors"] == 400
+        hits = s.search(texts[5], k=5, mode="dense", filters={"tags": ["few"]})
+        assert len(hits) == 5
+        s.delete(ids=ids[:20])  # HNSW cannot remove: tombstones
+        st = s.stats("default")
+        assert st["tombstones"] == 20 and st["chunks"] == 380
+        assert not set(ids[:20]) & {h.id for h in s.search(texts[3], k=50, mode="dense")}
+        assert s.verify()["ok"]
+        s.delete(ids=ids[20:150])  # past the tombstone fraction: rebuilt
+        st = s.stats("default")
+        assert st["tombstones"] == 0 and st["vectors"] == 250
+        assert s.verify()["ok"]
+
+
+def test_vector_index_filtered_equals_exact():
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((3000, 32)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 3
+    xq = xb[:8] + 0.1 * rng.standard_normal((8, 32)).astype(np.float32)
+    allowed = ids[rng.choice(3000, 300, replace=False)]
+    idx = vector_index.build_index(xb, ids, "Flat", vector_index.IndexConfig())
+    D, I = vector_index.search(idx, xq, 10, allowed=allowed)
+    pos = np.searchsorted(ids, allowed)
+    De, Ie = vector_index.exact_search(xq, xb[pos], allowed, 10)
+    assert np.array_equal(I, Ie) and np.allclose(D, De, atol=1e-5)
+    h = vector_index.build_index(xb, ids, "HNSW32,Flat", vector_index.IndexConfig())
+    _, Ih = vector_index.search(h, xq, 10)
+    _, Iex = vector_index.exact_search(xq, xb, ids, 10)
+    assert vector_index.recall_at_k(Ih, Iex) >= 0.9
+    assert vector_index.choose_factory(10, vector_index.IndexConfig()) == "Flat"
+    assert vector_index.choose_factory(60_000, vector_index.IndexConfig()).startswith("HNSW32")
+    assert vector_index.choose_factory(60_000, vector_index.IndexConfig(factory="IVF64,Flat")) == "IVF64,Flat"
+    with pytest.raises(InvalidInputError):
+        vector_index.validate_factory("NotAnIndex", 32)
+
+
+def test_bm25_matches_bm25s(tmp_path):
+    bm25s = pytest.importorskip("bm25s")
+    rng = np.random.default_rng(3)
+    cfg = bm25_index.BM25Config()
+    tok = bm25_index.tokenizer_for(cfg)
+    texts = [text_of(rng, int(rng.integers(0, 25))) for _ in range(150)]
+    toks = [tok(t) for t in texts]
+    idx = bm25_index.update(None, np.zeros(0, np.int64), np.arange(150), toks, cfg)
+    ref = bm25s.BM25(k1=cfg.k1, b=cfg.b)
+    ref.index(toks, show_progress=False)
+    q = tok("gamma rivers mountain mountain")
+    assert np.allclose(idx.scores(q), ref.get_scores(q), atol=1e-5)
+    # re-scored postings == bm25s built from scratch with those parameters
+    ref2 = bm25s.BM25(k1=1.5, b=0.75)
+    ref2.index(toks, show_progress=False)
+    assert np.allclose(bm25_index.rescore(idx, BM25Config(k1=1.5, b=0.75)).scores(q), ref2.get_scores(q), atol=1e-5)
+    # incremental == from scratch
+    inc = bm25_index.update(idx, np.arange(0, 150, 4), np.arange(150, 170), toks[:20], cfg)
+    keep = [i for i in range(150) if i % 4]
+    full = bm25_index.update(None, np.zeros(0, np.int64), np.array(keep + list(range(150, 170))), [toks[i] for i in keep] + toks[:20], cfg)
+    assert np.allclose(inc.scores(q), full.scores(q))
+    bm25_index.save(inc, tmp_path / "b")
+    loaded = bm25_index.load(tmp_path / "b", mmap=True)
+    assert np.allclose(loaded.scores(q), inc.scores(q))
+    assert np.allclose(bm25s.BM25.load(tmp_path / "b").get_scores(q), inc.scores(q), atol=1e-5)
+
+
+def test_fusion_functions():
+    d = np.array([0.9, 0.5, 0.1])
+    b = np.array([0.0, 10.0, 5.0])
+    assert np.allclose(fusion.normalize(d, "minmax"), [1, 0.5, 0])
+    assert np.allclose(fusion.convex(d, b, 1.0, "minmax"), fusion.normalize(d, "minmax"))
+    assert np.allclose(fusion.convex(d, b, 0.0, "minmax"), fusion.normalize(b, "minmax"))
+    r = fusion.rrf(d, b, 60)
+    # reference formula: sum over modes of 1 / (k + rank), ranks from 1
+    # scaled by (k + 1) / 2 so rank 1 in both modes scores 1: the same order, a [0, 1] scale
+    assert np.allclose(r, np.array([1 / 61 + 1 / 63, 1 / 62 + 1 / 61, 1 / 63 + 1 / 62]) * 61 / 2)
+    assert np.isclose(fusion.rrf(d, d, 60)[0], 1.0)
+    assert r[1] > r[0] > r[2]
+    rep, (mx,) = fusion.aggregate_max(["a", "b", "a"], d, by=d)
+    assert list(rep) == [0, 1] and np.allclose(mx, [0.9, 0.5])
+    xc = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
+    picked = fusion.mmr(None, xc, np.array([1.0, 0.99, 0.5]), 2, 0.5)
+    assert list(picked) == [0, 2]
+    with pytest.raises(InvalidInputError):
+        FusionConfig(alpha=1.5)
+    with pytest.raises(InvalidInputError):
+        FusionConfig(norm="weird")
+
+
+def test_doc_aggregation_mmr_min_score(store):
+    store.add_texts(["rivers rivers rivers one", "rivers rivers two", "mountains only", "rivers and valleys"],
+                    [{"doc_id": "D1"}, {"doc_id": "D1"}, {"doc_id": "D2"}, {"doc_id": "D3"}])
+    hits = store.search("rivers", k=3)
+    assert [h.doc_id for h in hits].count("D1") == 1
+    every = store.search("rivers", k=4, fusion=FusionConfig(doc_agg="none"))
+    assert [h.doc_id for h in every].count("D1") == 2
+    assert all(h.score >= 0.5 for h in store.search("rivers", k=4, min_score=0.5))
+    store.add_texts(["rivers rivers rivers one"] * 1 + ["valleys and rivers"], [{"source": "dup"}, {"source": "v"}])
+    plain = store.search("rivers one", k=2, mode="dense", fusion=FusionConfig(doc_agg="none"))
+    diverse = store.search("rivers one", k=2, mode="dense", mmr=True, mmr_lambda=0.3, fusion=FusionConfig(doc_agg="none"))
+    assert plain[0].text == plain[1].text == "rivers rivers rivers one"
+    assert diverse[0].text != diverse[1].text
+
+
+def test_one_query_flat_view_scan_equals_faiss_flat():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(5)
+    xb = rng.standard_normal((2000, 48)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    ids = np.arange(2000, dtype=np.int64) * 3 + 11
+    idx = vector_index.build_index(xb, ids, "Flat", vector_index.IndexConfig())
+    ref = faiss.IndexFlatIP(48)
+    ref.add(xb)
+    view = vector_index.flat_view(idx)
+    assert view is not None and np.array_equal(view[1], ids) and np.array_equal(view[0], xb)
+    for q in range(5):
+        xq = xb[q : q + 1] + 0.05 * rng.standard_normal((1, 48)).astype(np.float32)  # (1, D)
+        for k in (1, 10, 2000, 2500):
+            D, I = vector_index.exact_search(xq, view[0], view[1], k)
+            Dr, Ir = ref.search(xq, min(k, 2000))
+            assert D.shape == I.shape == (1, k)
+            n = min(k, 2000)
+            assert np.allclose(D[0, :n], Dr[0], atol=1e-5)  # same ranked scores
+            assert np.allclose(xb[(I[0, :n] - 11) // 3] @ xq[0], D[0, :n], atol=1e-5)  # each id carries its own score
+            assert len(set(I[0, :n].tolist())) == n
+            if k <= 10:  # well-separated head: identical ids
+                assert np.array_equal(I[0, :n], ids[Ir[0]])
+            assert (I[0, 2000:] == -1).all()
+    assert vector_index.flat_view(vector_index.build_index(xb, ids, "HNSW32,Flat", vector_index.IndexConfig())) is None
+
+
+def test_flat_view_of_mmapped_index_is_usable(tmp_path):
+    rng = np.random.default_rng(6)
+    xb = rng.standard_normal((300, 24)).astype(np.float32)
+    ids = np.arange(300, dtype=np.int64)
+    vector_index.write_index(vector_index.build_index(xb, ids, "Flat", vector_index.IndexConfig()), tmp_path / "i.faiss")
+    idx = vector_index.read_index(tmp_path / "i.faiss", mmap=True)
+    view = vector_index.flat_view(idx)
+    assert view[0].flags.aligned and np.array_equal(view[0], xb)
+    _, I = vector_index.exact_search(xb[7:8], view[0], view[1], 3)
+    assert I[0, 0] == 7
+
+
+def test_fast_dense_path_and_doc_id_cache_follow_commits(store):
+    store.add_texts(["rivers flow to the ocean", "mountains rise high", "rivers cut canyons"],
+                    [{"doc_id": "R"}, {"doc_id": "M"}, {"doc_id": "R"}])
+    first = store.search("rivers", k=3, mode="dense")
+    assert len(first) == 2 and {h.doc_id for h in first} == {"R", "M"}
+    store.add_texts(["glacier melts into a river"], [{"doc_id": "G"}])
+    assert {h.doc_id for h in store.search("rivers", k=3, mode="dense")} == {"R", "M", "G"}
+    store.delete(ids=[h.id for h in store.search("glacier", k=3, mode="dense") if h.doc_id == "G"])
+    again = store.search("glacier", k=3, mode="dense")
+    assert {h.doc_id for h in again} == {"R", "M"}
+    # the one-query fast path agrees with the batched FAISS path
+    batch = store.search_batch(["rivers", "mountains"], k=3, mode="dense")
+    assert [h.id for h in batch[0]] == [h.id for h in store.search("rivers", k=3, mode="dense")]

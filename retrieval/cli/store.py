@@ -21,9 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.gitignore files are honoured)")
     _store_args(p)
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="gitignore-style pattern to leave out (repeatable)")
-    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag every chunk of these files (repeatable; filter with --filter tags=TAG)")
-    p.add_argument("--embedder", help="embedding model for a NEW collection: sentence-transformers id or path (default: bundled all-MiniLM-L6-v2); must match for an existing one")
-    p.add_argument("--index-factory", metavar="STR", help="FAISS index_factory string, e.g. 'Flat', 'HNSW32,Flat', 'IVF1024,Flat' (default: auto = Flat below 50k vectors, HNSW32 above)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="tag every chunk of these files (repeatable; filter with --filter tags=TAG)")
+    p.add_argument("--embedder",
+                   help="embedding model for a NEW collection: sentence-transformers id or path "
+                        "(default: bundled all-MiniLM-L6-v2); must match for an existing one")
+    p.add_argument("--index-factory", metavar="STR",
+                   help="FAISS index_factory string, e.g. 'Flat', 'HNSW32,Flat', 'IVF1024,Flat' "
+                        "(default: auto = Flat below 50k vectors, HNSW32 above)")
     p.add_argument("--force", action="store_true", help="re-chunk and re-embed every file, changed or not")
     p.add_argument("--near-dup", type=float, default=0.9, metavar="T", help="near-duplicate MinHash Jaccard threshold (default 0.9; 0 disables)")
     p.add_argument("--max-file-mb", type=float, default=20.0, help="skip files larger than this (default 20 MB)")
@@ -112,6 +117,9 @@ def cmd_index(args) -> int:
             out.write("dropped chunks: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) + "\n")
         for s in d["skipped"]:
             out.write(f"skipped {s['source']}: {s['reason']}\n")
+        for e in d["emptied"]:
+            what = e["source"] + (f" record {e['doc_id']}" if e.get("doc_id") is not None else "")
+            out.write(f"not searchable, every chunk dropped: {what} ({e['reason']})\n")
     return 0
 
 
@@ -153,7 +161,8 @@ def _read_queries(path: str) -> list[tuple[str, str]]:
                 rec = json.loads(line)
                 qid, text = str(rec.get("_id", rec.get("id", n))), rec.get("text", rec.get("query", ""))
             except (ValueError, AttributeError) as e:
-                raise InvalidInputError(f"{path}:{n}: not a JSON object: {e}", "BEIR queries.jsonl lines look like {\"_id\": \"1\", \"text\": \"...\"}") from e
+                raise InvalidInputError(f"{path}:{n}: not a JSON object: {e}",
+                                        'BEIR queries.jsonl lines look like {"_id": "1", "text": "..."}') from e
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInputError(f"{path}:{n}: query {qid!r} has no text", "every query needs a non-empty 'text'")
             out.append((qid, text))

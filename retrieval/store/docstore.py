@@ -33,7 +33,7 @@ from retrieval.store import search as _search
 from retrieval.store.collection import Changes, Collection
 from retrieval.store.collection import create as create_collection
 from retrieval.store.durable import WriterLock, atomic_write_json, read_json, write_error
-from retrieval.store.indexing import IndexReport, run_index
+from retrieval.store.indexing import IndexOptions, IndexReport, run_index
 from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_manifest, new_store_manifest
 from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
 
@@ -236,9 +236,9 @@ class DocStore:
             paths = [paths]
         with self._writing(collection, index_factory) as (c, conn):
             emb = self.embedder_for(c)
-            return run_index(c, conn, emb, [os.fspath(p) for p in paths], exclude=exclude, tags=tags, progress=progress,
-                             show_progress=show_progress, force=force, near_dup_threshold=near_dup_threshold,
-                             max_file_bytes=max_file_bytes, limit_threads=self._threads)
+            opts = IndexOptions(exclude=tuple(exclude), tags=tuple(tags), force=force, near_dup_threshold=near_dup_threshold,
+                                max_file_bytes=max_file_bytes, show_progress=show_progress)
+            return run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads)
 
     def add_texts(
         self, texts: Sequence[str], metadatas: Sequence[dict] | None = None, ids: Sequence[str] | None = None, *,

@@ -8,7 +8,7 @@ from retrieval.errors import InvalidInputError
 from retrieval.index import bm25_index, fusion, vector_index
 from retrieval.index.bm25_index import BM25Config
 from retrieval.index.fusion import FusionConfig
-from retrieval.store.docstore import DocStore
+from retrieval.store.docstore import MAX_K, DocStore
 from tests.retrieval.docstore_helpers import tagged_store, text_of
 
 
@@ -194,3 +194,65 @@ def test_fast_dense_path_and_doc_id_cache_follow_commits(store):
     # the one-query fast path agrees with the batched FAISS path
     batch = store.search_batch(["rivers", "mountains"], k=3, mode="dense")
     assert [h.id for h in batch[0]] == [h.id for h in store.search("rivers", k=3, mode="dense")]
+
+
+@pytest.mark.parametrize("cfg", [FusionConfig(norm=n, alpha=a) for n in fusion.NORMS for a in (0.0, 0.3, 1.0)]
+                         + [FusionConfig(method="rrf", alpha=a) for a in (0.0, 0.5, 1.0)])
+def test_fused_scores_lie_in_unit_interval(cfg):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = int(rng.integers(1, 40))
+        d = rng.uniform(-1, 1, n)  # cosines
+        b = rng.exponential(8.0, n) * (rng.random(n) > 0.3)  # BM25, some zero
+        s = fusion.fuse(d, b, cfg)
+        assert s.shape == (n,) and np.all(s >= 0.0) and np.all(s <= 1.0), (cfg, s)
+    # the order of a convex fusion is that of alpha * norm(dense) + (1 - alpha) * norm(bm25)
+    d, b = rng.uniform(-1, 1, 30), rng.exponential(5.0, 30)
+    if cfg.method == "convex" and cfg.norm != "none":
+        raw = fusion.convex(d, b, cfg.alpha, cfg.norm)
+        fused = fusion.fuse(d, b, cfg)
+        assert np.all(np.diff(fused[np.argsort(raw, kind="stable")]) >= -1e-12)
+
+
+def test_tmm_uses_each_modes_floor():
+    d = np.array([0.2, 0.1, -1.0])
+    assert np.allclose(fusion.normalize(d, "tmm", -1.0), [1.0, 1.1 / 1.2, 0.0])
+    assert np.allclose(fusion.normalize(np.array([4.0, 1.0, 0.0]), "tmm", 0.0), [1.0, 0.25, 0.0])
+    assert np.allclose(fusion.normalize(np.array([0.0, 0.0]), "tmm", 0.0), [0.0, 0.0])  # no BM25 match at all
+
+
+def test_hybrid_hits_and_min_score_on_documented_scales(store):
+    rng = np.random.default_rng(5)
+    store.add_texts([text_of(rng, 20) for _ in range(40)])
+    for mode in ("dense", "bm25", "hybrid"):
+        hits = store.search("river mountain", k=40, mode=mode)
+        assert len(hits) > 4
+        if mode != "hybrid":  # a single mode ranks by its own raw score
+            assert all(h.score == h.scores[mode] for h in hits)
+        lo, hi = {"dense": (-1.0, 1.0), "bm25": (0.0, np.inf), "hybrid": (0.0, 1.0)}[mode]
+        assert all(lo <= h.score <= hi for h in hits)
+        cut = hits[len(hits) // 2].score
+        kept = store.search("river mountain", k=40, mode=mode, min_score=cut)
+        assert kept == [h for h in hits if h.score >= cut] and 0 < len(kept) < len(hits)
+
+
+def test_search_request_carries_the_settings(store):
+    from retrieval.store.search import SearchRequest
+    from retrieval.types import chunk_uri
+
+    rng = np.random.default_rng(9)
+    store.add_texts([text_of(rng, 15) for _ in range(20)], [{"kind": "a" if i % 2 else "b"} for i in range(20)])
+    req = SearchRequest(k=3, mode="bm25", filters={"kind": "a"})
+    by_req = store.search("river ocean", req)
+    assert by_req == store.search("river ocean", k=3, mode="bm25", filters={"kind": "a"})
+    assert by_req == store.search_batch(["river ocean", "forest"], req)[0]
+    assert all(h.metadata["kind"] == "a" for h in by_req)
+    assert store.search("river ocean", req, k=5)[:3] == by_req  # keywords override the request's fields
+    assert by_req[0].uri == chunk_uri("default", by_req[0].id) == f"chunk://default/{by_req[0].id}"
+    assert SearchRequest(k=1000).k == 1000  # the MCP server pages through up to 1000 hits
+    for bad in (dict(k=0), dict(k=True), dict(k=MAX_K + 1), dict(mode="x"), dict(filters=["kind"]), dict(mmr_lambda=2.0),
+                dict(min_score=float("nan")), dict(min_score=float("-inf")), dict(fusion={"alpha": 0.5})):
+        with pytest.raises(InvalidInputError):
+            SearchRequest(**bad)
+    with pytest.raises(InvalidInputError, match="unknown search setting"):
+        store.search("river", top_k=3)

@@ -62,6 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_args(st, collection_default=None)
     st.set_defaults(func=cmd_stats)
 
+    cal = sub.add_parser("calibrate", help="tune a collection's hybrid fusion on pseudo-queries from its own text",
+                         description="Make pseudo-queries from the collection (titles, headings, sentences with words held "
+                                     "out), rank them with each candidate fusion, and keep the best in the collection's "
+                                     "manifest if it beats the default. `stats` shows the fusion in force.")
+    _store_args(cal)
+    cal.add_argument("--queries-n", type=int, default=300, metavar="N", help="pseudo-queries to sample (default 300)")
+    cal.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    cal.set_defaults(func=cmd_calibrate)
+
     d = sub.add_parser("delete", help="delete chunks by source path (file, folder or glob) or by chunk id")
     _store_args(d)
     d.add_argument("--source", nargs="+", default=[], metavar="PATH", help="source paths as indexed, folders or globs")
@@ -243,6 +252,26 @@ def cmd_stats(args) -> int:
                 f"{c['name']}: {c['chunks']} chunks from {c['sources']} sources, embedder {c['embedder']} (dim {c['dim']}), "
                 f"index {c['index_type']} ({c['vectors']} vectors), {c['bm25_terms']} BM25 terms, "
                 f"generation {c['generation']}, {c['disk_bytes'] / 1e6:.1f} MB\n")
+            f = c.get("fusion")
+            if f:
+                how = f"rrf k={f['rrf_k']}" if f["method"] == "rrf" else f"convex {f['norm']} alpha={f['alpha']}"
+                sys.stdout.write(f"  hybrid fusion: {how} ({f['source']})\n")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from retrieval.store.calibrate import CalibrationConfig
+    from retrieval.store.docstore import DocStore
+
+    with DocStore.open(Path(args.store), create=False) as store:
+        entry = store.calibrate_fusion(args.collection, CalibrationConfig(n_queries=args.queries_n, seed=args.seed))
+        if args.json:
+            _emit(entry)
+        else:
+            b = entry["best"]
+            sys.stdout.write(f"{args.collection}: {entry['pseudo_queries']} pseudo-queries {entry['kinds']}; best "
+                             f"{b['method']} {b['norm']} alpha={b['alpha']} MRR@10 {entry['pseudo_mrr10']:.4f} vs default "
+                             f"{entry['default_mrr10']:.4f}: {'kept' if entry['source'] == 'calibrated' else 'default kept'}\n")
     return 0
 
 

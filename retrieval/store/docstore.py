@@ -33,7 +33,7 @@ from retrieval.store import search as _search
 from retrieval.store.collection import Changes, Collection
 from retrieval.store.collection import create as create_collection
 from retrieval.store.durable import WriterLock, atomic_write_json, read_json, write_error
-from retrieval.store.indexing import IndexOptions, IndexReport, run_index
+from retrieval.store.indexing import IndexOptions, IndexReport, run_index, text_rows
 from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_manifest, new_store_manifest
 from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
 
@@ -238,7 +238,26 @@ class DocStore:
             emb = self.embedder_for(c)
             opts = IndexOptions(exclude=tuple(exclude), tags=tuple(tags), force=force, near_dup_threshold=near_dup_threshold,
                                 max_file_bytes=max_file_bytes, show_progress=show_progress)
-            return run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads)
+            rep = run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads)
+        kept = c.manifest.get("fusion") or {}
+        if kept.get("at_chunks") and rep.chunks_added and c.info()["chunks"] >= kept.get("regrow", 2.0) * kept["at_chunks"]:
+            from retrieval.store.calibrate import CalibrationConfig
+
+            log.info("collection %s grew past %s x its calibration size: re-calibrating its fusion", c.name, kept["regrow"])
+            self.calibrate_fusion(collection, CalibrationConfig(seed=kept.get("seed", 0), regrow=kept.get("regrow", 2.0)))
+        return rep
+
+    def calibrate_fusion(self, collection: str = "default", config: Any = None) -> dict:
+        """Tune the collection's hybrid fusion on pseudo-queries from its own text (see
+        retrieval/store/calibrate.py) and record the outcome in its manifest ("fusion"); searches
+        use the calibrated fusion only when it beat the default on those queries."""
+        from retrieval.store import calibrate
+
+        entry = calibrate.run(self, self.collection(collection), config or calibrate.CalibrationConfig())
+        with self._writing(collection) as (c, _):
+            c.manifest["fusion"] = entry
+            atomic_write_json(c.dir / "manifest.json", c.manifest)
+        return entry
 
     def add_texts(
         self, texts: Sequence[str], metadatas: Sequence[dict] | None = None, ids: Sequence[str] | None = None, *,
@@ -256,22 +275,9 @@ class DocStore:
             raise InvalidInputError("every text must be a string", "convert your documents to str first")
         if not texts:
             return []
-        from retrieval.ingest.preprocess import content_hash, normalize_whitespace
-
         with self._writing(collection, index_factory) as (c, conn):
             emb = self.embedder_for(c)
-            rows: list[dict[str, Any]] = []
-            for i, t in enumerate(texts):
-                md = dict(metadatas[i]) if metadatas is not None and metadatas[i] else {}
-                tags = md.pop("tags", []) or []
-                it = normalize_whitespace(t)
-                rows.append({
-                    "ext_id": str(ids[i]) if ids is not None and ids[i] is not None else None, "source": str(md.get("source", "")), "text": t,
-                    "index_text": it, "start_char": 0, "end_char": len(t), "start_line": 1, "end_line": t.count("\n") + 1,
-                    "heading": str(md.get("heading", "")), "kind": str(md.get("kind", "text")),
-                    "doc_id": None if md.get("doc_id") is None else str(md["doc_id"]), "metadata": md,
-                    "content_hash": content_hash(it), "tags": [str(x) for x in (tags if isinstance(tags, (list, tuple)) else [tags])],
-                })
+            rows = text_rows(texts, metadatas, ids)
             replaced = list(chunk_db.resolve_ids(conn, [r["ext_id"] for r in rows if r["ext_id"]]).values()) if ids is not None else []
             xb = emb.embed([r["index_text"] for r in rows])  # (n, D)
             tok = c.tokenizer()
@@ -332,14 +338,13 @@ class DocStore:
         return _search.Scope(c, conn, snap, chunk_db.filter_ids(conn, dict(req.filters) if req.filters is not None else None),
                              self.fusion_for(c, req), _search.has_doc_ids(conn, snap))
 
-    def _run(self, queries: list[str], req: SearchRequest, single: bool) -> list[list[Hit]]:
+    def _run(self, queries: list[str], req: SearchRequest, single: bool, xq: np.ndarray | None = None) -> list[list[Hit]]:
         queries = [_search.clean_query(q) for q in queries]
         c = self.collection(req.collection)
         # One query: everything on one BLAS thread. Two-thread BLAS calls on a 2-core box fight
         # onnxruntime's spinning workers both ways (measured: embed 8.3 + scan 3.0 ms vs 4.8 + 1.5 ms).
         with self._threads(1) if single else nullcontext():
-            xq = None
-            if req.mode != "bm25" or req.mmr:
+            if xq is None and (req.mode != "bm25" or req.mmr):
                 emb = self.embedder_for(c)
                 if single:
                     xq = np.asarray(emb.embed_query(queries[0]), np.float32).reshape(1, -1)  # (1, D)
@@ -379,9 +384,15 @@ class DocStore:
         """Check that vectors, rows and BM25 entries of the committed state agree (CorruptStoreError if not)."""
         return self.collection(collection).verify()
 
+    def _info(self, name: str) -> dict:
+        c = self.collection(name)
+        kept = c.manifest.get("fusion") or {}
+        return {**c.info(), "fusion": {"source": kept.get("source", "default"), **asdict(self.fusion_for(c)),
+                                       "calibration": kept or None}}
+
     def stats(self, collection: str | None = None) -> dict:
         if collection is not None:
-            return self.collection(collection).info()
-        cols = [self.collection(n).info() for n in self._names()]
+            return self._info(collection)
+        cols = [self._info(n) for n in self._names()]
         return {"store": str(self.path), "collections": cols, "chunks": sum(c["chunks"] for c in cols),
                 "disk_bytes": sum(c["disk_bytes"] for c in cols), "read_only": self.read_only}

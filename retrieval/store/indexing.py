@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -271,3 +272,23 @@ def run_index(
     rep.dropped = pre.to_dict()
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def text_rows(texts: Sequence[str], metadatas: Sequence[dict] | None, ids: Sequence[str | None] | None) -> list[dict[str, Any]]:
+    """Chunk rows for raw texts (one chunk each, add_texts). Metadata keys source, kind, heading,
+    doc_id and tags fill the row fields of the same name; the rest stays metadata."""
+    from retrieval.ingest.preprocess import content_hash, normalize_whitespace
+
+    rows: list[dict[str, Any]] = []
+    for i, t in enumerate(texts):
+        md = dict(metadatas[i]) if metadatas is not None and metadatas[i] else {}
+        tags = md.pop("tags", []) or []
+        it = normalize_whitespace(t)
+        rows.append({
+            "ext_id": str(ids[i]) if ids is not None and ids[i] is not None else None, "source": str(md.get("source", "")),
+            "text": t, "index_text": it, "start_char": 0, "end_char": len(t), "start_line": 1, "end_line": t.count("\n") + 1,
+            "heading": str(md.get("heading", "")), "kind": str(md.get("kind", "text")),
+            "doc_id": None if md.get("doc_id") is None else str(md["doc_id"]), "metadata": md,
+            "content_hash": content_hash(it), "tags": [str(x) for x in (tags if isinstance(tags, (list, tuple)) else [tags])],
+        })
+    return rows

@@ -256,3 +256,35 @@ def test_search_request_carries_the_settings(store):
             SearchRequest(**bad)
     with pytest.raises(InvalidInputError, match="unknown search setting"):
         store.search("river", top_k=3)
+
+
+def test_calibration_records_its_choice_and_reruns_when_the_collection_grows(tmp_path):
+    from retrieval.store import calibrate
+
+    rng = np.random.default_rng(11)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):
+        (docs / f"d{i}.md").write_text(f"# {text_of(rng, 4)}\n\n{text_of(rng, 12).capitalize()}. {text_of(rng, 10).capitalize()}.\n")
+    with DocStore.open(tmp_path / "s", embedder="hash-64") as s:
+        s.index_paths([docs])
+        entry = s.calibrate_fusion("default", calibrate.CalibrationConfig(n_queries=20, regrow=1.5))
+        assert entry["pseudo_queries"] >= 10 and sum(entry["kinds"].values()) == entry["pseudo_queries"]
+        assert entry["at_chunks"] == s.stats("default")["chunks"]
+        assert 0.0 <= entry["default_mrr10"] <= entry["pseudo_mrr10"] <= 1.0
+        info = s.stats("default")["fusion"]
+        assert info["source"] == entry["source"] and info["calibration"] == entry
+        if entry["source"] == "calibrated":  # kept: searches use it
+            assert s.fusion_for(s.collection("default")) == FusionConfig(**entry["config"])
+        else:
+            assert s.fusion_for(s.collection("default")) == s.fusion and entry["config"] is None
+        for i in range(30, 60):  # the collection doubles: index_paths re-calibrates
+            (docs / f"d{i}.md").write_text(f"# {text_of(rng, 4)}\n\n{text_of(rng, 12).capitalize()}.\n")
+        s.index_paths([docs])
+        assert s.stats("default")["fusion"]["calibration"]["at_chunks"] == s.stats("default")["chunks"] > entry["at_chunks"]
+    with DocStore.open(tmp_path / "s", read_only=True) as s:  # recorded in the manifest
+        assert s.stats("default")["fusion"]["calibration"]["at_chunks"] > entry["at_chunks"]
+    with pytest.raises(InvalidInputError):
+        calibrate.CalibrationConfig(n_queries=3)
+    qs = calibrate.pseudo_queries([(1, "D", "Intro > Getting started", "One two three four five six seven.", "T\nx")], 5)
+    assert qs and all(q.target == "D" for q in qs)

@@ -32,7 +32,7 @@ SHARED = next((d / "shared" for d in ROOT.parents if (d / "shared" / "tools" / "
 DATA = {"scifact": SHARED / "data" / "beir-scifact", "cacm": SHARED / "data" / "cacm-beir"}
 TUNE_QRELS = {"scifact": "train.tsv", "cacm": "test.tsv"}  # CACM has no train split
 TEST_QRELS = "test.tsv"
-K1B = list(itertools.product((0.75, 0.9, 1.2, 1.5, 2.0), (0.3, 0.5, 0.75, 0.9)))
+K1B = [(0.75, 0.5)] + list(itertools.product((0.9, 1.2, 1.5, 2.0), (0.3, 0.5, 0.75)))
 ALPHAS = [round(a / 100, 2) for a in range(20, 85, 10)]
 
 
@@ -178,7 +178,7 @@ class Tuner:
         run = self.work / self.name / "tune_run.jsonl"
         with open(run, "w") as f:
             for (qid, _), hs in zip(self.qs, hits):
-                f.write(json.dumps({"query_id": qid, "hits": [h.to_dict() for h in hs]}) + "\n")
+                f.write(json.dumps({"query_id": qid, "hits": [{"doc_id": h.doc_id, "id": h.id} for h in hs]}) + "\n")
         return _ndcg().evaluate(str(run), str(self.data / "qrels" / TUNE_QRELS[self.name]))[0]
 
 
@@ -257,13 +257,14 @@ def main() -> None:
     p.add_argument("--datasets", default="scifact,cacm")
     p.add_argument("--skip-tune", action="store_true")
     p.add_argument("--skip-peers", action="store_true")
+    p.add_argument("--only-tune", action="store_true", help="tuning only (no CLI runs, no peers)")
     p.add_argument("--json", default="", help="also write the results to this file")
     a = p.parse_args()
     work = Path(a.work)
     names = a.datasets.split(",")
     stores = {n: build(work, n) for n in names}
     res: dict = {"datasets": {}}
-    for n in names:
+    for n in names if not a.only_tune else []:
         qs = _queries(DATA[n], TEST_QRELS)
         r = res["datasets"][n] = {"ours": ours_cli(work, n, stores[n], qs, TEST_QRELS)}
         if not a.skip_peers:

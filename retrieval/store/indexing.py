@@ -203,8 +203,8 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
         for doc in group:
             chunks = chunk_document(doc, embedder.token_spans, cfg)
             before = pre.to_dict()
-            if doc.doc_id is not None:  # a record: dedup within the record only
-                got = preprocess_chunks(chunks, pre, seen_hashes=set(), near_dup=None)
+            if doc.doc_id is not None:  # a record: dedup within the record only, and never lose a record
+                got = _record_chunks(chunks, pre)
                 if chunks and not got:
                     rep.emptied.append({"source": doc.source, "doc_id": doc.doc_id, "reason": _why(before, pre.to_dict())})
             else:
@@ -219,6 +219,22 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
         bar.update(1, chunks=len(new_chunks))
     bar.close()
     return new_chunks, upserts, pre
+
+
+def _record_chunks(chunks: list[Chunk], pre) -> list[Chunk]:
+    """A record's chunks after preprocessing. A record the quality filter would empty keeps its
+    chunks unfiltered: it is a document the user named by `_id` (CACM has 11 such records, title
+    only or "None" abstracts, like "COBOL" and "Sorting X + Y"; one of them is judged relevant)."""
+    from retrieval.ingest.preprocess import PreprocessReport, preprocess_chunks
+
+    scratch = PreprocessReport()
+    got = preprocess_chunks(chunks, scratch, seen_hashes=set(), near_dup=None)
+    if chunks and not got:
+        scratch = PreprocessReport()
+        got = preprocess_chunks(chunks, scratch, seen_hashes=set(), near_dup=None, quality=False)
+    for name, value in asdict(scratch).items():
+        setattr(pre, name, getattr(pre, name) + value)
+    return got
 
 
 def _source_row(group: list[SourceDocument], opts: IndexOptions, n_chunks: int) -> dict:

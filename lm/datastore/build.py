@@ -57,7 +57,7 @@ class BuildConfig:
     index_factory: str = "auto"
     deadline: float | None = None  # time.time() after which the build commits and stops (resumable)
     # calibration slice: the tails of documents (hash order), never stored; <= holdout of the corpus
-    holdout: float = 0.0
+    holdout: float = 0.05
     holdout_max_tokens: int = 8192  # enough to separate a 1% gain from noise; scoring it costs ~1 forward pass
     holdout_min_tokens: int = 128  # below this nothing is held out and the datastore keeps the defaults
     calibrate: bool = True  # choose k, temperature and lambda on the slice after the build
@@ -274,7 +274,11 @@ def _finish(lm, store: TokenStore, plan: list, state: BuildState, config: BuildC
     report.windows_trimmed_decontamination = stats.windows_trimmed
     report.entries_dropped_decontamination = stats.entries_dropped
     store.commit(build=replace(state, complete=not report.stopped_at_deadline).to_json())
-    # CALIBRATE-HOOK
+    if config.calibrate and not report.stopped_at_deadline:
+        from lm.datastore.calibrate import calibrate_store
+
+        cal = calibrate_store(lm, store)  # appending re-calibrates on every build's slice
+        report.calibration = cal.to_json() if cal is not None else store.manifest.get("calibration")
     report.entries_total = store.count
     report.seconds = round(time.perf_counter() - t_start, 2)
     report.forward_seconds = round(report.forward_seconds, 2)

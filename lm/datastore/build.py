@@ -22,6 +22,7 @@ from lm.datastore.build_steps import (
     BuildState,
     DocTokens,
     ShardWriter,
+    batches,
     encode_windows,
     holdout_starts,
     plan_stats,
@@ -43,7 +44,8 @@ NEAR_DUP_CHARS = 200_000  # MinHash looks at a document's first 200k characters 
 class BuildConfig:
     window: int | None = None  # tokens per forward; default min(model max length, 1024)
     stride: int | None = None  # default 3/4 window: >= window/4 tokens of context, >= 0.9x forward speed
-    batch_size: int = 2  # windows per forward
+    batch_size: int = 16  # at most this many windows per forward ...
+    batch_tokens: int = 2048  # ... and this many (padded) tokens: 2 full 1024-token windows, or 8 abstracts
     shard_tokens: int = 8192  # entries per committed shard (the resume granularity)
     max_tokens: int | None = None  # cap on entries added by this build
     near_dup_threshold: float = 0.9
@@ -175,14 +177,14 @@ def _run_plan(lm, store: TokenStore, toks: list[DocTokens], plan: list, state: B
 
     module = resolve_module(lm.model, lm.key_module_path)
     writer = ShardWriter(store, config.shard_tokens)
-    todo = [i for i in range(state.windows_done, len(plan)) if plan[i].targets.size]
+    todo = batches(plan, state.windows_done, config.batch_size, config.batch_tokens)
     entries = state.entries
-    for a in range(0, len(todo), config.batch_size):
+    for a, idx in enumerate(todo):
         if config.deadline and time.time() > config.deadline:
             log.warning("build deadline reached after %d entries; rerun the same command to resume", entries)
             report.stopped_at_deadline = True
             return state
-        batch = [plan[i] for i in todo[a:a + config.batch_size]]
+        batch = [plan[i] for i in idx]
         t0 = time.perf_counter()
         H, n_fwd = encode_windows(lm, module, toks, batch)  # (B, T, D)
         report.forward_seconds += time.perf_counter() - t0
@@ -191,9 +193,9 @@ def _run_plan(lm, store: TokenStore, toks: list[DocTokens], plan: list, state: B
             writer.add(window_entries(H[b], toks[p.doc], p))
             bar.update(int(p.targets.size))
         entries += sum(int(p.targets.size) for p in batch)
-        if writer.full or a + config.batch_size >= len(todo):
+        if writer.full or a + 1 == len(todo):
             writer.flush()
-            done = todo[a + config.batch_size] if a + config.batch_size < len(todo) else len(plan)
+            done = todo[a + 1][0] if a + 1 < len(todo) else len(plan)
             state = replace(state, windows_done=done, entries=entries)
             store.commit(build=state.to_json())
     return replace(state, windows_done=len(plan), entries=entries) if not todo else state

@@ -134,6 +134,27 @@ def plan_stats(plan: Sequence[PlannedWindow], upto: int | None = None) -> PlanSt
                      sum(p.dropped for p in part), sum(int(p.targets.size) for p in part))
 
 
+def batches(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_tokens: int) -> list[list[int]]:
+    """Plan indices from `start` with targets, grouped into forwards of at most `max_windows`
+    windows and `max_tokens` padded tokens: short documents (abstracts, small files) share a
+    forward instead of paying one each."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i in range(start, len(plan)):
+        n = plan[i].window.end - plan[i].window.begin
+        if not plan[i].targets.size:
+            continue
+        if cur and (len(cur) >= max_windows or (len(cur) + 1) * max(longest, n) > max_tokens):
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    return out
+
+
 def encode_windows(lm, module, docs: Sequence[DocTokens], batch: Sequence[PlannedWindow]):
     """One forward up to the key layer (StopForward skips the rest): (B, T, D) float32 keys."""
     import torch

@@ -296,3 +296,32 @@ def test_cli_build_info_eval_generate_explain(llama_dir, corpus, tmp_path, capsy
     assert err["type"] == "InvalidInputError" and "lambda" in err["error"]
     assert main(["eval", str(corpus / "a.txt"), "--datastore", str(tmp_path / "nope"), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["type"] == "NotFoundError"
+
+
+def _lm_parsers():
+    from retrieval.cli.root import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    todo = [sub.choices[n] for n in ("datastore", "eval", "generate", "explain")]
+    while todo:
+        p = todo.pop()
+        yield p
+        for a in p._actions:
+            if a.__class__.__name__ == "_SubParsersAction":
+                todo.extend(a.choices.values())
+
+
+def test_every_lm_option_has_help_and_decontaminate_keeps_the_corpus():
+    from retrieval.cli.root import build_parser
+
+    missing = [(p.prog, a.dest) for p in _lm_parsers() for a in p._actions if a.dest != "help" and not a.help
+               and a.__class__.__name__ != "_SubParsersAction"]
+    assert not missing, missing
+    args = build_parser().parse_args(["datastore", "build", "--decontaminate", "ev.txt", "corpus/", "--out", "ds",
+                                      "--decontaminate", "ev2.txt"])
+    assert args.corpus == ["corpus/"] and args.decontaminate == ["ev.txt", "ev2.txt"]
+
+
+def test_model_load_draws_no_progress_bar(llama_dir, capfd):
+    load_lm(str(llama_dir))
+    assert "Loading weights" not in capfd.readouterr().err

@@ -61,11 +61,12 @@ def holdout_starts(lengths: Sequence[int], order_keys: Sequence[str], *, fractio
                    min_tokens: int, cap: int | None = None) -> list[int]:
     """First held-out target of each document (its length when none is held out).
 
-    The slice is the tail of documents taken in `order_keys` (content hash) order, whole documents
-    while they fit: a tail is never context for a stored entry, so no stored key has seen the
-    slice, and hash order makes the choice independent of the file order. The budget is
-    `fraction` of the targets that will be stored (`cap` = --max-tokens), at most `max_tokens`;
-    below `min_tokens` nothing is held out (too few tokens to measure a gain).
+    Whole documents first, in `order_keys` (content hash) order, while they fit the budget: they
+    look like the unseen documents a user evaluates on. What is left of the budget comes from
+    document tails (a single long document: its tail); a tail is never context for a stored entry,
+    so no stored key has seen the slice. Hash order makes the choice independent of the file order.
+    The budget is `fraction` of the targets that will be stored (`cap` = --max-tokens), at most
+    `max_tokens`; below `min_tokens` nothing is held out (too few tokens to measure a gain).
     """
     starts = [int(n) for n in lengths]
     total = sum(max(0, n - 1) for n in lengths)
@@ -73,15 +74,18 @@ def holdout_starts(lengths: Sequence[int], order_keys: Sequence[str], *, fractio
     if budget < min_tokens:
         return starts
     left = budget
-    for d in sorted(range(len(starts)), key=lambda i: order_keys[i]):
-        n = starts[d] - 1  # targets of the document
-        if n <= 0:
-            continue
-        take = min(n, left)
-        starts[d] -= take  # whole document: start 1 (token 0 is never a target)
-        left -= take
+    order = sorted(range(len(starts)), key=lambda i: order_keys[i])
+    for d in order:  # whole documents that fit
+        if 0 < starts[d] - 1 <= left:
+            left -= starts[d] - 1
+            starts[d] = 1  # token 0 is never a target
+    for d in order:  # then tails
         if left == 0:
             break
+        if starts[d] > 1:
+            take = min(starts[d] - 1, left)
+            starts[d] -= take
+            left -= take
     return starts
 
 

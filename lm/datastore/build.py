@@ -20,6 +20,7 @@ import numpy as np
 
 from lm.datastore.build_steps import (
     BuildState,
+    CachedEncoder,
     DocTokens,
     ShardWriter,
     batches,
@@ -63,6 +64,7 @@ class BuildConfig:
     holdout_max_tokens: int = 8192  # enough to separate a 1% gain from noise; scoring it costs ~1 forward pass
     holdout_min_tokens: int = 128  # below this nothing is held out and the datastore keeps the defaults
     calibrate: bool = True  # choose k, temperature and lambda on the slice after the build
+    kv_cache: bool = False  # carry the KV cache across windows: each token is run once (build_steps.CachedEncoder)
 
 
 @dataclass
@@ -128,7 +130,8 @@ def load_documents(paths: Sequence[str], store: TokenStore, base_docs: int, thre
 
 def _fingerprint(lm_id: str, docs: list[dict], cfg: BuildConfig, window: int, stride: int, eval_hash: str) -> str:
     payload = [lm_id, [d["hash"] for d in docs], window, stride, cfg.ngram, cfg.max_tokens, eval_hash,
-               cfg.decontaminate_scope, cfg.decontaminate_margin, cfg.holdout, cfg.holdout_max_tokens, cfg.holdout_min_tokens]
+               cfg.decontaminate_scope, cfg.decontaminate_margin, cfg.holdout, cfg.holdout_max_tokens, cfg.holdout_min_tokens,
+               cfg.kv_cache]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
@@ -177,6 +180,8 @@ def _run_plan(lm, store: TokenStore, toks: list[DocTokens], plan: list, state: B
 
     module = resolve_module(lm.model, lm.key_module_path)
     writer = ShardWriter(store, config.shard_tokens)
+    if config.kv_cache:
+        return _run_plan_cached(lm, module, writer, toks, plan, state, config, report, bar)
     todo = batches(plan, state.windows_done, config.batch_size, config.batch_tokens)
     entries = state.entries
     for a, idx in enumerate(todo):
@@ -199,6 +204,35 @@ def _run_plan(lm, store: TokenStore, toks: list[DocTokens], plan: list, state: B
             state = replace(state, windows_done=done, entries=entries)
             store.commit(build=state.to_json())
     return replace(state, windows_done=len(plan), entries=entries) if not todo else state
+
+
+def _run_plan_cached(lm, module, writer: ShardWriter, toks: list[DocTokens], plan: list, state: BuildState,
+                     config: BuildConfig, report: BuildReport, bar) -> BuildState:
+    """_run_plan with the KV cache carried along each document: one window at a time, every window
+    of a document run (windows without targets still feed the cache), each token forwarded once."""
+    enc = CachedEncoder(lm, module, context=state.window - state.stride)
+    entries = state.entries
+    last = max((i for i in range(len(plan)) if plan[i].targets.size), default=-1)
+    for i in range(state.windows_done, last + 1):
+        if config.deadline and time.time() > config.deadline:
+            log.warning("build deadline reached after %d entries; rerun the same command to resume", entries)
+            report.stopped_at_deadline = True
+            return state
+        p = plan[i]
+        t0 = time.perf_counter()
+        before = enc.forward_tokens
+        H, first = enc.states(toks[p.doc], p.window)  # (T', D)
+        report.forward_seconds += time.perf_counter() - t0
+        report.forward_tokens += enc.forward_tokens - before
+        writer.add(window_entries(H, toks[p.doc], p, first))
+        bar.update(int(p.targets.size))
+        entries += int(p.targets.size)
+        if writer.full or i == last:
+            writer.flush()
+            state = replace(state, windows_done=i + 1 if i < last else len(plan), entries=entries)
+            store = writer.store
+            store.commit(build=state.to_json())
+    return replace(state, windows_done=len(plan), entries=entries) if last < state.windows_done else state
 
 
 def _start(store: TokenStore, prev: BuildState | None, fp: str, docs: list[dict], toks: list[DocTokens], base_docs: int,

@@ -182,10 +182,70 @@ def encode_windows(lm, module, docs: Sequence[DocTokens], batch: Sequence[Planne
     return cap.take().float(), int(mask.sum())  # (B, T, D), forward tokens
 
 
-def window_entries(H: Any, d: DocTokens, p: PlannedWindow) -> Entries:
-    """Entries of one planned window from its (T, D) key-layer states (the key at t-1 predicts t)."""
+class CachedEncoder:
+    """Key-layer states along a document with the KV cache carried from window to window.
+
+    The windowed build runs every window whole, so each stored token costs window/stride forward
+    tokens (4/3 at 1024/768). Here each window runs only its new tokens and attends to the
+    previous `context` tokens through the cache: every position is computed once. A window that
+    does not continue the previous one (a new document, a resumed build) or would pass the
+    model's position limit starts a fresh segment, run exactly as the windowed build runs it (the
+    same keys). Later windows see at least as much context as in the windowed build, through
+    states computed with their own, earlier context: their keys differ slightly (benchmarked).
+    """
+
+    def __init__(self, lm, module, context: int) -> None:
+        self.lm, self.module, self.context = lm, module, int(context)
+        self._doc: int | None = None
+        self._end = 0  # one past the last position run
+        self._seg = 0  # document position of position id 0 of the current segment
+        self._cache: Any = None
+        self._last: Any = None  # (D,) key-layer state at position _end - 1
+        self.forward_tokens = 0
+
+    def _run(self, ids: np.ndarray, first_pos: int, cache: Any):
+        import torch
+
+        from lm.hooks import StopForward, capture
+        from lm.models import autocast
+
+        x = torch.from_numpy(ids)[None]  # (1, T)
+        pos = torch.arange(first_pos, first_pos + ids.size)[None]  # (1, T)
+        with torch.inference_mode(), autocast(self.lm), capture(self.module, output=self.lm.key_is_output, stop=True) as cap:
+            try:
+                self.lm.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True)
+            except StopForward:
+                pass
+        self.forward_tokens += int(ids.size)
+        return cap.take()[0].float()  # (T, D)
+
+    def _crop(self) -> None:
+        for layer in self._cache.layers:  # keep the last `context` positions of every layer
+            layer.keys, layer.values = layer.keys[:, :, -self.context:], layer.values[:, :, -self.context:]
+
+    def states(self, d: DocTokens, w: Window):
+        """(rows, first): key-layer states of positions first..w.end-1, first <= w.first_target - 1."""
+        import torch
+        from transformers import DynamicCache
+
+        fresh = self._doc != d.doc or self._end != w.first_target or w.end - self._seg > self.lm.max_length
+        if fresh:
+            self._cache = DynamicCache()
+            H = self._run(d.ids[w.begin:w.end], 0, self._cache)  # (T, D) as the windowed build
+            self._doc, self._seg, first = d.doc, w.begin, w.begin
+        else:
+            H = torch.cat([self._last[None], self._run(d.ids[self._end:w.end], self._end - self._seg, self._cache)])
+            first = self._end - 1
+        self._end, self._last = w.end, H[-1]
+        self._crop()
+        return H, first  # (T', D)
+
+
+def window_entries(H: Any, d: DocTokens, p: PlannedWindow, first: int | None = None) -> Entries:
+    """Entries of one planned window from the key-layer states H of positions first.. (default:
+    the window's begin); the key at position t-1 predicts token t."""
     tgt = p.targets  # (n,)
-    keys = H[tgt - 1 - p.window.begin].numpy().astype(np.float16)  # (n, D)
+    keys = H[tgt - 1 - (p.window.begin if first is None else first)].numpy().astype(np.float16)  # (n, D)
     prov = np.stack([np.full(tgt.size, d.doc), tgt, d.offsets[tgt]], axis=1)  # (n, 3)
     return Entries(keys, d.ids[tgt].astype(np.int32), prov)
 

@@ -57,6 +57,7 @@ def ensure_store(store: Path, docs: int) -> None:
 
     if (store / "store.json").exists():
         return
+    store.parent.mkdir(parents=True, exist_ok=True)  # the work folder may not exist yet
     corpus = SCIFACT / "corpus.jsonl"
     if docs:
         corpus = store.parent / f"scifact-corpus-{docs}.jsonl"

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra Host header value accepted over HTTP (DNS-rebinding protection)")
     p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                    help="extra Origin accepted over HTTP, e.g. https://app.example")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve a non-loopback --host without KNNRAG_MCP_TOKEN (refused otherwise): only behind a "
+                        "trusted network, e.g. a container port published on the host's loopback")
     p.add_argument("--max-request-bytes", type=int, default=1_048_576, help="HTTP request body limit (default 1 MiB)")
     p.add_argument("--min-score", type=float, help="ask: relevance threshold (dense cosine) below which it refuses")
     p.add_argument("--json", action="store_true", help="errors as one JSON object on stdout")
@@ -89,7 +92,8 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     token = os.environ.get("KNNRAG_MCP_TOKEN") or None
     cfg = HttpConfig(host=args.host, port=args.port, token=token, max_request_bytes=args.max_request_bytes,
-                     allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allowed_origin))
+                     allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allowed_origin),
+                     allow_unauthenticated=args.allow_unauthenticated)
     _port_free(cfg.host, cfg.port)
     run_http(server, cfg)
     return 0

@@ -88,7 +88,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.transport == "stdio":
         import anyio
 
-        anyio.run(server.run_stdio_async)
+        from mcp_server.stdio import serve_stdio
+
+        anyio.run(serve_stdio, server)
         return 0
     token = os.environ.get("KNNRAG_MCP_TOKEN") or None
     cfg = HttpConfig(host=args.host, port=args.port, token=token, max_request_bytes=args.max_request_bytes,

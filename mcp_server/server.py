@@ -152,5 +152,6 @@ def _version() -> str:
 def run_stdio(config: ServerConfig) -> None:
     import anyio
 
-    server = build_server(config)
-    anyio.run(server.run_stdio_async)
+    from mcp_server.stdio import serve_stdio
+
+    anyio.run(serve_stdio, build_server(config))

@@ -18,7 +18,7 @@ from mcp_server import tool_support as T
 from mcp_server.tool_support import DESTRUCTIVE, LOCK_WAIT_S, Collection
 from retrieval.store import admin
 
-CREATE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
+CREATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 Name = Annotated[str, Field(description="collection name: letters, digits, '-' and '_'", pattern=T.COLLECTION_RE,
                             max_length=64)]
 

@@ -7,6 +7,7 @@ whose text is `str(ValidationError)`. `KnnragMCP.call_tool` (server.py) catches 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 # extra advice for a parameter whose bound the caller hit, by parameter name
@@ -52,7 +53,7 @@ def _one(err: dict) -> str:
         return f"{name}={_shown(value)} is below the minimum of {bound}" + ("" if kind.endswith("equal") else " (exclusive)")
     if kind in ("string_too_long", "too_long"):
         limit = ctx.get("max_length")
-        size = len(value) if hasattr(value, "__len__") else "?"
+        size = len(value) if isinstance(value, (str, list, dict)) else "?"
         unit = "characters" if isinstance(value, str) else "items"
         return f"{name} has {size} {unit}, over the limit of {limit}{tail}"
     if kind in ("string_too_short", "too_short"):
@@ -80,7 +81,7 @@ def _one(err: dict) -> str:
     return f"{name}: {err.get('msg', 'invalid value')}"
 
 
-def describe(tool: str, errors: list[dict]) -> str:
+def describe(tool: str, errors: Sequence[Any]) -> str:
     """The caller-facing text for a failed argument validation of `tool`."""
     seen: list[str] = []
     for err in errors[:5]:

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="serve a non-loopback --host without KNNRAG_MCP_TOKEN (refused otherwise): only behind a "
                         "trusted network, e.g. a container port published on the host's loopback")
+    p.add_argument("--json-response", action="store_true",
+                   help="HTTP: answer each request with one JSON body instead of an SSE stream (less overhead per "
+                        "call; progress notifications are then dropped: use start_indexing + index_status)")
     p.add_argument("--max-request-bytes", type=int, default=1_048_576, help="HTTP request body limit (default 1 MiB)")
     p.add_argument("--min-score", type=float, help="ask: relevance threshold (dense cosine) below which it refuses")
     p.add_argument("--json", action="store_true", help="errors as one JSON object on stdout")
@@ -95,7 +98,7 @@ def serve(args: argparse.Namespace) -> int:
     token = os.environ.get("KNNRAG_MCP_TOKEN") or None
     cfg = HttpConfig(host=args.host, port=args.port, token=token, max_request_bytes=args.max_request_bytes,
                      allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allowed_origin),
-                     allow_unauthenticated=args.allow_unauthenticated)
+                     allow_unauthenticated=args.allow_unauthenticated, json_response=args.json_response)
     _port_free(cfg.host, cfg.port)
     run_http(server, cfg)
     return 0

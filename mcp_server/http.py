@@ -32,6 +32,7 @@ class HttpConfig:
     allowed_hosts: tuple[str, ...] = field(default_factory=tuple)  # extra Host values, e.g. "mcp.example:8000"
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # extra Origins, e.g. "https://app.example"
     allow_unauthenticated: bool = False  # serve a non-loopback address without a token (the user said so)
+    json_response: bool = False  # answer each POST with one JSON body instead of an SSE stream
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -141,7 +142,7 @@ def build_app(server: Any, cfg: HttpConfig):
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "server": server.name})
 
-    app = server.streamable_http_app(streamable_http_path=cfg.path, host=cfg.host,
+    app = server.streamable_http_app(streamable_http_path=cfg.path, host=cfg.host, json_response=cfg.json_response,
                                      max_request_body_size=cfg.max_request_bytes,
                                      transport_security=security_settings(cfg))
     if cfg.token:

@@ -203,3 +203,32 @@ class PerplexityOut(BaseModel):
     base_seconds: float | None = None
     knn_seconds: float | None = None
     note: str | None = None
+
+
+def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The same JSON schema with every `$ref` inlined and `anyOf: [{type: T}, {type: null}]` as
+    `type: [T, null]`: equivalent, readable by clients that do not resolve `$defs`, and cheaper to
+    check: the SDK client validates every result with jsonschema, and this cut that check for a
+    10-hit search from 2.39 to 1.88 ms (benchmarks/bench_mcp.py, same machine, same run)."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any, depth: int) -> Any:
+        if depth > 20:  # our models are not recursive; never loop on a schema that is
+            return node
+        if isinstance(node, list):
+            return [walk(x, depth + 1) for x in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:
+            return walk({**defs[ref[8:]], **{k: v for k, v in node.items() if k != "$ref"}}, depth + 1)
+        out = {k: walk(v, depth + 1) for k, v in node.items() if k != "$defs"}
+        alts = out.get("anyOf")
+        if isinstance(alts, list) and len(alts) == 2 and {"type": "null"} in alts:
+            other = alts[0] if alts[1] == {"type": "null"} else alts[1]
+            if set(other) == {"type"} and isinstance(other["type"], str):
+                del out["anyOf"]
+                out["type"] = [other["type"], "null"]
+        return out
+
+    return walk(schema, 0)

@@ -134,6 +134,12 @@ def _server_class():
     from mcp_server.validation import describe
 
     class KnnragMCP(MCPServer):
+        async def list_tools(self) -> Any:
+            from mcp_server.schemas import compact_schema
+
+            return [t.model_copy(update={"output_schema": compact_schema(t.output_schema)}) if t.output_schema else t
+                    for t in await super().list_tools()]
+
         async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
             try:
                 return await super().call_tool(name, arguments, context)

@@ -83,7 +83,9 @@ out=$(inspect "${SERVE[@]}" --method tools/call --tool-name chunk_context --tool
 check "stdio chunk_context" "$out" 'delta epsilon'
 out=$(inspect "${SERVE[@]}" --method tools/call --tool-name search --tool-arg query=alpha --tool-arg collection=insp)
 check "stdio search carries resource_link items" "$out" '"resource_link"'
-out=$(inspect "${SERVE[@]}" --method tools/call --tool-name delete --tool-arg 'sources=["deploy.md"]')
+inspect "${SERVE[@]}" --method tools/call --tool-name index_paths --tool-arg "paths=[\"$WORK/docs\"]" \
+  --tool-arg collection=delc >/dev/null
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name delete --tool-arg 'sources=["deploy.md"]' --tool-arg collection=delc)
 check "stdio delete with a path relative to the root" "$out" '"removed_sources": 1'
 out=$(inspect "${SERVE[@]}" --method tools/call --tool-name drop_collection --tool-arg name=insp)
 check "stdio drop_collection" "$out" '"chunks": 2'

@@ -9,8 +9,10 @@ Peer = the same DocStore.search call made in-process (no protocol). Measured in 
      output re-validation, the client's jsonschema check, JSON-RPC encode/decode, the worker-thread hop).
 Targets: stdio p50 <= 1.3x direct, HTTP <= 1.5x, >= 60 req/s with 8 HTTP clients, 0 errors, p95 <= 250 ms.
 
+Paths: direct (peer), `knnrag serve` over stdio, the same server on the SDK's stdio transport,
+streamable HTTP (SSE replies, the default) and HTTP with --json-response.
+
 usage: python benchmarks/bench_mcp.py [--store DIR] [--docs N] [--queries N] [--duration 60] [--no-append]
-                                      [--http-json-response]
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -95,35 +99,53 @@ def start_http(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("HTTP server did not start")
 
 
-async def interleaved(store_obj, store: Path, url: str, queries: list[str]) -> dict:
-    """Per query: direct, stdio and HTTP back to back, the order rotating, after 5 warm-up rounds."""
+# The same server on the SDK's own stdio transport (mcp.server.stdio), to show what ours saves.
+SDK_STDIO = ("import sys, anyio; from pathlib import Path; from mcp_server.server import ServerConfig, build_server; "
+             "anyio.run(build_server(ServerConfig(store=Path(sys.argv[1]))).run_stdio_async)")
+
+
+async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: list[str]) -> dict:
+    """Per query: direct, then each MCP path, back to back, the order rotating, after 5 warm-up rounds."""
+    from contextlib import AsyncExitStack
+
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
     from mcp.client.streamable_http import streamable_http_client
 
     cmd = knnrag()
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:] + ["serve", "--store", str(store)],
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    ms: dict[str, list[float]] = {"direct": [], "stdio": [], "http": []}
-    async with stdio_client(params) as (r, w), ClientSession(r, w) as stdio:
-        async with streamable_http_client(url) as streams, ClientSession(streams[0], streams[1]) as http:
-            await stdio.initialize()
-            await http.initialize()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    stdio = {"stdio": StdioServerParameters(command=cmd[0], args=cmd[1:] + ["serve", "--store", str(store)], env=env),
+             "stdio_sdk_transport": StdioServerParameters(command=sys.executable, args=["-c", SDK_STDIO, str(store)],
+                                                          env=env)}
+    async with AsyncExitStack() as stack:
+        sessions = {}
+        for name, params in stdio.items():
+            r, w = await stack.enter_async_context(stdio_client(params))
+            sessions[name] = await stack.enter_async_context(ClientSession(r, w))
+        for name, url in urls.items():
+            streams = await stack.enter_async_context(streamable_http_client(url))
+            sessions[name] = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
+        for s in sessions.values():
+            await s.initialize()
 
-            async def via(session, q: str) -> None:
-                res = await session.call_tool("search", {"query": q, "k": 10})
-                assert not res.is_error and res.structured_content["hits"], res.content
+        async def via(session, q: str) -> None:
+            res = await session.call_tool("search", {"query": q, "k": 10})
+            assert not res.is_error and res.structured_content["hits"], res.content
 
-            paths = {"direct": lambda q: _direct(store_obj, q), "stdio": lambda q: via(stdio, q),
-                     "http": lambda q: via(http, q)}
-            order = list(paths)
-            for i, q in enumerate(queries[:5] + queries):
-                order = order[1:] + order[:1]
-                for name in order:
-                    t = time.perf_counter()
-                    await paths[name](q)
-                    if i >= 5:
-                        ms[name].append((time.perf_counter() - t) * 1000)
+        def caller(session: Any) -> Callable[[str], Awaitable[None]]:
+            return lambda q: via(session, q)
+
+        paths: dict[str, Callable[[str], Awaitable[None]]] = {"direct": lambda q: _direct(store_obj, q)}
+        paths.update({name: caller(s) for name, s in sessions.items()})
+        ms: dict[str, list[float]] = {name: [] for name in paths}
+        order = list(paths)
+        for i, q in enumerate(queries[:5] + queries):
+            order = order[1:] + order[:1]
+            for name in order:
+                t = time.perf_counter()
+                await paths[name](q)
+                if i >= 5:
+                    ms[name].append((time.perf_counter() - t) * 1000)
     return {name: summary(v) for name, v in ms.items()}
 
 
@@ -235,21 +257,27 @@ def breakdown(store_obj, queries: list[str]) -> dict:
     }
 
 
+LABELS = {"direct": "direct DocStore.search (peer)", "stdio": "MCP stdio (`knnrag serve`)",
+          "stdio_sdk_transport": "MCP stdio, the SDK's stdio transport", "http": "MCP streamable HTTP (SSE replies)",
+          "http_json_response": "MCP streamable HTTP, --json-response"}
+
+
 def append(res: dict, cmd: str) -> None:
     lat, dl, hl, b = res["latency"], res["direct_load"], res["http_load"], res["breakdown"]
+    jl = res["http_json_response_load"]
     lines = [
         "", "## MCP round trip: `search` over stdio / streamable HTTP vs direct Python (SciFact, k=10)",
         "", f"Command: `{cmd}`  ", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end); {res['queries']} SciFact queries, "
         f"store of {res['chunks']} SciFact chunks (MiniLM, hybrid), {res['date']}. Latency interleaved per query.", "",
         "| path | p50 ms | p95 ms | p50 ratio to direct |", "|---|---|---|---|",
-        f"| direct DocStore.search (peer) | {lat['direct']['p50_ms']} | {lat['direct']['p95_ms']} | 1.00 |",
-        f"| MCP stdio | {lat['stdio']['p50_ms']} | {lat['stdio']['p95_ms']} | {res['stdio_ratio']:.2f} (target <= 1.3) |",
-        f"| MCP streamable HTTP | {lat['http']['p50_ms']} | {lat['http']['p95_ms']} | {res['http_ratio']:.2f} "
-        "(target <= 1.5) |", "",
+        *[f"| {LABELS[name]} | {v['p50_ms']} | {v['p95_ms']} | {res['ratios'][name]:.2f} |" for name, v in lat.items()],
+        "", "Targets: stdio <= 1.3x, HTTP <= 1.5x.", "",
         f"Throughput, {hl['clients']} concurrent callers for {hl['seconds']} s: direct threads (peer) **{dl['req_per_s']} req/s** "
         f"(p95 {dl['p95_ms']} ms); MCP HTTP clients **{hl['req_per_s']} req/s**, {hl['errors']} errors, p50 {hl['p50_ms']} ms, "
-        f"p95 {hl['p95_ms']} ms (ratio {res['load_ratio']:.2f} of the peer; target >= 60 req/s, p95 <= 250 ms).", "",
+        f"p95 {hl['p95_ms']} ms (ratio {res['load_ratio']:.2f} of the peer); with --json-response "
+        f"**{jl['req_per_s']} req/s**, {jl['errors']} errors, p95 {jl['p95_ms']} ms (ratio {res['json_load_ratio']:.2f}). "
+        "Target >= 60 req/s, 0 errors, p95 <= 250 ms.", "",
         "Per call, in process: " + ", ".join(f"{k} {v}" for k, v in b.items()) + ".", "",
     ]
     with (REPO / "BENCHMARKS.md").open("a") as f:
@@ -263,7 +291,6 @@ def main() -> int:
     ap.add_argument("--docs", type=int, default=0, help="index only the first N corpus records (0 = all 5,183)")
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--http-json-response", action="store_true", help="serve HTTP with --json-response")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -273,21 +300,25 @@ def main() -> int:
     ensure_store(store, args.docs)
     queries = load_queries(args.queries)
     res: dict = {"queries": len(queries), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    proc, url = start_http(store, ["--json-response"] if args.http_json_response else [])
+    proc, url = start_http(store, [])
+    proc_json, url_json = start_http(store, ["--json-response"])
     try:
         with DocStore.open(store, read_only=True) as s:
             res["chunks"] = int(s.stats()["chunks"])
-            res["latency"] = anyio.run(interleaved, s, store, url, queries)
+            res["latency"] = anyio.run(interleaved, s, store, {"http": url, "http_json_response": url_json}, queries)
             res["direct_load"] = direct_load(s, queries, args.clients, args.duration)
             res["http_load"] = anyio.run(http_load, url, queries, args.clients, args.duration)
+            res["http_json_response_load"] = anyio.run(http_load, url_json, queries, args.clients, args.duration)
             res["breakdown"] = breakdown(s, queries)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for p in (proc, proc_json):
+            p.terminate()
+            p.wait(timeout=30)
     lat = res["latency"]
-    res["stdio_ratio"] = lat["stdio"]["p50_ms"] / lat["direct"]["p50_ms"]
-    res["http_ratio"] = lat["http"]["p50_ms"] / lat["direct"]["p50_ms"]
+    res["ratios"] = {name: round(v["p50_ms"] / lat["direct"]["p50_ms"], 3) for name, v in lat.items()}
+    res["stdio_ratio"], res["http_ratio"] = res["ratios"]["stdio"], res["ratios"]["http"]
     res["load_ratio"] = res["http_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
+    res["json_load_ratio"] = res["http_json_response_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
     print(json.dumps(res, indent=2))
     if not args.no_append:
         append(res, "python benchmarks/bench_mcp.py " + " ".join(sys.argv[1:]))

@@ -18,6 +18,7 @@ from mcp_server import tool_support as T
 from mcp_server.tool_support import DESTRUCTIVE, LOCK_WAIT_S, Collection
 from retrieval.store import admin
 
+DROP_WAIT_S = 5.0
 CREATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 Name = Annotated[str, Field(description="collection name: letters, digits, '-' and '_'", pattern=T.COLLECTION_RE,
                             max_length=64)]
@@ -55,7 +56,8 @@ def _register_drop_collection(server: Any) -> None:
         state = T.state(ctx)
 
         def work() -> dict:
-            with state.write.held(f"drop_collection {name!r}", wait_s=LOCK_WAIT_S), state.gate.exclusive(LOCK_WAIT_S):
+            # new searches queue behind a waiting drop, so it waits for running ones only briefly
+            with state.write.held(f"drop_collection {name!r}", wait_s=LOCK_WAIT_S), state.gate.exclusive(DROP_WAIT_S):
                 store = state.store()
                 T.require_collection(store, name)
                 return admin.drop_collection(store, name)

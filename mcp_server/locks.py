@@ -77,7 +77,7 @@ class Gate:
                 while self._exclusive or self._readers:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise StoreWriteError("the store is busy with searches", "retry in a moment")
+                        raise StoreWriteError("the store is busy with searches or answers", "retry in a moment")
                     self._cond.wait(left)
             finally:
                 self._waiting -= 1

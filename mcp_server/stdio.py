@@ -90,12 +90,18 @@ def _claim_std_fds() -> Any:
     """Private duplicates of fds 0 and 1 for the wire; fd 0 -> /dev/null, fd 1 -> stderr meanwhile."""
     wire_in, wire_out = os.dup(0), os.dup(1)
     saved_in, saved_out = os.dup(0), os.dup(1)
+    # asyncio's pipe transports make the (shared) file descriptions non-blocking: put them back,
+    # or a terminal handed back to the shell would answer EAGAIN
+    blocking = {fd: os.get_blocking(fd) for fd in (wire_in, wire_out)}
     devnull = os.open(os.devnull, os.O_RDONLY)
     try:
         os.dup2(devnull, 0)
         os.dup2(2, 1)
         yield wire_in, wire_out
     finally:
+        for fd, was in blocking.items():
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, was)
         os.close(devnull)
         for saved, fd in ((saved_in, 0), (saved_out, 1)):
             with contextlib.suppress(OSError):

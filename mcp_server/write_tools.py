@@ -138,7 +138,7 @@ def _register_index_status(server: Any) -> None:
 
 
 def _register_cancel_indexing(server: Any) -> None:
-    @server.tool(annotations=DESTRUCTIVE, title="Cancel an index job")
+    @server.tool(annotations=WRITE, title="Cancel an index job")
     async def cancel_indexing(job_id: JobId, ctx: Context) -> Annotated[CallToolResult, S.JobOut]:
         """Stop a running index job at its next progress point; nothing of it is committed."""
         try:

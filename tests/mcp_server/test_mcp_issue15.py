@@ -333,3 +333,32 @@ async def test_fifos_are_refused_or_skipped_never_opened(env):
         res = await call(env, "index_paths", {"paths": ["fifo15"], "collection": "fifo"})
     assert not res.is_error and res.structured_content["added"] == 1, text_of(res)
     assert any(s["source"].endswith("pipe.md") and "FIFO" in s["reason"] for s in res.structured_content["skipped"])
+
+
+def test_gate_keeps_readers_off_while_a_collection_is_dropped():
+    from mcp_server.locks import Gate
+    from retrieval.errors import StoreWriteError
+
+    gate = Gate()
+    order: list[str] = []
+    reader_in = threading.Event()
+
+    def reader():
+        with gate.shared():
+            reader_in.set()
+            time.sleep(0.2)
+            order.append("reader done")
+
+    t = threading.Thread(target=reader)
+    t.start()
+    reader_in.wait(5)
+    with gate.exclusive(5):  # waits for the running reader
+        order.append("exclusive")
+    t.join()
+    assert order == ["reader done", "exclusive"]
+    with gate.shared():
+        with pytest.raises(StoreWriteError, match="busy"):
+            with gate.exclusive(0.05):
+                pass
+    with gate.shared():  # a timed-out exclusive leaves the gate usable
+        pass

@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "call; progress notifications are then dropped: use start_indexing + index_status)")
     p.add_argument("--max-request-bytes", type=int, default=1_048_576, help="HTTP request body limit (default 1 MiB)")
     p.add_argument("--min-score", type=float, help="ask: relevance threshold (dense cosine) below which it refuses")
+    p.add_argument("--max-write-seconds", type=float, default=3600.0,
+                   help="an index run that holds the write lock longer stops at its next file or batch, "
+                        "committing nothing (default 3600)")
+    p.add_argument("--index-wait-seconds", type=float, default=300.0,
+                   help="index_paths waits this long, then answers with the job id and leaves the job running "
+                        "(poll index_status; default 300)")
     p.add_argument("--json", action="store_true", help="errors as one JSON object on stdout")
     p.set_defaults(func=serve)
 
@@ -86,7 +92,8 @@ def serve(args: argparse.Namespace) -> int:
         raise StoreWriteError(f"cannot create the store folder {store}: {e.strerror}", "pass a writable --store") from e
     config = ServerConfig(store=store, datastore=Path(args.datastore).expanduser() if args.datastore else None,
                           model=args.model, embedder=args.embedder,
-                          allow_roots=tuple(Path(r) for r in args.allow_root), min_score=args.min_score)
+                          allow_roots=tuple(Path(r) for r in args.allow_root), min_score=args.min_score,
+                          max_write_seconds=args.max_write_seconds, index_wait_seconds=args.index_wait_seconds)
     server = build_server(config)
     if args.transport == "stdio":
         import anyio

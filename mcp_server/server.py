@@ -53,7 +53,8 @@ class ServerConfig:
         for name in ("max_write_seconds", "index_wait_seconds"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise InvalidInputError(f"{name} must be a positive number of seconds, got {v!r}", "e.g. 600")
+                flag = "--" + name.replace("_", "-")
+                raise InvalidInputError(f"{flag} must be a positive number of seconds, got {v!r}", "e.g. 600")
         if self.min_score is not None and not math.isfinite(self.min_score):
             raise InvalidInputError(f"--min-score must be a finite number, got {self.min_score}", "e.g. 0.3")
         roots = tuple(Path(os.path.realpath(os.path.expanduser(str(r)))) for r in self.allow_roots)

@@ -50,6 +50,7 @@ _CLI_TO_MCP = [
     (re.compile(r"--min-score"), "the server's --min-score"),
     (re.compile(r"--source PATH or --id ID"), "`sources` or `ids`"),
     (re.compile(r"without --embedder"), "without the server's --embedder"),
+    (re.compile(r" and --exclude patterns"), ""),
 ]
 
 

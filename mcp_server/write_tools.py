@@ -77,7 +77,8 @@ def job_out(job: Job) -> S.JobOut:
     p = job.progress
     return S.JobOut(job_id=job.id, state=job.state, what=job.what, collection=job.collection,
                     percent=round(p.percent, 1), stage=p.stage, done=p.done, total=p.total, message=p.message(),
-                    elapsed_seconds=round(end - (job.started or job.created), 2), error=job.error,
+                    elapsed_seconds=round(end - (job.started or job.created), 2),
+                    error=T.mcp_hint(job.error) if job.error else None,
                     result=job.result if job.state == "done" else None)
 
 
@@ -100,7 +101,7 @@ async def wait_for(job: Job, ctx: Context, seconds: float) -> S.IndexOut:
             raise ToolError(f"indexing is still running after {seconds:.0f} s; it goes on in the background as job "
                             f"{job.id}. Hint: poll index_status(job_id={job.id!r}) for its progress and report")
     if job.state != "done":
-        raise ToolError(job.error or f"job {job.id} {job.state}")
+        raise ToolError(T.mcp_hint(job.error or f"job {job.id} {job.state}"))
     return job.result
 
 

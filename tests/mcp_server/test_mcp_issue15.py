@@ -98,6 +98,13 @@ def test_library_hints_name_mcp_parameters_not_cli_flags():
     assert "--" not in mcp_hint("pass --source PATH or --id ID")
 
 
+async def test_index_errors_name_mcp_parameters(env):
+    empty = env["root"] / "empty15"
+    empty.mkdir(exist_ok=True)
+    res = await call(env, "index_paths", {"paths": ["empty15"], "collection": "empty"})
+    assert res.is_error and "nothing to index" in text_of(res) and "--" not in text_of(res), text_of(res)
+
+
 async def test_ask_errors_name_mcp_parameters(env, indexed):
     res = await call(env, "ask", {"question": "path parameters", "collection": "nope"})
     assert res.is_error and "--collection" not in text_of(res) and "list_collections" in text_of(res)

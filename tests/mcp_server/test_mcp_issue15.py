@@ -369,3 +369,25 @@ def test_gate_keeps_readers_off_while_a_collection_is_dropped():
                 pass
     with gate.shared():  # a timed-out exclusive leaves the gate usable
         pass
+
+
+async def test_searches_stay_correct_while_collections_are_dropped(env, indexed):
+    results, errors = [], []
+    async with Client(server(env)) as c:
+        async def dropper():
+            for i in range(3):
+                r = await c.call_tool("add_texts", {"texts": [f"scratch text {i}"], "collection": f"tmp{i}"})
+                assert not r.is_error, text_of(r)
+                r = await c.call_tool("drop_collection", {"name": f"tmp{i}"})
+                assert not r.is_error, text_of(r)
+
+        async def reader():
+            for _ in range(12):
+                r = await c.call_tool("search", {"query": "path parameters curly braces", "k": 1})
+                (errors if r.is_error else results).append(r)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dropper)
+            tg.start_soon(reader)
+    assert not errors, [text_of(e) for e in errors]
+    assert all(r.structured_content["hits"][0]["source"].endswith("routing.md") for r in results)

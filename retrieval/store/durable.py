@@ -44,7 +44,7 @@ def fsync_file(path: str | os.PathLike) -> None:
 
 def fsync_tree(path: Path) -> None:
     """fsync every file below `path`, then every directory bottom-up (a finished generation)."""
-    for root, dirs, files in os.walk(path, topdown=False):
+    for root, _dirs, files in os.walk(path, topdown=False):
         for f in files:
             fsync_file(os.path.join(root, f))
         fsync_dir(root)

@@ -10,6 +10,7 @@ Readers read meta.generation inside a read transaction, so rows and index always
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -131,7 +132,9 @@ class Collection:
         self.bm25_config = typed_config(BM25Config, self.manifest.get("bm25"), path, "bm25", _BM25_MIN)
         from retrieval.ingest.chunking import ChunkerConfig
 
-        typed_config(ChunkerConfig, self.manifest.get("chunker"), path, "chunker")
+        chunker = typed_config(ChunkerConfig, self.manifest.get("chunker"), path, "chunker")
+        # the validated sections, so every reader of the manifest (indexing, stats) sees sound values
+        self.manifest.update(index=self.index_config.to_dict(), bm25=self.bm25_config.to_dict(), chunker=dataclasses.asdict(chunker))
         self._conn = chunk_db.connect(self.dir / DB, read_only=read_only)
         self._lock = threading.RLock()
         self._snap: Snapshot | None = None

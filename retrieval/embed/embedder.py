@@ -348,8 +348,10 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         self._m = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        self.dim = int(self._m.get_sentence_embedding_dimension())
-        self.max_tokens = int(self._m.max_seq_length)
+        dim, max_len = self._m.get_sentence_embedding_dimension(), self._m.max_seq_length
+        if dim is None or max_len is None:
+            raise ModelLoadError(f"{model_dir} declares no embedding dimension or maximum length", "pass a sentence-transformers model folder")
+        self.dim, self.max_tokens = int(dim), int(max_len)
         w = model_dir / "model.safetensors"
         self.model_id = f"{spec}@{weights_hash(w) if w.exists() else 'unhashed'}"
 

@@ -178,7 +178,9 @@ class Collection:
 
     def _begin(self) -> Snapshot:
         """Open a read transaction and return the snapshot matching it (retries if a writer just
-        garbage-collected the generation we were about to load)."""
+        garbage-collected the generation we were about to load). A writer deletes a generation only
+        after committing the next one, so a generation still committed on the retry is damage."""
+        failed = None
         for attempt in range(50):
             self._conn.execute("BEGIN")
             gen = chunk_db.generation(self._conn)
@@ -189,10 +191,13 @@ class Collection:
                 return self._snap
             except FileNotFoundError:
                 self._conn.execute("COMMIT")
+                if gen == failed:
+                    break
+                failed = gen
                 time.sleep(0.02 * (attempt + 1))
         raise CorruptStoreError(
-            f"collection {self.name!r} names generation {gen} but {self.dir}/gen-{gen} is missing",
-            "the store was damaged outside knnrag; delete the collection and re-index",
+            f"collection {self.name!r} names generation {gen} but {self.dir}/gen-{gen} is missing or incomplete",
+            "the store was damaged outside knnrag; restore a backup, or delete the collection and re-index",
         )
 
     @contextmanager

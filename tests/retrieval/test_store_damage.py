@@ -147,6 +147,15 @@ def test_missing_tombstones_is_reported_at_once(store_dir, monkeypatch):
         s.search("alpha", k=3, mode="bm25")
 
 
+def test_missing_generation_folder_is_reported_after_one_retry(store_dir, monkeypatch):
+    shutil.rmtree(gen_dir(store_dir))
+    slept: list[float] = []
+    monkeypatch.setattr(collection_mod.time, "sleep", slept.append)
+    with DocStore.open(store_dir, embedder="hash-64", read_only=True) as s, pytest.raises(CorruptStoreError, match="gen-2 is missing"):
+        s.search("alpha", k=3, mode="bm25")
+    assert len(slept) == 1  # one retry (a writer may have just replaced it), not 50 (25 s)
+
+
 # ----------------------------------------------------------------------------- full disks
 def assert_intact(store_dir, n=35):
     gens = [p.name for p in (store_dir / "default").iterdir() if p.name.startswith("gen-")]

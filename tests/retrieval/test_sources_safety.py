@@ -147,3 +147,20 @@ def test_fifo_gitignore_and_fifo_swapped_in_after_listing_do_not_block(tree, mon
     docs, skips = run_bounded(lambda: collect([root]))
     assert [d.source.rsplit("/", 1)[1] for d in docs] == ["b.md"]
     assert [s.source.rsplit("/", 1)[1] for s in skips] == ["a.md"] and "named pipe" in skips[0].reason
+
+
+def test_cli_index_of_a_fifo_returns_with_the_reason(tmp_path):
+    """`knnrag index PIPE` hung forever (the open blocked waiting for a writer), holding the lock."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    os.mkfifo(tmp_path / "pipe.md")
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-c", "import sys; from retrieval.cli.root import main; sys.exit(main())",
+           "index", str(tmp_path / "pipe.md"), "--store", str(tmp_path / "store"), "--embedder", "hash-64", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    skipped = json.loads(r.stdout)["skipped"]
+    assert [s["reason"] for s in skipped] == ["not a regular file (named pipe (FIFO)); only regular files are indexed"]

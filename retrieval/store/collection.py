@@ -11,7 +11,6 @@ Readers read meta.generation inside a read transaction, so rows and index always
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -32,7 +31,16 @@ from retrieval.index import bm25_index, vector_index
 from retrieval.index.bm25_index import BM25Config, BM25Index
 from retrieval.index.vector_index import IndexConfig
 from retrieval.store import chunk_db
-from retrieval.store.durable import atomic_write_json, checkpoint, fsync_dir, fsync_tree, read_json, write_error
+from retrieval.store.durable import (
+    atomic_write_json,
+    checkpoint,
+    db_write_error,
+    fsync_dir,
+    fsync_tree,
+    generation_write_error,
+    read_json,
+    write_error,
+)
 from retrieval.store.manifest import COLLECTION_FORMAT, check_collection, check_format, iter_generation_dirs, typed_config
 from retrieval.store.verify import FIX, check_sizes
 from retrieval.store.verify import record as checksums
@@ -92,24 +100,6 @@ def create(store_dir: Path, name: str, manifest: dict) -> None:
         raise write_error(store_dir, e) from e
 
 
-def _generation_write_error(gdir: Path, e: OSError | RuntimeError) -> StoreWriteError:
-    if isinstance(e, OSError):
-        return write_error(gdir, e)
-    text = str(e).splitlines()[-1][:300] if str(e) else type(e).__name__
-    if "No space left" in str(e) or "ENOSPC" in str(e):
-        return StoreWriteError(f"no space left on device while writing {gdir}", "free disk space and re-run; the last committed state is intact")
-    return StoreWriteError(f"cannot write {gdir}: {text}", "check free disk space and permissions; the last committed state is intact")
-
-
-def _db_write_error(db: Path, e: sqlite3.Error | OSError) -> StoreWriteError:
-    name = getattr(e, "sqlite_errorname", "")
-    if name == "SQLITE_FULL" or getattr(e, "errno", None) == errno.ENOSPC:
-        return StoreWriteError(f"no space left on device while committing to {db}: {e} ({name or 'ENOSPC'})",
-                               "free disk space and re-run; the last committed state is intact")
-    return StoreWriteError(f"cannot commit to {db}: {e}" + (f" ({name})" if name else ""),
-                           "the last committed state is intact; check disk space and permissions")
-
-
 class Collection:
     """Stateful handle on one collection: a reader connection, the loaded snapshot, commits."""
 
@@ -130,11 +120,8 @@ class Collection:
             except KnnragError as e:
                 raise CorruptStoreError(f"{path}: {e.message}", FIX) from e
         self.bm25_config = typed_config(BM25Config, self.manifest.get("bm25"), path, "bm25", _BM25_MIN)
-        from retrieval.ingest.chunking import ChunkerConfig
-
-        chunker = typed_config(ChunkerConfig, self.manifest.get("chunker"), path, "chunker")
-        # the validated sections, so every reader of the manifest (indexing, stats) sees sound values
-        self.manifest.update(index=self.index_config.to_dict(), bm25=self.bm25_config.to_dict(), chunker=dataclasses.asdict(chunker))
+        # the validated sections, so every reader of the manifest (search, stats) sees sound values
+        self.manifest.update(index=self.index_config.to_dict(), bm25=self.bm25_config.to_dict())
         self._conn = chunk_db.connect(self.dir / DB, read_only=read_only)
         self._lock = threading.RLock()
         self._snap: Snapshot | None = None
@@ -221,10 +208,18 @@ class Collection:
         except sqlite3.OperationalError as e:
             raise write_error(self.dir, e) from e  # type: ignore[arg-type]
         try:
+            self._check_chunker()
             self._gc(chunk_db.generation(conn))
             yield conn
         finally:
             conn.close()
+
+    def _check_chunker(self) -> None:
+        """The chunker section, validated where it is used: writes (a search never imports the chunker)."""
+        from retrieval.ingest.chunking import ChunkerConfig
+
+        chunker = typed_config(ChunkerConfig, self.manifest.get("chunker"), self.dir / MANIFEST, "chunker")
+        self.manifest["chunker"] = dataclasses.asdict(chunker)
 
     def _gc(self, keep: int) -> None:
         for gen, path in iter_generation_dirs(self.dir):
@@ -312,7 +307,7 @@ class Collection:
             fsync_dir(self.dir)
         except (OSError, RuntimeError) as e:
             shutil.rmtree(gdir, ignore_errors=True)
-            raise _generation_write_error(gdir, e) from e
+            raise generation_write_error(gdir, e) from e
         except BaseException:
             shutil.rmtree(gdir, ignore_errors=True)
             raise
@@ -343,7 +338,7 @@ class Collection:
             shutil.rmtree(gdir, ignore_errors=True)
             if isinstance(e, sqlite3.IntegrityError):
                 raise
-            raise _db_write_error(self.dir / DB, e) from e
+            raise db_write_error(self.dir / DB, e) from e
         except BaseException:
             shutil.rmtree(gdir, ignore_errors=True)
             raise

@@ -116,6 +116,26 @@ def write_error(path: str | os.PathLike, e: OSError) -> StoreWriteError:
     return StoreWriteError(f"cannot write {path}: {e}", "check the path and permissions; the last committed state is intact")
 
 
+def generation_write_error(gdir: Path, e: OSError | RuntimeError) -> StoreWriteError:
+    """A failed generation write; FAISS reports a full disk as a RuntimeError naming ENOSPC's text."""
+    if isinstance(e, OSError):
+        return write_error(gdir, e)
+    text = str(e).splitlines()[-1][:300] if str(e) else type(e).__name__
+    if "No space left" in str(e) or "ENOSPC" in str(e):
+        return StoreWriteError(f"no space left on device while writing {gdir}", "free disk space and re-run; the last committed state is intact")
+    return StoreWriteError(f"cannot write {gdir}: {text}", "check free disk space and permissions; the last committed state is intact")
+
+
+def db_write_error(db: Path, e: Exception) -> StoreWriteError:
+    """A failed SQLite commit: SQLITE_FULL (sqlite3 names it in sqlite_errorname) is a full disk."""
+    name = getattr(e, "sqlite_errorname", "")
+    if name == "SQLITE_FULL" or getattr(e, "errno", None) == errno.ENOSPC:
+        return StoreWriteError(f"no space left on device while committing to {db}: {e} ({name or 'ENOSPC'})",
+                               "free disk space and re-run; the last committed state is intact")
+    return StoreWriteError(f"cannot commit to {db}: {e}" + (f" ({name})" if name else ""),
+                           "the last committed state is intact; check disk space and permissions")
+
+
 # --------------------------------------------------------------------------- writer lock
 class WriterLock:
     """Exclusive, non-blocking writer lock on STORE/write.lock (released by the kernel on death)."""

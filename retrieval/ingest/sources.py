@@ -19,7 +19,7 @@ from pathlib import Path
 import pathspec
 
 from retrieval.errors import InvalidInputError
-from retrieval.ingest.fsread import escapes, open_nonblocking, read_error, read_regular
+from retrieval.ingest.fsread import SWAPPED, escapes, open_nonblocking, read_error, read_regular
 from retrieval.ingest.jsonl import jsonl_documents
 from retrieval.types import Skip, SourceDocument
 
@@ -229,7 +229,8 @@ class _Walk:
         try:
             fd = open_nonblocking(name, parent_fd, follow=follow, directory=True)
         except OSError as exc:
-            yield Skip(shown, read_error(exc))
+            reason = read_error(exc)
+            yield Skip(shown, reason if reason == SWAPPED else f"cannot list folder: {reason}")
             return
         try:
             reason = escapes(fd, directory, self.confine) if follow and self.confine is not None else None

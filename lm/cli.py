@@ -22,6 +22,8 @@ def _knn_options(p: argparse.ArgumentParser, *, lam: bool = True) -> None:
     p.add_argument("--no-rerank", action="store_true", help="skip the exact re-rank of approximate neighbours (faster, less accurate)")
     p.add_argument("--adaptive", type=float, default=None, metavar="TAU",
                    help="skip retrieval where the base LM's top probability >= TAU")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="search on Ray actors: `local` or a cluster's HOST:PORT (needs knnrag[ray])")
+    p.add_argument("--shards", type=int, default=None, help="with --ray: datastore shards, one actor each (default 2); same results as one index")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
@@ -104,7 +106,14 @@ def _knnlm(args):
     cfg = _config(args)  # validate before loading anything
     if args.datastore is not None and not Path(args.datastore).exists():
         raise NotFoundError(f"datastore {args.datastore} does not exist", "build one with `knnrag datastore build CORPUS --out DIR`")
-    return KNNLM.load(args.model, args.datastore, cfg)
+    if getattr(args, "shards", None) is not None and not getattr(args, "ray", None):
+        raise InvalidInputError("--shards needs --ray", "add --ray local (or a cluster address), or drop --shards")
+    knn = KNNLM.load(args.model, args.datastore, cfg)
+    if getattr(args, "ray", None):
+        from lm.datastore.shards import shard_knnlm
+
+        shard_knnlm(knn, address=args.ray, shards=args.shards or 2)
+    return knn
 
 
 def cmd_build(args) -> int:

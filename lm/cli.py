@@ -1,4 +1,4 @@
-"""CLI: `knnrag datastore build|info`, `knnrag eval`, `knnrag generate`, `knnrag explain`.
+"""CLI: `knnrag datastore build|calibrate|info`, `knnrag eval`, `knnrag generate`, `knnrag explain`.
 
 Cheap to import: torch / transformers / faiss load inside the handlers only.
 """
@@ -13,10 +13,12 @@ from retrieval.errors import InvalidInputError, NotFoundError
 
 def _knn_options(p: argparse.ArgumentParser, *, lam: bool = True) -> None:
     p.add_argument("--model", default=None, help="HF id or local path (default: the model that built the datastore, else SmolLM2)")
-    p.add_argument("-k", type=int, default=None, help="neighbours per token (default 64)")
+    p.add_argument("-k", type=int, default=None, help="neighbours per token (default: the datastore's calibrated k)")
     if lam:
-        p.add_argument("--lambda", dest="lambda_", type=float, default=None, help="kNN weight in [0, 1]")
-    p.add_argument("--temperature", type=float, default=None, help="softmax temperature on squared L2 distances")
+        p.add_argument("--lambda", dest="lambda_", type=float, default=None,
+                       help="kNN weight in [0, 1] (default: the datastore's calibrated lambda, 0 where kNN does not help)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature on squared L2 distances (default: the calibrated one)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per search (default 32)")
     p.add_argument("--exact", action="store_true", help="exact (Flat) search instead of the trained index")
     p.add_argument("--no-rerank", action="store_true", help="skip the exact re-rank of approximate neighbours (faster, less accurate)")
@@ -37,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--key-layer", default=None, help="module path whose input is the key (default: last block's feed-forward)")
     b.add_argument("--max-tokens", type=int, default=None, help="store at most N entries")
     b.add_argument("--index", default="auto", help="FAISS index_factory string; auto = Flat below 100k entries, else IVF<~4 sqrt(N)>,PQ<dim/2>x4fs")
-    b.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL_FILE",
-                   help="drop the datastore entries that follow an n-gram shared with these evaluation texts")
+    b.add_argument("--decontaminate", action="append", default=[], metavar="EVAL_FILE",
+                   help="drop the datastore entries that follow an n-gram shared with this evaluation text; "
+                        "one file per flag, repeat it for several (so it never swallows a corpus path)")
     b.add_argument("--decontaminate-scope", choices=["span", "window"], default="span",
                    help="span (default): drop entries inside a shared n-gram or within --decontaminate-margin tokens after it; "
                         "window: drop every window holding a shared n-gram (strict, discards far more)")
@@ -47,12 +50,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--window", type=int, default=None, help="tokens per window (default min(max length, 1024))")
     b.add_argument("--stride", type=int, default=None, help="new tokens per window (default 3/4 window)")
     b.add_argument("--batch-size", type=int, default=2, help="windows per forward pass")
+    b.add_argument("--holdout", type=float, default=0.05,
+                   help="fraction of the corpus kept out of the datastore to calibrate on (document tails; default 0.05, 0 = none)")
+    b.add_argument("--no-calibrate", action="store_true", help="skip the calibration after the build (the old defaults apply)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     b.add_argument("--json", action="store_true", help="one JSON report on stdout")
     b.set_defaults(func=cmd_build)
-    i = dsub.add_parser("info", help="what a datastore holds: model, key layer, entries, index")
-    i.add_argument("dir")
-    i.add_argument("--json", action="store_true")
+    c = dsub.add_parser("calibrate", help="re-choose k, temperature and lambda on the held-out slice, or on TEXT files you pass")
+    c.add_argument("dir", help="datastore folder")
+    c.add_argument("text", nargs="*", help="text files to calibrate on (default: the slice the build held out)")
+    c.add_argument("--model", default=None, help="HF id or local path (default: the model that built the datastore)")
+    c.add_argument("--no-per-token", action="store_true", help="fit only a fixed lambda (no per-token lambda function)")
+    c.add_argument("--json", action="store_true", help="the calibration record as JSON on stdout")
+    c.set_defaults(func=cmd_calibrate)
+    i = dsub.add_parser("info", help="what a datastore holds: model, key layer, entries, index, calibration")
+    i.add_argument("dir", help="datastore folder")
+    i.add_argument("--json", action="store_true", help="one JSON document on stdout")
     i.set_defaults(func=cmd_info)
 
     e = sub.add_parser("eval", help="strided perplexity of base LM vs kNN-LM (with --sweep: lambda/temperature/k grid + plot)")
@@ -65,50 +78,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
     g = sub.add_parser("generate", help="generate with kNN-LM (streams tokens to stdout)")
-    g.add_argument("prompt")
+    g.add_argument("prompt", help="text to continue")
     g.add_argument("--datastore", default=None, help="datastore folder (without it: the plain LM)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --sample)")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None, help="random seed for --sample")
     g.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template (default: if the tokenizer has one)")
-    g.add_argument("--no-chat", dest="chat", action="store_false")
+    g.add_argument("--no-chat", dest="chat", action="store_false", help="continue the raw prompt, no chat template")
     _knn_options(g)
     g.set_defaults(func=cmd_generate)
 
     x = sub.add_parser("explain", help="top next tokens under base LM, kNN and the mix, with the neighbours' sources")
-    x.add_argument("context")
-    x.add_argument("--datastore", required=True)
-    x.add_argument("--top", type=int, default=10)
+    x.add_argument("context", help="text whose next token is explained")
+    x.add_argument("--datastore", required=True, help="datastore folder")
+    x.add_argument("--top", type=int, default=10, help="tokens and neighbours to list (default 10)")
     _knn_options(x)
     x.set_defaults(func=cmd_explain)
 
 
-def _config(args):
-    from lm.knnlm import KNNConfig
+def _overrides(args):
+    """The flags the user passed; KNNLM.load applies them over the datastore's calibrated config."""
+    from lm.knnlm import KNNConfig, KNNOverrides
 
-    kw = {}
-    for name, attr in (("k", "k"), ("lambda_", "lambda_"), ("temperature", "temperature"), ("nprobe", "nprobe"),
-                       ("adaptive_threshold", "adaptive")):
-        v = getattr(args, attr, None)
-        if v is not None:
-            kw[name] = v
-    if getattr(args, "exact", False):
-        kw["exact"] = True
-    if getattr(args, "no_rerank", False):
-        kw["rerank_exact"] = False
-    return KNNConfig(**kw)
+    ov = KNNOverrides(k=getattr(args, "k", None), lambda_=getattr(args, "lambda_", None),
+                      temperature=getattr(args, "temperature", None), nprobe=getattr(args, "nprobe", None),
+                      adaptive_threshold=getattr(args, "adaptive", None), exact=True if getattr(args, "exact", False) else None,
+                      rerank_exact=False if getattr(args, "no_rerank", False) else None)
+    ov.apply(KNNConfig())  # validate before loading anything
+    return ov
 
 
 def _knnlm(args):
     from lm.knnlm import KNNLM
 
-    cfg = _config(args)  # validate before loading anything
+    ov = _overrides(args)
     if args.datastore is not None and not Path(args.datastore).exists():
         raise NotFoundError(f"datastore {args.datastore} does not exist", "build one with `knnrag datastore build CORPUS --out DIR`")
     if getattr(args, "shards", None) is not None and not getattr(args, "ray", None):
         raise InvalidInputError("--shards needs --ray", "add --ray local (or a cluster address), or drop --shards")
-    knn = KNNLM.load(args.model, args.datastore, cfg)
+    knn = KNNLM.load(args.model, args.datastore, overrides=ov)
     if getattr(args, "ray", None):
         from lm.datastore.shards import shard_knnlm
 
@@ -123,7 +132,8 @@ def cmd_build(args) -> int:
 
     cfg = BuildConfig(window=args.window, stride=args.stride, batch_size=max(1, args.batch_size), max_tokens=args.max_tokens,
                       decontaminate=tuple(args.decontaminate), ngram=args.ngram, index_factory=args.index,
-                      decontaminate_scope=args.decontaminate_scope, decontaminate_margin=args.decontaminate_margin)
+                      decontaminate_scope=args.decontaminate_scope, decontaminate_margin=args.decontaminate_margin,
+                      holdout=args.holdout, calibrate=not args.no_calibrate)
     if args.ngram < 1:
         raise InvalidInputError("--ngram must be >= 1", "use 13 (the default)")
     spec = args.model
@@ -143,8 +153,39 @@ def cmd_build(args) -> int:
             f"{d['near_duplicates_dropped']} near; decontamination dropped {d['entries_dropped_decontamination']} entries "
             f"({d['windows_dropped_decontamination']} whole windows, {d['windows_trimmed_decontamination']} trimmed); "
             f"index {d['index']['factory'] if d['index'] else None}\n")
+        sys.stderr.write(_calibration_line(d["calibration"]) + "\n")
         for s in d["skipped"]:
             sys.stderr.write(f"skipped {s['source']}: {s['reason']}\n")
+    return 0
+
+
+def _calibration_line(raw: dict | None) -> str:
+    from lm.datastore.calibration import Calibration
+
+    if not raw:
+        return "calibration: none (built before calibration; the old defaults apply; run `knnrag datastore calibrate DIR`)"
+    if "skipped" in raw:
+        return f"calibration: skipped ({raw['skipped']}); the old defaults apply"
+    cal = Calibration.from_json(raw)
+    return f"calibration: {cal.describe()}" + (f"\n{cal.message()}" if cal.message() else "")
+
+
+def cmd_calibrate(args) -> int:
+    from lm.datastore.calibrate import calibrate_store
+    from lm.datastore.token_store import TokenStore
+    from lm.models import load_lm
+    from retrieval.cli.output import emit_json
+
+    texts = _read_texts(args.text) if args.text else None
+    store = TokenStore.open(args.dir)
+    lm = load_lm(args.model if args.model is not None else store.manifest.get("lm_spec"))
+    store = TokenStore.open(args.dir, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash)
+    cal = calibrate_store(lm, store, texts, fit_per_token=not args.no_per_token)
+    raw = cal.to_json() if cal is not None else store.manifest.get("calibration")
+    if args.json:
+        emit_json(raw)
+    else:
+        sys.stdout.write(_calibration_line(raw) + "\n")
     return 0
 
 
@@ -157,7 +198,9 @@ def cmd_info(args) -> int:
         emit_json(info)
     else:
         for k, v in info.items():
-            sys.stdout.write(f"{k:16s} {v}\n")
+            if k != "calibration":
+                sys.stdout.write(f"{k:16s} {v}\n")
+        sys.stdout.write(_calibration_line(info.get("calibration")) + "\n")
     return 0
 
 
@@ -187,8 +230,10 @@ def cmd_eval(args) -> int:
     w = sys.stdout.write
     w(f"tokens {res['tokens']}\nbase LM perplexity {res['base_ppl']:.3f}  ({res['base_tokens_per_s']} tokens/s)\n")
     if res["knn_ppl"] is not None:
+        lam = "per-token" if res["per_token_lambda"] else res["lambda"]
+        src = "calibrated" if res["calibration"] else "default/flags"
         w(f"kNN-LM perplexity  {res['knn_ppl']:.3f}  ({res['knn_tokens_per_s']} tokens/s)  "
-          f"k={res['k']} lambda={res['lambda']} temperature={res['temperature']}\n")
+          f"k={res['k']} lambda={lam} temperature={res['temperature']:.4g} ({src})\n")
     if "best" in res:
         b = res["best"]
         w(f"best of sweep      {b['ppl']:.3f}  k={b['k']} lambda={b['lambda']} temperature={b['temperature']}\n")
@@ -207,7 +252,7 @@ def cmd_generate(args) -> int:
     if args.json:
         c = knn.config
         emit_json({"prompt": args.prompt, "text": text, "datastore": knn.has_datastore, "k": c.k, "lambda": c.lambda_,
-                   "temperature": c.temperature})
+                   "temperature": c.temperature, "per_token_lambda": c.lambda_fn is not None})
     else:
         sys.stdout.write("\n")
     return 0

@@ -38,12 +38,13 @@ def make_processor(knnlm, cfg, cap):
                 sel = base.max(dim=-1).values.exp() < cfg.adaptive_threshold  # (B,) confident rows skip
             if not bool(sel.any()):
                 return base
-            knn, _nb = knnlm.knn_distribution(key[sel].numpy(), cfg)  # (b, V)
+            knn, nb = knnlm.knn_distribution(key[sel].numpy(), cfg)  # (b, V)
             V = base.shape[-1]
             if knn.shape[-1] != V:  # padded embedding rows never appear as values
                 knn = torch.nn.functional.pad(knn[:, :V], (0, max(0, V - knn.shape[-1])), value=-float("inf"))
             out = base.clone()  # (B, V)
-            out[sel] = interpolate(base[sel], knn, cfg.lambda_)  # (b, V)
+            lam = torch.from_numpy(knnlm.full_vocab_lambda(cfg, nb.D, nb.I, knn, base[sel]))[:, None]  # (b, 1)
+            out[sel] = interpolate(base[sel], knn, lam)  # (b, V)
             self.searches += int(sel.sum())
             return out.to(scores.dtype)
 
@@ -106,7 +107,7 @@ def generate(knnlm, prompt: str, cfg, *, max_new_tokens: int = 64, do_sample: bo
     module = resolve_module(lm.model, lm.key_module_path)
     streamer = _streamer(tok, on_token) if on_token else None
     with torch.inference_mode(), autocast(lm), capture(module, output=lm.key_is_output) as cap:
-        if knnlm.has_datastore:
+        if knnlm.has_datastore and cfg.mixes:  # lambda 0: the plain LM, no search per step
             procs.append(make_processor(knnlm, cfg, cap))
         if do_sample and top_p is not None and top_p < 1.0:
             procs.append(TopPLogitsWarper(top_p))  # after the mix, so kNN can promote tokens into the nucleus

@@ -163,6 +163,14 @@ def _max_length(model: Any, tok: Any) -> int:
     return int(tl) if isinstance(tl, int) and 0 < tl < 10**7 else 2048
 
 
+def _quiet_progress() -> None:
+    """transformers 5 draws a "Loading weights" bar on every load: noise on stderr for LM commands
+    (our own build / eval bars stay). HF_HUB_DISABLE_PROGRESS_BARS=0 does not govern it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_lm(spec: str | None = None, *, dtype: str = "auto", key_layer: str | None = None) -> LoadedLM:
     """None/"default"/"smollm2" = bundled SmolLM2-135M-Instruct; else any HF id or local path."""
     import torch
@@ -171,6 +179,7 @@ def load_lm(spec: str | None = None, *, dtype: str = "auto", key_layer: str | No
     if dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16"):
         raise InvalidInputError(f"unknown dtype {dtype!r}", "use auto, float32 or bfloat16")
     compute = {"auto": AUTO_DTYPE, "fp32": "float32", "bf16": "bfloat16"}.get(dtype, dtype)
+    _quiet_progress()
     whash = None
     if spec in (None, "", "default", "smollm2"):
         path, whash = _dequantised_default()

@@ -2,7 +2,8 @@
 
 Every stored token is predicted from a long prefix (strided windows), keys are captured at the
 key layer with a hook that stops the forward there (no lm_head), shards are committed as they
-fill, and an interrupted build resumes from the manifest's build state.
+fill, and an interrupted build resumes from the manifest's build state. The steps themselves
+(target selection, forward, shard writer, build state) live in lm.datastore.build_steps.
 """
 from __future__ import annotations
 
@@ -12,17 +13,30 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from lm.datastore.build_steps import (
+    BuildState,
+    DocTokens,
+    ShardWriter,
+    encode_windows,
+    holdout_starts,
+    plan_stats,
+    plan_targets,
+    tokenize_doc,
+    window_entries,
+)
+from lm.datastore.decontaminate import contaminated, eval_ngrams, ngram_hashes, ngram_positions
 from lm.datastore.token_store import TokenStore
+from lm.windows import default_window
 from retrieval.errors import InvalidInputError, MismatchError
 
+__all__ = ["BuildConfig", "BuildReport", "build_datastore", "contaminated", "ngram_hashes", "ngram_positions"]
 log = logging.getLogger(__name__)
-_P = np.uint64(1099511628211)
-NEAR_DUP_CHARS = 200_000  # MinHash looks at a document's first 200k characters (bounded memory)  # FNV prime: n-gram rolling-hash base
+NEAR_DUP_CHARS = 200_000  # MinHash looks at a document's first 200k characters (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,11 @@ class BuildConfig:
     decontaminate_margin: int = 128
     index_factory: str = "auto"
     deadline: float | None = None  # time.time() after which the build commits and stops (resumable)
+    # calibration slice: the tails of documents (hash order), never stored; <= holdout of the corpus
+    holdout: float = 0.05
+    holdout_max_tokens: int = 8192  # enough to separate a 1% gain from noise; scoring it costs ~1 forward pass
+    holdout_min_tokens: int = 128  # below this nothing is held out and the datastore keeps the defaults
+    calibrate: bool = True  # choose k, temperature and lambda on the slice after the build
 
 
 @dataclass
@@ -67,49 +86,11 @@ class BuildReport:
     stopped_at_deadline: bool = False
     loop_seconds: float = 0.0  # forward + shard writes, without corpus loading and index training
     store_tokens_per_s: float = 0.0  # entries stored per loop second: compare with plain forward tokens/s
+    heldout_tokens: int = 0  # calibration slice of this build's documents (never stored)
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
-    """Unique uint64 rolling hashes of every n-gram of token ids: (m,)."""
-    return np.unique(ngram_positions(ids, n))  # (m,)
-
-
-def ngram_positions(ids: np.ndarray, n: int) -> np.ndarray:
-    """Rolling hash of the n-gram starting at every position: (L - n + 1,), same hash as ngram_hashes."""
-    ids = np.asarray(ids, dtype=np.uint64)
-    if ids.size < n:
-        return np.zeros(0, dtype=np.uint64)
-    pw = _P ** np.arange(n - 1, -1, -1, dtype=np.uint64)  # (n,)
-    with np.errstate(over="ignore"):
-        return (np.lib.stride_tricks.sliding_window_view(ids, n) * pw).sum(axis=1, dtype=np.uint64)  # (L-n+1,)
-
-
-def contaminated(ids: np.ndarray, ev: np.ndarray, n: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts of n-grams shared with the eval text, per-position mask of targets to drop): a target is
-    dropped when it lies inside a shared n-gram or within `margin` tokens after one, since its key
-    would then hold the leaked text as its most recent context."""
-    L = int(np.asarray(ids).size)
-    if not ev.size or L < n:
-        return np.zeros(0, dtype=np.int64), np.zeros(L, dtype=bool)
-    starts = np.nonzero(np.isin(ngram_positions(ids, n), ev))[0]  # (h,)
-    edge = np.zeros(L + 1, dtype=np.int64)  # (L+1,) +1 where a dropped run opens, -1 where it closes
-    np.add.at(edge, np.minimum(starts + 1, L), 1)
-    np.add.at(edge, np.minimum(starts + n + margin, L), -1)
-    return starts, np.cumsum(edge)[:L] > 0  # (h,), (L,)
-
-
-def _eval_ngrams(tok, files: Sequence[str], n: int) -> np.ndarray:
-    parts = []
-    for f in files:
-        p = Path(f)
-        if not p.is_file():
-            raise InvalidInputError(f"decontamination file not found: {f}", "pass the evaluation text file(s)")
-        ids = tok(p.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
-        parts.append(ngram_hashes(np.asarray(ids), n))
-    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def load_documents(paths: Sequence[str], store: TokenStore, base_docs: int, threshold: float, report: BuildReport) -> list[dict]:
@@ -123,7 +104,7 @@ def load_documents(paths: Sequence[str], store: TokenStore, base_docs: int, thre
     for d in store.docs()[:base_docs]:  # dedup against what the datastore already holds
         seen.add(d["hash"])
         near.add(d.get("text", "")[:NEAR_DUP_CHARS])
-    docs = []
+    docs: list[dict] = []
     for item in iter_sources(list(paths)):
         if isinstance(item, Skip):
             report.skipped.append({"source": item.source, "reason": item.reason})
@@ -145,21 +126,12 @@ def load_documents(paths: Sequence[str], store: TokenStore, base_docs: int, thre
 
 def _fingerprint(lm_id: str, docs: list[dict], cfg: BuildConfig, window: int, stride: int, eval_hash: str) -> str:
     payload = [lm_id, [d["hash"] for d in docs], window, stride, cfg.ngram, cfg.max_tokens, eval_hash,
-               cfg.decontaminate_scope, cfg.decontaminate_margin]
+               cfg.decontaminate_scope, cfg.decontaminate_margin, cfg.holdout, cfg.holdout_max_tokens, cfg.holdout_min_tokens]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
-def build_datastore(lm, corpus: Sequence[str], out: str | Path, config: BuildConfig = BuildConfig(), *,
-                    progress: bool = True, lm_spec: str | None = None) -> BuildReport:
-    """Add the corpus to the datastore at `out` (created if missing); resumes an interrupted build."""
-    import torch
-    from tqdm import tqdm
-
-    from lm.hooks import StopForward, capture, resolve_module
-    from lm.models import autocast
-    from lm.windows import default_window, plan_windows
-
-    t_start = time.perf_counter()
+def check_config(lm, config: BuildConfig, corpus: Sequence[str]) -> tuple[int, int]:
+    """Refuse bad settings before anything is written; (window, stride) to use."""
     window = default_window(lm.max_length, config.window)
     stride = int(config.stride or max(1, (window * 3) // 4))
     if window > lm.max_length or not 1 <= stride <= window:
@@ -170,156 +142,145 @@ def build_datastore(lm, corpus: Sequence[str], out: str | Path, config: BuildCon
     if config.decontaminate_scope not in ("span", "window") or config.decontaminate_margin < 0:
         raise InvalidInputError(f"bad decontamination scope {config.decontaminate_scope!r} / margin {config.decontaminate_margin}",
                                 "use scope 'span' (default) or 'window', and a margin >= 0")
+    if not 0.0 <= config.holdout <= 0.2:
+        raise InvalidInputError(f"held-out fraction must be in [0, 0.2], got {config.holdout}", "use 0.05 (the default), or 0 for none")
     if not corpus:
         raise InvalidInputError("no corpus files given", "pass one or more text files or folders")
-    out = Path(out)
+    return window, stride
+
+
+def open_or_create(lm, out: Path, config: BuildConfig, lm_spec: str | None) -> TokenStore:
     if (out / "manifest.json").exists():
         store = TokenStore.open(out, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash)
         if store.manifest["key_layer"] != lm.key_layer:
             raise MismatchError(f"datastore {out} uses key layer {store.manifest['key_layer']}, not {lm.key_layer}",
                                 f"pass --key-layer {store.manifest['key_layer']}")
-    else:
-        store = TokenStore.create(out, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash, key_layer=lm.key_layer,
-                                  dim=lm.key_dim, index_factory=config.index_factory, lm_spec=lm_spec)
+        return store
+    return TokenStore.create(out, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash, key_layer=lm.key_layer,
+                             dim=lm.key_dim, index_factory=config.index_factory, lm_spec=lm_spec)
+
+
+def tokenize_corpus(tok, docs: list[dict], ev: np.ndarray, config: BuildConfig) -> list[DocTokens]:
+    """Every new document tokenized, with its held-out tail (the calibration slice) marked."""
+    toks = [tokenize_doc(tok, d["doc"], d["text"], ev, config.ngram, config.decontaminate_margin) for d in docs]
+    starts = holdout_starts([t.ids.size for t in toks], [d["hash"] for d in docs], fraction=config.holdout,
+                            max_tokens=config.holdout_max_tokens, min_tokens=config.holdout_min_tokens, cap=config.max_tokens)
+    return [t._replace(holdout_start=s) for t, s in zip(toks, starts)]
+
+
+def _run_plan(lm, store: TokenStore, toks: list[DocTokens], plan: list, state: BuildState, config: BuildConfig,
+              report: BuildReport, bar) -> BuildState:
+    """Forward the planned windows from state.windows_done, committing a shard at a time."""
+    from lm.hooks import resolve_module
+
+    module = resolve_module(lm.model, lm.key_module_path)
+    writer = ShardWriter(store, config.shard_tokens)
+    todo = [i for i in range(state.windows_done, len(plan)) if plan[i].targets.size]
+    entries = state.entries
+    for a in range(0, len(todo), config.batch_size):
+        if config.deadline and time.time() > config.deadline:
+            log.warning("build deadline reached after %d entries; rerun the same command to resume", entries)
+            report.stopped_at_deadline = True
+            return state
+        batch = [plan[i] for i in todo[a:a + config.batch_size]]
+        t0 = time.perf_counter()
+        H, n_fwd = encode_windows(lm, module, toks, batch)  # (B, T, D)
+        report.forward_seconds += time.perf_counter() - t0
+        report.forward_tokens += n_fwd
+        for b, p in enumerate(batch):
+            writer.add(window_entries(H[b], toks[p.doc], p))
+            bar.update(int(p.targets.size))
+        entries += sum(int(p.targets.size) for p in batch)
+        if writer.full or a + config.batch_size >= len(todo):
+            writer.flush()
+            done = todo[a + config.batch_size] if a + config.batch_size < len(todo) else len(plan)
+            state = replace(state, windows_done=done, entries=entries)
+            store.commit(build=state.to_json())
+    return replace(state, windows_done=len(plan), entries=entries) if not todo else state
+
+
+def _start(store: TokenStore, prev: BuildState | None, fp: str, docs: list[dict], toks: list[DocTokens], base_docs: int,
+           window: int, stride: int, config: BuildConfig) -> BuildState:
+    """Resume the interrupted build with this fingerprint, or stage the documents and start one."""
+    if prev is not None and prev.resuming:
+        if prev.fingerprint != fp:
+            raise InvalidInputError(f"{store.path} holds an interrupted build of another corpus or settings",
+                                    "rerun that exact build command to resume it, or build into a new --out")
+        return prev
+    store.stage_docs(docs)
+    held = [[t.doc, t.holdout_start] for t in toks if t.holdout_start < t.ids.size]
+    state = BuildState(fp, base_docs, window=window, stride=stride, decontaminated_against=list(config.decontaminate))
+    store.commit(build=state.to_json(), fields={"heldout": list(store.manifest.get("heldout") or []) + held})
+    return state
+
+
+def build_datastore(lm, corpus: Sequence[str], out: str | Path, config: BuildConfig = BuildConfig(), *,
+                    progress: bool = True, lm_spec: str | None = None) -> BuildReport:
+    """Add the corpus to the datastore at `out` (created if missing); resumes an interrupted build.
+
+    The held-out tail (config.holdout) is never stored; after the build the datastore calibrates
+    k, temperature and lambda on it (lm.datastore.calibrate) and records the choice in the manifest.
+    """
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    window, stride = check_config(lm, config, corpus)
+    out = Path(out)
+    store = open_or_create(lm, out, config, lm_spec)
     report = BuildReport(path=str(out))
-    state = store.manifest.get("build") or {}
-    resuming = bool(state) and not state.get("complete", True)
-    base_docs = int(state["docs_base"]) if resuming else int(store.manifest.get("doc_count", 0))
+    prev = BuildState.from_manifest(store.manifest)
+    resuming = prev is not None and prev.resuming
+    base_docs = prev.docs_base if prev is not None and resuming else int(store.manifest.get("doc_count", 0))
     docs = load_documents(corpus, store, base_docs, config.near_dup_threshold, report)
     if resuming and not docs:  # the interrupted build's documents are committed already: reuse them
         docs = store.docs()[base_docs:]
     if not docs:
         raise InvalidInputError("the corpus has no new text to store (empty, skipped or all duplicates)",
                                 "pass text files with content; see the skipped list with --json")
-    ev = _eval_ngrams(lm.tokenizer, config.decontaminate, config.ngram)
+    ev = eval_ngrams(lm.tokenizer, config.decontaminate, config.ngram)
     fp = _fingerprint(lm.model_id, docs, config, window, stride, hashlib.sha256(ev.tobytes()).hexdigest())
-    if resuming and state.get("fingerprint") != fp:
-        raise InvalidInputError(f"{out} holds an interrupted build of another corpus or settings",
-                                "rerun that exact build command to resume it, or build into a new --out")
-    start_window = int(state.get("windows_done", 0)) if resuming else 0
-    added = int(state.get("entries", 0)) if resuming else 0
-    report.resumed_from_window = start_window
-    dropped_before = int(state.get("windows_dropped", 0)) if resuming else 0
-    dropped_entries_before = int(state.get("entries_dropped", 0)) if resuming else 0
-    trimmed_before = int(state.get("windows_trimmed", 0)) if resuming else 0
-    if not resuming:
-        store.stage_docs(docs)
-        state = {"fingerprint": fp, "docs_base": base_docs, "windows_done": 0, "entries": 0, "complete": False,
-                 "window": window, "stride": stride, "decontaminated_against": list(config.decontaminate)}
-        store.commit(build=state)
+    toks = tokenize_corpus(lm.tokenizer, docs, ev, config)
+    state = _start(store, prev, fp, docs, toks, base_docs, window, stride, config)
     report.documents = len(docs)
-
-    # plan: (doc index, token ids, char offsets, window) for every window, in a fixed order
-    plan = []
-    toks = {}
-    for d in docs:
-        enc = lm.tokenizer(d["text"], add_special_tokens=False, return_offsets_mapping=True)
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)  # (L,)
-        offs = np.asarray([o[0] for o in enc["offset_mapping"]], dtype=np.int64)  # (L,)
-        starts, drop = contaminated(ids, ev, config.ngram, config.decontaminate_margin)
-        toks[d["doc"]] = (ids, offs, starts, drop)
-        plan.extend((d["doc"], w) for w in plan_windows(len(ids), window, stride))
+    report.resumed_from_window = state.windows_done
+    report.heldout_tokens = sum(int(t.ids.size - max(t.holdout_start, 1)) for t in toks if t.holdout_start < t.ids.size)
+    plan = plan_targets(toks, window, stride, scope=config.decontaminate_scope, ngram=config.ngram, max_tokens=config.max_tokens)
     if not plan:
         raise InvalidInputError("the corpus is shorter than two tokens", "pass more text")
-    report.windows = len(plan)
-    total = sum(w.end - w.first_target for _d, w in plan)
-    if config.max_tokens:
-        total = min(total, config.max_tokens)
-    module = resolve_module(lm.model, lm.key_module_path)
-    pad = lm.tokenizer.pad_token_id or 0
-    buf_k, buf_v, buf_p = [], [], []
-    bar = tqdm(total=total, initial=min(added, total), unit="tok", unit_scale=True, file=sys.stderr,
+    total = plan_stats(plan).entries
+    bar = tqdm(total=total, initial=min(state.entries, total), unit="tok", unit_scale=True, file=sys.stderr,
                disable=not progress, desc="datastore", dynamic_ncols=True)
-
-    def flush(windows_done: int, complete: bool = False) -> None:
-        if buf_v:
-            store.stage_shard(np.concatenate(buf_k), np.concatenate(buf_v), np.concatenate(buf_p))
-            buf_k.clear(), buf_v.clear(), buf_p.clear()
-        state["windows_dropped"] = report.windows_dropped_decontamination + dropped_before
-        state["entries_dropped"] = report.entries_dropped_decontamination + dropped_entries_before
-        state["windows_trimmed"] = report.windows_trimmed_decontamination + trimmed_before
-        store.commit(build={**state, "windows_done": windows_done, "entries": added, "complete": complete})
-
-    i = start_window
-    pending = 0
-    added_before = added
+    added_before = state.entries
     t_loop = time.perf_counter()
-    while i < len(plan) and not (config.max_tokens and added >= config.max_tokens):
-        if config.deadline and time.time() > config.deadline:
-            log.warning("build deadline reached after %d entries; rerun the same command to resume", added)
-            report.stopped_at_deadline = True
-            break
-        batch = []
-        while i < len(plan) and len(batch) < config.batch_size:
-            doc, w = plan[i]
-            _ids, _offs, starts, drop = toks[doc]
-            i += 1
-            if config.decontaminate_scope == "window":
-                gone = bool(((starts >= w.begin) & (starts <= w.end - config.ngram)).any())
-                n_drop = (w.end - w.first_target) if gone else 0
-            else:
-                n_drop = int(drop[w.first_target:w.end].sum())
-                gone = n_drop == w.end - w.first_target
-            if gone:
-                report.windows_dropped_decontamination += 1
-                report.entries_dropped_decontamination += n_drop
-                continue
-            if n_drop:
-                report.windows_trimmed_decontamination += 1
-                report.entries_dropped_decontamination += n_drop
-            batch.append((doc, w))
-        if not batch:
-            continue
-        T = max(w.end - w.begin for _d, w in batch)
-        x = torch.full((len(batch), T), pad, dtype=torch.long)  # (B, T) right-padded
-        mask = torch.zeros((len(batch), T), dtype=torch.long)  # (B, T)
-        for b, (doc, w) in enumerate(batch):
-            x[b, : w.end - w.begin] = torch.from_numpy(toks[doc][0][w.begin:w.end])
-            mask[b, : w.end - w.begin] = 1
-        t0 = time.perf_counter()
-        with torch.inference_mode(), autocast(lm), capture(module, output=lm.key_is_output, stop=True) as cap:
-            try:
-                lm.model(input_ids=x, attention_mask=mask, use_cache=False)
-            except StopForward:
-                pass
-        H = cap.take().float()  # (B, T, D)
-        report.forward_seconds += time.perf_counter() - t0
-        report.forward_tokens += int(mask.sum())
-        for b, (doc, w) in enumerate(batch):
-            ids, offs, _starts, drop = toks[doc]
-            tgt = np.arange(w.first_target, w.end)  # (n,) target positions in the doc
-            if config.decontaminate_scope == "span":
-                tgt = tgt[~drop[tgt]]  # (n',) leaked targets removed
-            if config.max_tokens:
-                tgt = tgt[: max(0, config.max_tokens - added)]
-            if tgt.size == 0:
-                continue
-            keys = H[b, tgt - 1 - w.begin].numpy()  # (n, D) key at p predicts token p+1
-            buf_k.append(keys.astype(np.float16))
-            buf_v.append(ids[tgt].astype(np.int32))  # (n,)
-            buf_p.append(np.stack([np.full(tgt.size, doc), tgt, offs[tgt]], axis=1))  # (n, 3)
-            added += tgt.size
-            pending += tgt.size
-            bar.update(tgt.size)
-        if pending >= config.shard_tokens:
-            flush(i)
-            pending = 0
-    flush(i)
+    state = _run_plan(lm, store, toks, plan, state, config, report, bar)
     bar.close()
+    _finish(lm, store, plan, state, config, report, t_loop, added_before, t_start)
+    return report
+
+
+def _finish(lm, store: TokenStore, plan: list, state: BuildState, config: BuildConfig, report: BuildReport,
+            t_loop: float, added_before: int, t_start: float) -> None:
     report.loop_seconds = round(time.perf_counter() - t_loop, 2)
-    report.store_tokens_per_s = round((added - added_before) / max(report.loop_seconds, 1e-9), 1)
-    report.entries_added = added - added_before  # by this run (a resumed build counts only its own)
+    report.entries_added = state.entries - added_before  # by this run (a resumed build counts only its own)
+    report.store_tokens_per_s = round(report.entries_added / max(report.loop_seconds, 1e-9), 1)
     if store.count == 0:
         raise InvalidInputError("every window was dropped; nothing was stored",
                                 "the corpus overlaps the --decontaminate text entirely; use other text")
     report.index = store.build_index()
-    flush(i, complete=not report.stopped_at_deadline)
+    done = state.windows_done if report.stopped_at_deadline else len(plan)
+    stats = plan_stats(plan, done)
+    report.windows = stats.windows
+    report.windows_dropped_decontamination = stats.windows_dropped
+    report.windows_trimmed_decontamination = stats.windows_trimmed
+    report.entries_dropped_decontamination = stats.entries_dropped
+    store.commit(build=replace(state, complete=not report.stopped_at_deadline).to_json())
+    if config.calibrate and not report.stopped_at_deadline:
+        from lm.datastore.calibrate import calibrate_store
+
+        cal = calibrate_store(lm, store)  # appending re-calibrates on every build's slice
+        report.calibration = cal.to_json() if cal is not None else store.manifest.get("calibration")
     report.entries_total = store.count
-    report.windows_dropped_decontamination += dropped_before
-    report.entries_dropped_decontamination += dropped_entries_before
-    report.windows_trimmed_decontamination += trimmed_before
     report.seconds = round(time.perf_counter() - t_start, 2)
     report.forward_seconds = round(report.forward_seconds, 2)
     report.tokens_per_s = round(report.entries_added / max(report.seconds, 1e-9), 1)
     report.forward_tokens_per_s = round(report.forward_tokens / max(report.forward_seconds, 1e-9), 1)
-    return report

@@ -146,6 +146,7 @@ class TokenStore:
             "count": m["count"], "metric": m["metric"], "index_factory": idx.get("factory") or resolve_factory(m["index_factory"], m["count"], m["dim"]),
             "index_ntotal": idx.get("ntotal", 0), "shards": len(m["shards"]), "documents": m.get("doc_count", 0),
             "generation": m["generation"], "build": m.get("build"),
+            "calibration": m.get("calibration"),  # None: built before calibration (old defaults apply)
             "bytes": sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()),
         }
 
@@ -232,8 +233,11 @@ class TokenStore:
             sh[kind], sh[f"{kind}_bytes"] = name, (self.path / name).stat().st_size
         self._staged.append(sh)
 
-    def commit(self, *, build: dict | None | str = "keep", index: dict | None | str = "keep") -> None:
-        """Publish staged shards/docs (and a new index entry) by atomically replacing manifest.json."""
+    def commit(self, *, build: dict | None | str = "keep", index: dict | None | str = "keep",
+               fields: dict | None = None) -> None:
+        """Publish staged shards/docs (and a new index entry) by atomically replacing manifest.json.
+
+        `fields`: other top-level manifest records to set in the same commit (heldout, calibration)."""
         m = dict(self.manifest)
         m["shards"] = m["shards"] + self._staged
         m["docs"] = m["docs"] + [{"file": f, "bytes": (self.path / f).stat().st_size} for f in self._staged_docs]
@@ -244,6 +248,7 @@ class TokenStore:
             m["build"] = build
         if index != "keep":
             m["index"] = index
+        m.update(fields or {})
         try:
             fsync_dir(self.path)  # the staged shards' names are durable before the manifest names them
         except OSError as e:

@@ -99,6 +99,35 @@ def test_lambda_zero_reproduces_base_log_probs(llama, datastore):
     assert nt["mix"] == nt["base"]
 
 
+@pytest.mark.parametrize("k,T,lam", [(1, 1.0, 0.5), (4, 0.3, 0.25), (8, 5.0, 0.8), (16, 2.0, 0.05)])
+def test_perplexity_and_sweep_match_reference_formula(llama, datastore, k, T, lam):
+    """The production path (hook keys, FAISS search, mix) against a naive float64 kNN-LM over the
+    full vocabulary, with brute-force neighbours, on a text that fits one window."""
+    from lm.datastore.token_store import TokenStore
+    from lm.eval import evaluate
+    from tests.lm.test_knn_math import reference_nll
+
+    text = OTHER[:110]
+    knn = KNNLM.load(llama, datastore, KNNConfig(k=k, lambda_=lam, temperature=T, exact=True))
+    ids = torch.tensor(llama.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert 50 < ids.numel() <= knn.window_size()
+    with torch.inference_mode(), capture(resolve_module(llama.model, llama.key_layer)) as cap:
+        logits = llama.model(ids[None]).logits[0].double()  # (T, V)
+    xq = cap.take()[0, :-1].double().numpy()  # (n, D)
+    store = TokenStore.open(datastore)
+    xb = store.keys(np.arange(store.count)).astype(np.float64)  # (N, D)
+    d2 = ((xq[:, None, :] - xb[None]) ** 2).sum(-1)  # (n, N)
+    order = np.argsort(d2, axis=1, kind="stable")[:, :k]  # (n, k)
+    D = np.take_along_axis(d2, order, 1)
+    ref = reference_nll(torch.log_softmax(logits[:-1], -1).numpy(), D, store.values[order], ids[1:].numpy(), k, T, lam)
+    res = knn.perplexity(text, config=knn.config)
+    assert res.knn_ppl == pytest.approx(float(np.exp(ref.mean())), rel=2e-3)
+    ev = evaluate(knn, [text], sweep=True, ks=[k], temperatures=[T], lambdas=[0.0, lam])
+    assert ev["knn_ppl"] == pytest.approx(float(np.exp(ref.mean())), rel=2e-3)
+    pt = next(g for g in ev["sweep"] if g["k"] == k and g["temperature"] == T and g["lambda"] == lam)
+    assert pt["ppl"] == pytest.approx(float(np.exp(ref.mean())), rel=2e-3)
+
+
 def test_memorised_text_perplexity_collapses(llama, datastore):
     knn = KNNLM.load(llama, datastore, KNNConfig(k=8, lambda_=0.9, temperature=1.0))
     res = knn.perplexity(CORPUS)

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--holdout", type=float, default=0.05,
                    help="fraction of the corpus kept out of the datastore to calibrate on (document tails; default 0.05, 0 = none)")
     b.add_argument("--no-calibrate", action="store_true", help="skip the calibration after the build (the old defaults apply)")
+    b.add_argument("--ray", default=None, metavar="ADDRESS", help="run the forwards on Ray: `local` or a cluster's HOST:PORT (needs knnrag[ray])")
+    b.add_argument("--workers", type=int, default=1, help="with --ray: LM actors (default 1)")
+    b.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray: CPUs (torch threads) per LM actor")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     b.add_argument("--json", action="store_true", help="one JSON report on stdout")
     b.set_defaults(func=cmd_build)
@@ -142,7 +145,14 @@ def cmd_build(args) -> int:
 
         spec = TokenStore.open(args.out).manifest.get("lm_spec")
     lm = load_lm(spec, key_layer=args.key_layer)
-    rep = build_datastore(lm, args.corpus, args.out, cfg, progress=not args.no_progress and not args.json, lm_spec=spec)
+    progress = not args.no_progress and not args.json
+    if args.ray:
+        from lm.datastore.ray_build import RayBuildConfig, build_datastore_ray
+
+        rc = RayBuildConfig(args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker)
+        rep = build_datastore_ray(lm, args.corpus, args.out, cfg, rc, progress=progress, lm_spec=spec)
+    else:
+        rep = build_datastore(lm, args.corpus, args.out, cfg, progress=progress, lm_spec=spec)
     d = rep.to_dict()
     if args.json:
         emit_json(d)

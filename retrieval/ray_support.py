@@ -63,3 +63,12 @@ def positive_workers(n: int | None, what: str = "--workers") -> int:
     if n < 1:
         raise InvalidInputError(f"{what} must be >= 1, got {n}", f"pass {what} 2 (one actor per worker)")
     return int(n)
+
+
+def kill_actors(ray: Any, actors: list) -> None:
+    """Free the CPUs actors hold (a long-lived session would otherwise starve the next pool)."""
+    for a in actors:
+        try:
+            ray.kill(a)
+        except Exception:  # noqa: BLE001 - the actor or the session is already gone
+            pass

@@ -13,6 +13,7 @@ eval, generate, explain and the MCP server run unchanged on shards.
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from lm.datastore.token_index import Neighbours
 from retrieval.errors import InvalidInputError
+from retrieval.ray_support import kill_actors
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 600  # loading a shard reads its keys from disk: minutes for 100M entries
@@ -123,6 +125,7 @@ class ShardedStore:
         self.store = store
         self.actors = actors
         self._ray = ray
+        self._finalizer = weakref.finalize(self, kill_actors, ray, list(actors))  # a CLI call that returns frees its actors
         self.has_ivf = bool((store.manifest.get("index") or {}).get("file"))
 
     @classmethod
@@ -136,7 +139,8 @@ class ShardedStore:
         # A search actor idles between queries: on a cluster with fewer CPUs than shards each asks for a
         # fraction, so N shards always start (an unsatisfiable request would wait forever).
         per = min(float(cpus_per_shard), float(ray.cluster_resources().get("CPU", 1.0)) / shards)
-        actor_cls = ray.remote(num_cpus=per, max_restarts=3)(ShardSearcher)
+        # SPREAD: one shard per node where possible, so the shards' RAM adds up across machines
+        actor_cls = ray.remote(num_cpus=per, max_restarts=3, scheduling_strategy="SPREAD")(ShardSearcher)
         path = str(Path(store.path).resolve())
         actors = [actor_cls.remote(path, lo, hi, max(1, int(per))) for lo, hi in ranges]
         try:
@@ -202,8 +206,7 @@ class ShardedStore:
         return Neighbours(np.take_along_axis(De, order, 1).astype(np.float32), np.take_along_axis(I, order, 1))
 
     def close(self) -> None:
-        for a in self.actors:
-            self._ray.kill(a)
+        self._finalizer()
         self.actors = []
 
 

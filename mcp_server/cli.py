@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra Origin accepted over HTTP, e.g. https://app.example")
     p.add_argument("--max-request-bytes", type=int, default=1_048_576, help="HTTP request body limit (default 1 MiB)")
     p.add_argument("--min-score", type=float, help="ask: relevance threshold (dense cosine) below which it refuses")
+    p.add_argument("--ray", metavar="ADDRESS", help="search the datastore on Ray actors: `local` or HOST:PORT (needs knnrag[ray])")
+    p.add_argument("--shards", type=int, help="with --ray: datastore shards, one actor each (default 2)")
     p.add_argument("--json", action="store_true", help="errors as one JSON object on stdout")
     p.set_defaults(func=serve)
 
@@ -80,7 +82,8 @@ def serve(args: argparse.Namespace) -> int:
         raise StoreWriteError(f"cannot create the store folder {store}: {e.strerror}", "pass a writable --store") from e
     config = ServerConfig(store=store, datastore=Path(args.datastore).expanduser() if args.datastore else None,
                           model=args.model, embedder=args.embedder,
-                          allow_roots=tuple(Path(r) for r in args.allow_root), min_score=args.min_score)
+                          allow_roots=tuple(Path(r) for r in args.allow_root), min_score=args.min_score,
+                          ray=args.ray, shards=args.shards)
     server = build_server(config)
     if args.transport == "stdio":
         import anyio

@@ -127,3 +127,21 @@ def test_cli_eval_and_explain_with_shards(ray, lm_store, capsys):
     assert json.loads(capsys.readouterr().out)["neighbours"]
     assert main(["eval", str(corpus), "--shards", "2", "--json"]) == 2  # shards without a datastore / without --ray
     assert json.loads(capsys.readouterr().out)["type"] == "InvalidInputError"
+
+
+def test_mcp_server_state_serves_from_shards(ray, lm_store, tmp_path):
+    from lm.datastore.shards import ShardedStore
+    from lm.knnlm import KNNLM
+    from mcp_server.server import ServerConfig, ServerState
+
+    llama_dir, _corpus, out = lm_store
+    state = ServerState(ServerConfig(store=tmp_path / "docs", datastore=out, model=str(llama_dir), ray="local", shards=2))
+    knn = state.knnlm()
+    assert isinstance(knn.store, ShardedStore) and len(knn.store.actors) == 2
+    try:
+        got = knn.next_tokens("The quick brown", top=3)
+    finally:
+        knn.store.close()
+    assert got == KNNLM.load(str(llama_dir), out).next_tokens("The quick brown", top=3)
+    with pytest.raises(InvalidInputError):
+        ServerConfig(store=tmp_path / "docs", shards=2)

@@ -69,7 +69,9 @@ class ShardSearcher:
             self.ivf = index
 
     def info(self) -> dict:
-        return {"lo": self.lo, "hi": self.hi, "ivf": self.ivf is not None}
+        import ray
+
+        return {"lo": self.lo, "hi": self.hi, "ivf": self.ivf is not None, "node": ray.get_runtime_context().get_node_id()}
 
     def _flat_index(self) -> Any:
         if self._flat is None:

@@ -24,7 +24,8 @@ COPY pyproject.toml README.md ./
 COPY retrieval ./retrieval
 COPY lm ./lm
 COPY mcp_server ./mcp_server
-RUN pip install .
+ARG KNNRAG_EXTRAS=""
+RUN pip install ".${KNNRAG_EXTRAS:+[$KNNRAG_EXTRAS]}"
 
 # dequantise the bundled GGUF LM once at build time (cached as safetensors under $KNNRAG_CACHE),
 # so the container starts fast and can run with a read-only root filesystem

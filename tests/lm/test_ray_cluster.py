@@ -2,14 +2,13 @@
 and search like one index; a datastore built by workers on both nodes equals the one-process one."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from lm.datastore.build import BuildConfig, build_datastore
 from lm.datastore.token_store import TokenStore
 from tests.support.ray_cluster import TwoNodeCluster
+from tests.support.ray_session import ray_local  # noqa: F401 - sets the test processes' Ray auth mode
 from tests.support.tiny_lm import CORPUS, make_tiny_lm
 
 ray = pytest.importorskip("ray")
@@ -22,16 +21,12 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     c = TwoNodeCluster(cpus_per_node=1).start()
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
-    os.environ.update({k: c.env[k] for k in saved})
     try:
         connect(c.address)
         yield c
     finally:
         ray.shutdown()
         c.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     assert not c.pids()
 
 

@@ -33,8 +33,8 @@ class TwoNodeCluster:
         self.dirs = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in ("krh", "krw")]  # short: socket paths <= 107 chars
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
-        # Token auth off for this loopback-only test cluster: a driver process caches its auth settings at its first
-        # ray.init, so an earlier in-process session could not join a token cluster. Real clusters: see README.
+        # Token auth off for this loopback-only test cluster, as for every test session (tests.support.ray_session).
+        # Real clusters: RAY_AUTH_MODE=token and one RAY_AUTH_TOKEN on every node (README).
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         self.cpus = cpus_per_node
 

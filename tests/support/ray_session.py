@@ -1,7 +1,13 @@
 """One in-process Ray session per test module (CI: 2 cores, no cluster), skipped when Ray is absent."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# One auth mode for every Ray session of the test process: a process keeps the mode of its first ray.init
+# (Ray >= 2.59 turns token auth on for local sessions), so a later two-node test cluster could not be joined.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 def ray_local():
@@ -9,11 +15,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     from retrieval.ray_support import connect
 
-    if ray.is_initialized() and ray.get_runtime_context().gcs_address and _is_cluster(ray):
-        ray.shutdown()  # a two-node cluster module ran before: go back to an in-process session
+    if ray.is_initialized() and len(ray.nodes()) > 1:
+        ray.shutdown()  # a two-node cluster is still connected: go back to an in-process session
     connect("local", num_cpus=2)
     return ray
-
-
-def _is_cluster(ray) -> bool:
-    return len(ray.nodes()) > 1

@@ -24,7 +24,8 @@ COPY pyproject.toml README.md ./
 COPY retrieval ./retrieval
 COPY lm ./lm
 COPY mcp_server ./mcp_server
-RUN pip install .
+ARG KNNRAG_EXTRAS=""
+RUN pip install ".${KNNRAG_EXTRAS:+[$KNNRAG_EXTRAS]}"
 
 # build the derived model files once, at image build time, under $KNNRAG_CACHE: the bundled GGUF LM
 # dequantised to safetensors and the embedder's ONNX graph. The container then starts fast and runs

@@ -24,6 +24,8 @@ def _knn_options(p: argparse.ArgumentParser, *, lam: bool = True) -> None:
     p.add_argument("--no-rerank", action="store_true", help="skip the exact re-rank of approximate neighbours (faster, less accurate)")
     p.add_argument("--adaptive", type=float, default=None, metavar="TAU",
                    help="skip retrieval where the base LM's top probability >= TAU")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="search on Ray actors: `local` or a cluster's HOST:PORT (needs knnrag[ray])")
+    p.add_argument("--shards", type=int, default=None, help="with --ray: datastore shards, one actor each (default 2); same results as one index")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
@@ -54,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--kv-cache", action="store_true",
                    help="carry the KV cache across windows: each token is forwarded once instead of window/stride times")
     b.add_argument("--no-calibrate", action="store_true", help="skip the calibration after the build (the old defaults apply)")
+    b.add_argument("--ray", default=None, metavar="ADDRESS", help="run the forwards on Ray: `local` or a cluster's HOST:PORT (needs knnrag[ray])")
+    b.add_argument("--workers", type=int, default=1, help="with --ray: LM actors (default 1)")
+    b.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray: CPUs (torch threads) per LM actor")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     b.add_argument("--json", action="store_true", help="one JSON report on stdout")
     b.set_defaults(func=cmd_build)
@@ -120,7 +125,14 @@ def _knnlm(args):
     ov = _overrides(args)
     if args.datastore is not None and not Path(args.datastore).exists():
         raise NotFoundError(f"datastore {args.datastore} does not exist", "build one with `knnrag datastore build CORPUS --out DIR`")
-    return KNNLM.load(args.model, args.datastore, overrides=ov)
+    if getattr(args, "shards", None) is not None and not getattr(args, "ray", None):
+        raise InvalidInputError("--shards needs --ray", "add --ray local (or a cluster address), or drop --shards")
+    knn = KNNLM.load(args.model, args.datastore, overrides=ov)
+    if getattr(args, "ray", None):
+        from lm.datastore.shards import shard_knnlm
+
+        shard_knnlm(knn, address=args.ray, shards=args.shards or 2)
+    return knn
 
 
 def cmd_build(args) -> int:
@@ -140,7 +152,14 @@ def cmd_build(args) -> int:
 
         spec = TokenStore.open(args.out).manifest.get("lm_spec")
     lm = load_lm(spec, key_layer=args.key_layer)
-    rep = build_datastore(lm, args.corpus, args.out, cfg, progress=not args.no_progress and not args.json, lm_spec=spec)
+    progress = not args.no_progress and not args.json
+    if args.ray:
+        from lm.datastore.ray_build import RayBuildConfig, build_datastore_ray
+
+        rc = RayBuildConfig(args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker)
+        rep = build_datastore_ray(lm, args.corpus, args.out, cfg, rc, progress=progress, lm_spec=spec)
+    else:
+        rep = build_datastore(lm, args.corpus, args.out, cfg, progress=progress, lm_spec=spec)
     d = rep.to_dict()
     if args.json:
         emit_json(d)

@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index-wait-seconds", type=float, default=300.0,
                    help="index_paths waits this long, then answers with the job id and leaves the job running "
                         "(poll index_status; default 300)")
+    p.add_argument("--ray", metavar="ADDRESS", help="search the datastore on Ray actors: `local` or HOST:PORT (needs knnrag[ray])")
+    p.add_argument("--shards", type=int, help="with --ray: datastore shards, one actor each (default 2)")
     p.add_argument("--json", action="store_true", help="errors as one JSON object on stdout")
     p.set_defaults(func=serve)
 
@@ -93,7 +95,8 @@ def serve(args: argparse.Namespace) -> int:
     config = ServerConfig(store=store, datastore=Path(args.datastore).expanduser() if args.datastore else None,
                           model=args.model, embedder=args.embedder,
                           allow_roots=tuple(Path(r) for r in args.allow_root), min_score=args.min_score,
-                          max_write_seconds=args.max_write_seconds, index_wait_seconds=args.index_wait_seconds)
+                          max_write_seconds=args.max_write_seconds, index_wait_seconds=args.index_wait_seconds,
+                          ray=args.ray, shards=args.shards)
     server = build_server(config)
     if args.transport == "stdio":
         import anyio

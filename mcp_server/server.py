@@ -48,6 +48,8 @@ class ServerConfig:
     min_score: float | None = None  # RAG relevance threshold (None = lm.rag.answer default)
     max_write_seconds: float = 3600.0  # an index run past this stops at its next progress point, uncommitted
     index_wait_seconds: float = 300.0  # index_paths waits this long, then leaves the job running and says so
+    ray: str | None = None  # search the datastore on Ray actors: "local" or HOST:PORT (lm.datastore.shards)
+    shards: int | None = None  # with ray: shards, one actor each (default 2)
 
     def __post_init__(self) -> None:
         for name in ("max_write_seconds", "index_wait_seconds"):
@@ -61,6 +63,8 @@ class ServerConfig:
         for r in roots:
             if not r.is_dir():
                 raise InvalidInputError(f"--allow-root {r} is not a folder", "pass an existing folder the server may index")
+        if self.shards is not None and not self.ray:
+            raise InvalidInputError("--shards needs --ray", "add --ray local (or a cluster address), or drop --shards")
         object.__setattr__(self, "allow_roots", roots)
         object.__setattr__(self, "store", Path(os.path.expanduser(str(self.store))))
 
@@ -105,6 +109,10 @@ class ServerState:
                     log.info("loading LM %s (datastore: %s)", self.config.model or "default", self.config.datastore)
                     # model None + datastore: the datastore's own LM (it records which one built it)
                     knn = KNNLM.load(self.config.model, datastore=self.config.datastore)
+                    if self.config.ray and self.config.datastore is not None:
+                        from lm.datastore.shards import shard_knnlm
+
+                        shard_knnlm(knn, address=self.config.ray, shards=self.config.shards or 2)
                     self._lm = knn.lm
                     self._knnlm = knn
         return self._knnlm

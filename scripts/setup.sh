@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+KNNRAG_EXTRAS=${KNNRAG_EXTRAS-ray}  # the Ray extra by default, so CI runs the --ray tests; KNNRAG_EXTRAS= skips it
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="re-chunk and re-embed every file, changed or not")
     p.add_argument("--near-dup", type=float, default=0.9, metavar="T", help="near-duplicate MinHash Jaccard threshold (default 0.9; 0 disables)")
     p.add_argument("--max-file-mb", type=float, default=20.0, help="skip files larger than this (default 20 MB)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="embed on Ray actors: `local` or a cluster's HOST:PORT (needs knnrag[ray])")
+    p.add_argument("--workers", type=int, default=1, help="with --ray: embedder actors (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_index)
 
@@ -96,7 +98,7 @@ def _emit(obj: object) -> None:
     emit_json(obj)
 
 
-def _open(args, *, write: bool, embedder: str | None = None):
+def _open(args, *, write: bool, embedder=None):
     from retrieval.store.docstore import DocStore
 
     return DocStore.open(Path(args.store), embedder=embedder, create=write, read_only=not write)
@@ -109,7 +111,12 @@ def cmd_index(args) -> int:
         raise InvalidInputError(f"--max-file-mb must be positive, got {args.max_file_mb}", "use e.g. --max-file-mb 20")
     if not 0 <= args.near_dup <= 1:
         raise InvalidInputError(f"--near-dup must be in [0, 1], got {args.near_dup}", "0 disables, 0.9 is the default")
-    with _open(args, write=True, embedder=args.embedder) as store:
+    embedder = args.embedder
+    if args.ray:
+        from retrieval.store.ray_embed import ray_embedder
+
+        embedder = ray_embedder(args.store, args.collection, args.embedder, address=args.ray, workers=args.workers)
+    with _open(args, write=True, embedder=embedder) as store:
         rep = store.index_paths(args.paths, collection=args.collection, exclude=args.exclude, tags=args.tag,
                                 show_progress=show, index_factory=args.index_factory, force=args.force,
                                 near_dup_threshold=args.near_dup or None, max_file_bytes=int(args.max_file_mb * 1e6))

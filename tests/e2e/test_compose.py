@@ -147,3 +147,18 @@ def test_mcp_command_and_healthcheck_on_the_host(tmp_path: Path, docs: Path):
         proc.wait(timeout=20)
     # and the healthcheck fails when nothing listens (it can fail)
     assert subprocess.run(health, capture_output=True, timeout=30).returncode != 0
+
+
+def test_ray_profile_head_and_worker():
+    """Optional `ray` profile: a head and a worker from an image with the ray extra; never in the default set."""
+    c = _compose()
+    head, worker = c["services"]["ray-head"], c["services"]["ray-worker"]
+    for svc in (head, worker):
+        assert svc["profiles"] == ["ray"] and svc["entrypoint"] == ["ray"] and svc["command"][0] == "start"
+        assert "--block" in svc["command"] and svc["environment"]["RAY_AUTH_MODE"] == "token"
+        assert not str(svc.get("user", "0")).startswith("0") and any(v.startswith("stores:") for v in svc["volumes"])
+    assert "--head" in head["command"] and head["build"]["args"]["KNNRAG_EXTRAS"] == "ray"
+    port = next(a.split("=")[1] for a in head["command"] if a.startswith("--port="))
+    addr = next(a.split("=", 1)[1] for a in worker["command"] if a.startswith("--address="))
+    assert addr.endswith(f":{port}") or addr.endswith(f":-127.0.0.1:{port}}}")
+    assert 'KNNRAG_EXTRAS:+[$KNNRAG_EXTRAS]' in DOCKERFILE.read_text()

@@ -1,0 +1,263 @@
+"""The datastore build on Ray: the same plan as the one-process build, forwards in a pool of LM actors.
+
+The driver does what needs the whole corpus (dedup, decontamination n-grams, the held-out slice,
+the window plan: lm.datastore.build / build_steps) and cuts the plan into tasks at exactly the
+one-process build's batch and shard boundaries, so every forward sees the same batch and every
+key comes out bit for bit the same. The tasks become a Ray Dataset; `map_batches` runs them on a
+callable LM-actor class (`concurrency` actors, each loading the LM once). An actor writes its
+task's key/value/provenance files under names fixed by the task, so a retried task (Ray restarts
+a killed actor and re-runs its task) overwrites its half-written files. The driver commits the
+finished tasks in plan order, one manifest replace per task, so entry ids are those of the
+one-process build and an interrupted build resumes from the last committed task, with or without
+Ray. Then the index and the calibration run as in the one-process build (_finish).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from lm.datastore.build import BuildConfig, BuildReport, _fingerprint, _finish, _start, check_config, load_documents, open_or_create, tokenize_corpus
+from lm.datastore.build_steps import BuildState, DocTokens, PlannedWindow, plan_stats, plan_targets
+from lm.datastore.decontaminate import eval_ngrams
+from lm.windows import Window
+from retrieval.errors import InvalidInputError, MismatchError, StoreWriteError
+
+log = logging.getLogger(__name__)
+PREFIX = "ray"  # task files: ray-<kind>-<tag>-<task>.npy (TokenStore's own gc leaves them to us)
+
+
+@dataclass(frozen=True)
+class RayBuildConfig:
+    address: str  # "local" or HOST:PORT of a running cluster
+    workers: int = 1  # LM actors (map_batches concurrency)
+    cpus_per_worker: int = 1  # num_cpus per actor = its torch threads
+    crash_marker: str | None = None  # fault injection for tests: the actor holding a task exits once if this file exists
+
+    def __post_init__(self) -> None:
+        if not self.address:
+            raise InvalidInputError("--ray needs an address", "pass --ray local or --ray HOST:6379")
+        if self.workers < 1 or self.cpus_per_worker < 1:
+            raise InvalidInputError(f"--workers and --cpus-per-worker must be >= 1 (got {self.workers}, {self.cpus_per_worker})",
+                                    "pass --workers 2")
+
+
+def plan_tasks(plan: Sequence[PlannedWindow], start: int, batch_size: int, shard_tokens: int) -> list[list[list[int]]]:
+    """The windows still to run, as tasks of batches of plan indices, cut where _run_plan flushes a shard."""
+    todo = [i for i in range(start, len(plan)) if plan[i].targets.size]
+    tasks: list[list[list[int]]] = []
+    cur: list[list[int]] = []
+    pending = 0
+    for a in range(0, len(todo), batch_size):
+        batch = todo[a:a + batch_size]
+        cur.append(batch)
+        pending += sum(int(plan[i].targets.size) for i in batch)
+        if pending >= shard_tokens:
+            tasks.append(cur)
+            cur, pending = [], 0
+    if cur:
+        tasks.append(cur)
+    return tasks
+
+
+def encode_task(task: int, batches: list[list[int]], plan: Sequence[PlannedWindow], toks: Sequence[DocTokens]) -> dict:
+    """One Dataset row: the task's window tokens, char offsets and targets as flat int64 bytes."""
+    win, tok, off, tgt = [], [], [], []
+    for b, batch in enumerate(batches):
+        for i in batch:
+            p = plan[i]
+            d, w = toks[p.doc], p.window
+            win.append([b, d.doc, w.begin, w.end - w.begin, p.targets.size])
+            tok.append(d.ids[w.begin:w.end])
+            off.append(d.offsets[w.begin:w.end])
+            tgt.append(p.targets - w.begin)
+    cat = lambda xs: np.concatenate(xs).astype(np.int64).tobytes()  # noqa: E731
+    return {"task": task, "win": np.asarray(win, dtype=np.int64).tobytes(), "tok": cat(tok), "off": cat(off), "tgt": cat(tgt)}
+
+
+def decode_task(row: dict) -> list[tuple[list[DocTokens], list[PlannedWindow], np.ndarray]]:
+    """Row -> per batch (window-local DocTokens, PlannedWindows, begin of each window in its document)."""
+    win = np.frombuffer(row["win"], dtype=np.int64).reshape(-1, 5)  # (w, 5) batch, doc, begin, ntok, ntgt
+    tok, off, tgt = (np.frombuffer(row[k], dtype=np.int64) for k in ("tok", "off", "tgt"))
+    out: list[tuple[list[DocTokens], list[PlannedWindow], np.ndarray]] = []
+    a = t = 0
+    for b in np.unique(win[:, 0]):
+        docs, pws, begins = [], [], []
+        for _b, doc, begin, ntok, ntgt in win[win[:, 0] == b]:
+            ids = tok[a:a + ntok]
+            docs.append(DocTokens(int(doc), ids, off[a:a + ntok], np.zeros(0, np.int64), np.zeros(ntok, bool), int(ntok)))
+            pws.append(PlannedWindow(len(docs) - 1, Window(0, int(ntok), 0), tgt[t:t + ntgt], 0))
+            begins.append(int(begin))
+            a, t = a + int(ntok), t + int(ntgt)
+        out.append((docs, pws, np.asarray(begins)))
+    return out
+
+
+def task_file(tag: str, kind: str, task: int) -> str:
+    return f"{PREFIX}-{kind}-{tag}-{task:06d}.npy"
+
+
+def write_task_shard(out: Path, tag: str, task: int, keys: np.ndarray, values: np.ndarray, prov: np.ndarray,
+                     crash_marker: str | None = None) -> dict:
+    """Durable key/value/prov files of one task; the manifest's shard record for them."""
+    from retrieval.store.durable import write_npy
+
+    if not np.isfinite(keys).all():
+        raise StoreWriteError("keys overflow float16", "use another --key-layer (a normalised activation)")
+    sh: dict = {"count": int(values.size)}
+    for kind, arr in (("keys", keys.astype(np.float16)), ("values", values.astype(np.int32)), ("prov", prov.astype(np.int64))):
+        name = task_file(tag, kind, task)
+        write_npy(out / name, arr)
+        sh[kind], sh[f"{kind}_bytes"] = name, (out / name).stat().st_size
+        if crash_marker and Path(crash_marker).exists():  # a worker dying with a half-written task
+            Path(crash_marker).unlink()
+            os._exit(1)
+    return sh
+
+
+class LMWorker:
+    """The map_batches callable: loads the LM once per actor, runs tasks, writes their files."""
+
+    def __init__(self, lm_spec: str | None, key_layer: str | None, model_id: str, out: str, tag: str, threads: int,
+                 crash_marker: str | None = None) -> None:
+        import torch
+
+        from lm.hooks import resolve_module
+        from lm.models import load_lm
+
+        torch.set_num_threads(max(1, threads))
+        self.lm = load_lm(lm_spec, key_layer=key_layer)
+        if self.lm.model_id != model_id:
+            raise MismatchError(f"a Ray worker loaded {self.lm.model_id}, the driver {model_id}",
+                                "install the same model files on every node (or pass a shared --model path)")
+        self.module = resolve_module(self.lm.model, self.lm.key_module_path)
+        self.out, self.tag, self.crash_marker = Path(out), tag, crash_marker
+
+    def run(self, row: dict) -> tuple[dict, int, float]:
+        from lm.datastore.build_steps import encode_windows, window_entries
+
+        keys, vals, prov = [], [], []
+        fwd, secs = 0, 0.0
+        for docs, pws, begins in decode_task(row):
+            t0 = time.perf_counter()
+            H, n = encode_windows(self.lm, self.module, docs, pws)  # (B, T, D)
+            secs += time.perf_counter() - t0
+            fwd += n
+            for b, p in enumerate(pws):
+                e = window_entries(H[b], docs[p.doc], p)
+                keys.append(e.keys)
+                vals.append(e.values)
+                prov.append(e.prov + np.asarray([0, begins[b], 0], dtype=np.int64))  # window-local -> document position
+        sh = write_task_shard(self.out, self.tag, int(row["task"]), np.concatenate(keys), np.concatenate(vals),
+                              np.concatenate(prov), self.crash_marker)
+        return sh, fwd, secs
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["task"]))]
+        res = [self.run(r) for r in rows]
+        return {"task": np.asarray([int(r["task"]) for r in rows], dtype=np.int64),
+                "shard": np.asarray([json.dumps(s) for s, _f, _t in res]),
+                "fwd_tokens": np.asarray([f for _s, f, _t in res], dtype=np.int64),
+                "fwd_seconds": np.asarray([t for _s, _f, t in res], dtype=np.float64)}
+
+
+def remove_orphans(store) -> None:
+    """Task files no committed manifest names (a killed driver's, or a retried task's leftovers)."""
+    live = {s[k] for s in store.manifest["shards"] for k in ("keys", "values", "prov")}
+    for f in store.path.iterdir():
+        if f.name.startswith(PREFIX + "-") and f.name not in live:
+            f.unlink(missing_ok=True)
+
+
+def _dataset(ray, rows: list[dict], rc: RayBuildConfig, kwargs: dict, progress: bool):
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    return ds.map_batches(LMWorker, fn_constructor_kwargs=kwargs, concurrency=rc.workers, num_cpus=rc.cpus_per_worker,
+                          batch_size=1, batch_format="numpy")  # Ray Data restarts a dead actor and retries its task
+
+
+def _commit_in_order(store, results, tasks, plan, state: BuildState, config: BuildConfig, report: BuildReport, bar) -> BuildState:
+    """Commit finished tasks in plan order as they arrive (entry ids = the one-process build's)."""
+    done: dict[int, dict] = {}
+    nxt = 0
+    for row in results.iter_rows():
+        done[int(row["task"])] = json.loads(str(row["shard"]))
+        report.forward_tokens += int(row["fwd_tokens"])
+        report.forward_seconds += float(row["fwd_seconds"])
+        while nxt in done:
+            sh = done.pop(nxt)
+            n = sum(int(plan[i].targets.size) for b in tasks[nxt] for i in b)
+            nxt += 1
+            after = tasks[nxt][0][0] if nxt < len(tasks) else len(plan)
+            state = replace(state, windows_done=after, entries=state.entries + n)
+            store.commit(build=state.to_json(), fields={"shards": store.manifest["shards"] + [sh], "count": store.count + sh["count"]})
+            bar.update(n)
+        if config.deadline and time.time() > config.deadline and nxt < len(tasks):
+            log.warning("build deadline reached after %d entries; rerun the same command to resume", state.entries)
+            report.stopped_at_deadline = True
+            break
+    return state if nxt < len(tasks) else replace(state, windows_done=len(plan))
+
+
+def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: BuildConfig, rc: RayBuildConfig, *,
+                        progress: bool = True, lm_spec: str | None = None) -> BuildReport:
+    """build_datastore with the forwards on Ray actors: the same datastore, entry for entry."""
+    from tqdm import tqdm
+
+    from retrieval.ray_support import connect
+
+    t_start = time.perf_counter()
+    window, stride = check_config(lm, config, corpus)
+    out = Path(out)
+    store = open_or_create(lm, out, config, lm_spec)
+    remove_orphans(store)
+    report = BuildReport(path=str(out))
+    prev = BuildState.from_manifest(store.manifest)
+    resuming = prev is not None and prev.resuming
+    base_docs = prev.docs_base if prev is not None and resuming else int(store.manifest.get("doc_count", 0))
+    docs = load_documents(corpus, store, base_docs, config.near_dup_threshold, report)
+    if resuming and not docs:
+        docs = store.docs()[base_docs:]
+    if not docs:
+        raise InvalidInputError("the corpus has no new text to store (empty, skipped or all duplicates)",
+                                "pass text files with content; see the skipped list with --json")
+    ev = eval_ngrams(lm.tokenizer, config.decontaminate, config.ngram)
+    fp = _fingerprint(lm.model_id, docs, config, window, stride, hashlib.sha256(ev.tobytes()).hexdigest())
+    toks = tokenize_corpus(lm.tokenizer, docs, ev, config)
+    state = _start(store, prev, fp, docs, toks, base_docs, window, stride, config)
+    report.documents, report.resumed_from_window = len(docs), state.windows_done
+    report.heldout_tokens = sum(int(t.ids.size - max(t.holdout_start, 1)) for t in toks if t.holdout_start < t.ids.size)
+    plan = plan_targets(toks, window, stride, scope=config.decontaminate_scope, ngram=config.ngram, max_tokens=config.max_tokens)
+    if not plan:
+        raise InvalidInputError("the corpus is shorter than two tokens", "pass more text")
+    tasks = plan_tasks(plan, state.windows_done, config.batch_size, config.shard_tokens)
+    total = plan_stats(plan).entries
+    bar = tqdm(total=total, initial=min(state.entries, total), unit="tok", unit_scale=True, file=sys.stderr,
+               disable=not progress, desc="datastore (ray)", dynamic_ncols=True)
+    added_before = state.entries
+    t_loop = time.perf_counter()
+    if tasks:
+        ray = connect(rc.address, num_cpus=rc.workers * rc.cpus_per_worker if rc.address == "local" else None)
+        tag = f"{fp}-{state.windows_done:07d}"
+        kwargs = {"lm_spec": lm_spec, "key_layer": lm.key_layer, "model_id": lm.model_id, "out": str(out.resolve()),
+                  "tag": tag, "threads": rc.cpus_per_worker, "crash_marker": rc.crash_marker}
+        rows = [encode_task(t, b, plan, toks) for t, b in enumerate(tasks)]
+        state = _commit_in_order(store, _dataset(ray, rows, rc, kwargs, progress), tasks, plan, state, config, report, bar)
+    else:
+        state = replace(state, windows_done=len(plan))
+    bar.close()
+    _finish(lm, store, plan, state, config, report, t_loop, added_before, t_start)
+    remove_orphans(store)
+    return report

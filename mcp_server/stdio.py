@@ -9,7 +9,9 @@ Why not the SDK's `stdio_server()`:
   which ends the process with a traceback on stderr. Here the session just ends;
 - it hops to a worker thread for every line read and twice (write, flush) for every reply.
   Here pipes are read and written by the event loop (asyncio pipe transports); a regular
-  file or anything else that asyncio cannot poll falls back to a reader thread.
+  file or anything else that asyncio cannot poll falls back to a reader thread. This did not
+  show in latency: benchmarks/bench_mcp.py measured both transports within noise of each other
+  (0.97x vs 0.92x of the direct call, same run, loaded 2-core machine).
 
 While serving, fd 0 reads /dev/null and fd 1 points at stderr (as the SDK does), so a stray
 `print` or a child process cannot corrupt the protocol stream; both are restored on exit.

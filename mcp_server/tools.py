@@ -28,6 +28,7 @@ from retrieval.store.admin import MAX_NEIGHBOURS
 from retrieval.store.search import MAX_K, MODES
 
 MAX_SEARCH_K = min(1000, MAX_K)
+MAX_PAGE_HITS = 200  # no page holds more (a hit is >= ~250 characters of JSON); spares converting all k
 
 
 def _page_of(cursor: str | None, query: str, k: int, mode: str, filters: Filters | None, collection: str) -> Page:
@@ -49,7 +50,7 @@ def _search_page(state: Any, query: str, page: Page) -> S.SearchOut:
         store = state.store()
         T.require_collection(store, page.collection)
         found = store.search(query, k=page.k, mode=page.mode, filters=page.filters or None, collection=page.collection)
-        hits = [T.hit(h) for h in found[page.offset:]]
+        hits = [T.hit(h) for h in found[page.offset:page.offset + MAX_PAGE_HITS]]
         kept, truncated, note = T.bound_hits(hits, state.config.max_result_chars - 1000)
         end = page.offset + len(kept)
         gen = page.generation

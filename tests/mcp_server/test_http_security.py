@@ -79,3 +79,12 @@ def test_bound_address_is_allowed_as_host_and_origin():
     assert "10.0.0.7:9000" in allowed_hosts(cfg) and "http://10.0.0.7:9000" in allowed_origins(cfg)
     wild = HttpConfig(host="0.0.0.0", port=9000, allow_unauthenticated=True)
     assert not any(h.startswith("0.0.0.0") for h in allowed_hosts(wild))
+
+
+def test_json_response_mode_answers_with_one_json_body(tmp_path):
+    cfg = HttpConfig(port=8124, json_response=True)
+    app = build_app(build_server(ServerConfig(store=tmp_path / "store", embedder="hash-64")), cfg)
+    with TestClient(app, base_url="http://127.0.0.1:8124") as c:
+        r = c.post("/mcp", content=INIT, headers={**HEADERS, "Host": "127.0.0.1:8124"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.json()["result"]["serverInfo"]["name"] == "knnrag"

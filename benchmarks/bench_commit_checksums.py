@@ -1,4 +1,5 @@
-"""What recording checksums costs a commit: the same small commits with and without them.
+"""What recording checksums costs a commit: the same small commits with and without them
+(the hashing runs while the generation files are fsync'ed, so it mostly hides behind the I/O).
 
 usage: python benchmarks/bench_commit_checksums.py [--chunks 20000] [--dim 384] [--commits 5]
 

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,11 +300,16 @@ class Collection:
             np.save(gdir / "tombstones.npy", tomb, allow_pickle=False)
             bm25_index.save(bm25, gdir / "bm25")
             checkpoint("bm25_written")
-            record = {"generation": gen, **record, "vectors": int(index.ntotal), "tombstones": int(len(tomb)),
-                      "created": time.time(), "files": checksums(gdir)}
+            with ThreadPoolExecutor(1) as pool:  # hashing (CPU, GIL released) overlaps the fsyncs (I/O)
+                files = pool.submit(checksums, gdir)
+                fsync_tree(gdir)
+                record = {"generation": gen, **record, "vectors": int(index.ntotal), "tombstones": int(len(tomb)),
+                          "created": time.time(), "files": files.result()}
             with open(gdir / GEN_RECORD, "w", encoding="utf-8") as f:
                 f.write(json.dumps(record, indent=2))
-            fsync_tree(gdir)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(gdir)
             fsync_dir(self.dir)
         except (OSError, RuntimeError) as e:
             shutil.rmtree(gdir, ignore_errors=True)

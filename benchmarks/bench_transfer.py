@@ -34,6 +34,7 @@ TUNE_QRELS = {"scifact": "train.tsv", "cacm": "test.tsv"}  # CACM has no train s
 TEST_QRELS = "test.tsv"
 K1B = [(0.75, 0.5)] + list(itertools.product((0.9, 1.2, 1.5, 2.0), (0.3, 0.5, 0.75)))
 ALPHAS = [round(a / 100, 2) for a in range(20, 85, 10)]
+NORMS = ("tmm", "minmax", "zscore")
 
 
 def _ndcg():
@@ -297,7 +298,7 @@ def tune(tuners: dict[str, Tuner]) -> dict:
     for t in tuners.values():
         t.use_bm25(k1, b)
     grid = {("rrf", 60, 0.5): FusionConfig(method="rrf", rrf_k=60, alpha=0.5)}
-    for norm in ("tmm", "minmax", "zscore"):
+    for norm in NORMS:
         for al in ALPHAS:
             grid[(norm, al)] = FusionConfig(method="convex", norm=norm, alpha=al)
     fu: dict = {}
@@ -308,7 +309,7 @@ def tune(tuners: dict[str, Tuner]) -> dict:
     key = tuple(out["fusion"]["chosen"])
     best_fu = grid[key]
     titles: dict = {}
-    for w in (1, 2, 3):
+    for w in (1, 2):
         for n, t in tuners.items():
             t.use_title_weight(w, k1, b)
             titles.setdefault(("bm25", w), {})[n] = t.ndcg("bm25")
@@ -344,10 +345,19 @@ def main() -> None:
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--only-tune", action="store_true", help="tuning only (no CLI runs, no peers)")
     p.add_argument("--calibrate", action="store_true", help="also score a self-calibrated copy of each collection")
+    p.add_argument("--k1b", default="", metavar="K1,B;K1,B", help=f"BM25 grid (default: {K1B})")
+    p.add_argument("--alphas", default="", metavar="A,A", help=f"convex fusion alphas (default: {ALPHAS})")
+    p.add_argument("--norms", default="tmm,minmax,zscore", help="normalisations to sweep")
     p.add_argument("--json", default="", help="also write the results to this file")
     a = p.parse_args()
     work = Path(a.work)
     names = a.datasets.split(",")
+    global K1B, ALPHAS, NORMS
+    if a.k1b:
+        K1B = [tuple(float(x) for x in kb.split(",")) for kb in a.k1b.split(";")]
+    if a.alphas:
+        ALPHAS = [float(x) for x in a.alphas.split(",")]
+    NORMS = tuple(a.norms.split(","))
     stores = {n: build(work, n) for n in names}
     res: dict = {"datasets": {}}
     for n in names if not a.only_tune else []:

@@ -35,6 +35,7 @@ TEST_QRELS = "test.tsv"
 K1B = [(0.75, 0.5)] + list(itertools.product((0.9, 1.2, 1.5, 2.0), (0.3, 0.5, 0.75)))
 ALPHAS = [round(a / 100, 2) for a in range(20, 85, 10)]
 NORMS = ("tmm", "minmax", "zscore")
+BM25_IN_HYBRID = True
 
 
 def _ndcg():
@@ -216,22 +217,39 @@ class Tuner:
             snap.bm25 = bm25_index.rescore(self.built, replace(self.built.config, k1=k1, b=b))
 
     def use_title_weight(self, weight: int, k1: float, b: float) -> None:
-        """BM25 postings rebuilt with the title line of each chunk counted `weight` times (the
-        context line: a record's title; every chunk of a titled record starts with it)."""
+        """BM25 postings rebuilt as `index_paths` builds them with BM25Config(title_weight=weight)
+        (retrieval/store/indexing.py: one BM25 document per record, the title counted `weight` times)."""
         import numpy as np
 
         from retrieval.index import bm25_index
+        from retrieval.store import indexing
+        from retrieval.types import Chunk, SourceDocument
 
+        recs = {}
+        for ln in (self.data / "corpus.jsonl").read_text().splitlines():
+            if ln.strip():
+                r = json.loads(ln)
+                recs[str(r["_id"])] = r
         with self.coll.reading() as (conn, snap):
-            rows = conn.execute("SELECT id, index_text, text FROM chunks ORDER BY id").fetchall()
+            rows = conn.execute("SELECT id, doc_id, index_text FROM chunks ORDER BY id").fetchall()
+            by_doc: dict[str, list] = {}
+            for cid, doc_id, it in rows:
+                by_doc.setdefault(doc_id, []).append((cid, it))
+            ids, texts = [], []
+            for doc_id, chunks in by_doc.items():
+                r = recs[doc_id]
+                title, text = (r.get("title") or "").strip() or None, r.get("text") or ""
+                if not text.strip() and title:  # as retrieval/ingest/sources.py reads a title-only record
+                    text, title = title, None
+                doc = SourceDocument("", text, "jsonl", "", doc_id, title)
+                kept = [Chunk("", "", 0, 0, 1, 1, "", "jsonl", it, doc_id) for _, it in chunks]
+                ids += [cid for cid, _ in chunks]
+                texts += indexing._record_bm25_texts(doc, kept, weight)
             tok = self.coll.tokenizer()
-            tokens = []
-            for _, it, text in rows:
-                first, _, rest = it.partition("\n")
-                title = first if rest and not text.startswith(first) else ""
-                tokens.append(tok(it) + tok(title) * (weight - 1))
+            order = np.argsort(ids)
             cfg = replace(self.built.config, k1=k1, b=b)
-            snap.bm25 = bm25_index.update(None, np.zeros(0, np.int64), np.asarray([r[0] for r in rows], np.int64), tokens, cfg)
+            snap.bm25 = bm25_index.update(None, np.zeros(0, np.int64), np.asarray(ids, np.int64)[order],
+                                          [tok(texts[i]) for i in order], cfg)
 
     def ndcg(self, mode: str, fusion=None) -> float:
         hits = self.store.search_batch([t for _, t in self.qs], k=100, mode=mode, collection=self.name, fusion=fusion)
@@ -291,9 +309,12 @@ def tune(tuners: dict[str, Tuner]) -> dict:
         for n, t in tuners.items():
             t.use_bm25(k1, b)
             bm_alone.setdefault((k1, b), {})[n] = t.ndcg("bm25")
-            bm_hybrid.setdefault((k1, b), {})[n] = t.ndcg("hybrid", base)
-        print(f"bm25 k1={k1} b={b}: {bm_alone[(k1, b)]} hybrid {bm_hybrid[(k1, b)]}", file=sys.stderr)
-    out = {"bm25_alone": report_choice(bm_alone, names), "bm25_in_hybrid": report_choice(bm_hybrid, names)}
+            if BM25_IN_HYBRID:
+                bm_hybrid.setdefault((k1, b), {})[n] = t.ndcg("hybrid", base)
+        print(f"bm25 k1={k1} b={b}: {bm_alone[(k1, b)]} hybrid {bm_hybrid.get((k1, b))}", file=sys.stderr)
+    out = {"bm25_alone": report_choice(bm_alone, names)}
+    if bm_hybrid:
+        out["bm25_in_hybrid"] = report_choice(bm_hybrid, names)
     k1, b = out["bm25_alone"]["chosen"]
     for t in tuners.values():
         t.use_bm25(k1, b)
@@ -309,13 +330,14 @@ def tune(tuners: dict[str, Tuner]) -> dict:
     key = tuple(out["fusion"]["chosen"])
     best_fu = grid[key]
     titles: dict = {}
-    for w in (1, 2):
+    for w in (1, 2, 3):
         for n, t in tuners.items():
             t.use_title_weight(w, k1, b)
             titles.setdefault(("bm25", w), {})[n] = t.ndcg("bm25")
             titles.setdefault(("hybrid", w), {})[n] = t.ndcg("hybrid", best_fu)
         print(f"title weight {w}: bm25 {titles[('bm25', w)]} hybrid {titles[('hybrid', w)]}", file=sys.stderr)
     out["title_weight"] = {str(k): v for k, v in titles.items()}
+    out["title_weight_choice"] = {m: report_choice({w: titles[(m, w)] for w in (1, 2, 3)}, names) for m in ("bm25", "hybrid")}
     out["tables"] = {"bm25_alone": {str(k): v for k, v in bm_alone.items()},
                      "bm25_in_hybrid": {str(k): v for k, v in bm_hybrid.items()}, "fusion": {str(k): v for k, v in fu.items()}}
     return out
@@ -337,6 +359,7 @@ def title_check(tuners: dict[str, Tuner], spec: str) -> dict:
 
 
 def main() -> None:
+    global K1B, ALPHAS, NORMS, BM25_IN_HYBRID
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default=str(ROOT / ".bench" / "transfer"))
     p.add_argument("--datasets", default="scifact,cacm")
@@ -348,16 +371,17 @@ def main() -> None:
     p.add_argument("--k1b", default="", metavar="K1,B;K1,B", help=f"BM25 grid (default: {K1B})")
     p.add_argument("--alphas", default="", metavar="A,A", help=f"convex fusion alphas (default: {ALPHAS})")
     p.add_argument("--norms", default="tmm,minmax,zscore", help="normalisations to sweep")
+    p.add_argument("--bm25-alone", action="store_true", help="choose k1/b on BM25 alone (skip hybrid at each k1/b)")
     p.add_argument("--json", default="", help="also write the results to this file")
     a = p.parse_args()
     work = Path(a.work)
     names = a.datasets.split(",")
-    global K1B, ALPHAS, NORMS
     if a.k1b:
         K1B = [tuple(float(x) for x in kb.split(",")) for kb in a.k1b.split(";")]
     if a.alphas:
         ALPHAS = [float(x) for x in a.alphas.split(",")]
     NORMS = tuple(a.norms.split(","))
+    BM25_IN_HYBRID = not a.bm25_alone
     stores = {n: build(work, n) for n in names}
     res: dict = {"datasets": {}}
     for n in names if not a.only_tune else []:

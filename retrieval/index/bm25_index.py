@@ -44,6 +44,7 @@ class BM25Config:
     method: str = "lucene"
     stemmer: str = "english"
     stopwords: str = "en"
+    title_weight: int = 1  # a document title's tokens count this many times (index time only)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

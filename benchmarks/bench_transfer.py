@@ -34,6 +34,8 @@ TUNE_QRELS = {"scifact": "train.tsv", "cacm": "test.tsv"}  # CACM has no train s
 TEST_QRELS = "test.tsv"
 K1B = [(0.75, 0.5)] + list(itertools.product((0.9, 1.2, 1.5, 2.0), (0.3, 0.5, 0.75)))
 ALPHAS = [round(a / 100, 2) for a in range(20, 85, 10)]
+NORMS = ("tmm", "minmax", "zscore")
+BM25_IN_HYBRID = True
 
 
 def _ndcg():
@@ -78,6 +80,47 @@ def build(work: Path, name: str) -> Path:
                         "--json"], stdout=f, check=True)
     print(f"{name}: built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return store
+
+
+def match_bm25_defaults(store: Path, name: str) -> dict:
+    """Give a reused store the BM25 k1/b of today's defaults, as a fresh build would have them:
+    the saved postings re-scored (bm25_index.rescore is exact, O(nnz)) and the manifest updated."""
+    from retrieval.index import bm25_index
+    from retrieval.index.bm25_index import BM25Config
+
+    coll = store / name
+    manifest = json.loads((coll / "manifest.json").read_text())
+    want = BM25Config()
+    if (manifest["bm25"]["k1"], manifest["bm25"]["b"]) != (want.k1, want.b):
+        for gdir in sorted(coll.glob("gen-*")):
+            idx = bm25_index.load(gdir / "bm25", mmap=False)
+            bm25_index.save(bm25_index.rescore(idx, replace(idx.config, k1=want.k1, b=want.b)), gdir / "bm25")
+        manifest["bm25"].update(k1=want.k1, b=want.b)
+        (coll / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return {"k1": want.k1, "b": want.b}
+
+
+def calibrated(work: Path, name: str, store: Path, qs: list[tuple[str, str]], qrels: str) -> dict:
+    """Hybrid on a copy of the collection that calibrated its own fusion, against the default."""
+    import shutil
+
+    cal = work / name / "store_calibrated"
+    if not (cal / name / "manifest.json").exists() or "fusion" not in json.loads((cal / name / "manifest.json").read_text()):
+        shutil.rmtree(cal, ignore_errors=True)
+        shutil.copytree(store, cal)
+        subprocess.run([_knnrag(), "calibrate", "--store", str(cal), "--collection", name, "--json"], check=True,
+                       stdout=subprocess.DEVNULL)
+    entry = json.loads((cal / name / "manifest.json").read_text())["fusion"]
+    qfile = work / name / "queries_cal.jsonl"
+    qfile.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in qs))
+    run = work / name / "ours_hybrid_calibrated.jsonl"
+    # the calibrated collection's best fusion, forced (it is only in force when it won on pseudo-queries)
+    b = entry["best"]
+    extra = ["--fusion", b["method"]] + (["--norm", b["norm"], "--alpha", str(b["alpha"])] if b["method"] == "convex" else [])
+    with open(run, "w") as f:
+        subprocess.run([_knnrag(), "search", "--queries", str(qfile), "--store", str(cal), "--collection", name, "-k", "100",
+                        "--mode", "hybrid", "--json", *extra], stdout=f, check=True)
+    return {"entry": entry, "hybrid": _score(run, DATA[name], qrels)}
 
 
 # --------------------------------------------------------------------------- peers
@@ -173,6 +216,41 @@ class Tuner:
         with self.coll.reading() as (_, snap):  # benchmark only: swap the open snapshot's BM25
             snap.bm25 = bm25_index.rescore(self.built, replace(self.built.config, k1=k1, b=b))
 
+    def use_title_weight(self, weight: int, k1: float, b: float) -> None:
+        """BM25 postings rebuilt as `index_paths` builds them with BM25Config(title_weight=weight)
+        (retrieval/store/indexing.py: one BM25 document per record, the title counted `weight` times)."""
+        import numpy as np
+
+        from retrieval.index import bm25_index
+        from retrieval.store import indexing
+        from retrieval.types import Chunk, SourceDocument
+
+        recs = {}
+        for ln in (self.data / "corpus.jsonl").read_text().splitlines():
+            if ln.strip():
+                r = json.loads(ln)
+                recs[str(r["_id"])] = r
+        with self.coll.reading() as (conn, snap):
+            rows = conn.execute("SELECT id, doc_id, index_text FROM chunks ORDER BY id").fetchall()
+            by_doc: dict[str, list] = {}
+            for cid, doc_id, it in rows:
+                by_doc.setdefault(doc_id, []).append((cid, it))
+            ids, texts = [], []
+            for doc_id, chunks in by_doc.items():
+                r = recs[doc_id]
+                title, text = (r.get("title") or "").strip() or None, r.get("text") or ""
+                if not text.strip() and title:  # as retrieval/ingest/sources.py reads a title-only record
+                    text, title = title, None
+                doc = SourceDocument("", text, "jsonl", "", doc_id, title)
+                kept = [Chunk("", "", 0, 0, 1, 1, "", "jsonl", it, doc_id) for _, it in chunks]
+                ids += [cid for cid, _ in chunks]
+                texts += indexing._record_bm25_texts(doc, kept, weight)
+            tok = self.coll.tokenizer()
+            order = np.argsort(ids)
+            cfg = replace(self.built.config, k1=k1, b=b)
+            snap.bm25 = bm25_index.update(None, np.zeros(0, np.int64), np.asarray(ids, np.int64)[order],
+                                          [tok(texts[i]) for i in order], cfg)
+
     def ndcg(self, mode: str, fusion=None) -> float:
         hits = self.store.search_batch([t for _, t in self.qs], k=100, mode=mode, collection=self.name, fusion=fusion)
         run = self.work / self.name / "tune_run.jsonl"
@@ -231,14 +309,17 @@ def tune(tuners: dict[str, Tuner]) -> dict:
         for n, t in tuners.items():
             t.use_bm25(k1, b)
             bm_alone.setdefault((k1, b), {})[n] = t.ndcg("bm25")
-            bm_hybrid.setdefault((k1, b), {})[n] = t.ndcg("hybrid", base)
-        print(f"bm25 k1={k1} b={b}: {bm_alone[(k1, b)]} hybrid {bm_hybrid[(k1, b)]}", file=sys.stderr)
-    out = {"bm25_alone": report_choice(bm_alone, names), "bm25_in_hybrid": report_choice(bm_hybrid, names)}
+            if BM25_IN_HYBRID:
+                bm_hybrid.setdefault((k1, b), {})[n] = t.ndcg("hybrid", base)
+        print(f"bm25 k1={k1} b={b}: {bm_alone[(k1, b)]} hybrid {bm_hybrid.get((k1, b))}", file=sys.stderr)
+    out = {"bm25_alone": report_choice(bm_alone, names)}
+    if bm_hybrid:
+        out["bm25_in_hybrid"] = report_choice(bm_hybrid, names)
     k1, b = out["bm25_alone"]["chosen"]
     for t in tuners.values():
         t.use_bm25(k1, b)
     grid = {("rrf", 60, 0.5): FusionConfig(method="rrf", rrf_k=60, alpha=0.5)}
-    for norm in ("tmm", "minmax", "zscore"):
+    for norm in NORMS:
         for al in ALPHAS:
             grid[(norm, al)] = FusionConfig(method="convex", norm=norm, alpha=al)
     fu: dict = {}
@@ -246,31 +327,75 @@ def tune(tuners: dict[str, Tuner]) -> dict:
         fu[key] = {n: t.ndcg("hybrid", cfg) for n, t in tuners.items()}
         print(f"fusion {key}: {fu[key]}", file=sys.stderr)
     out["fusion"] = report_choice(fu, names)
+    key = tuple(out["fusion"]["chosen"])
+    best_fu = grid[key]
+    titles: dict = {}
+    for w in (1, 2, 3):
+        for n, t in tuners.items():
+            t.use_title_weight(w, k1, b)
+            titles.setdefault(("bm25", w), {})[n] = t.ndcg("bm25")
+            titles.setdefault(("hybrid", w), {})[n] = t.ndcg("hybrid", best_fu)
+        print(f"title weight {w}: bm25 {titles[('bm25', w)]} hybrid {titles[('hybrid', w)]}", file=sys.stderr)
+    out["title_weight"] = {str(k): v for k, v in titles.items()}
+    out["title_weight_choice"] = {m: report_choice({w: titles[(m, w)] for w in (1, 2, 3)}, names) for m in ("bm25", "hybrid")}
     out["tables"] = {"bm25_alone": {str(k): v for k, v in bm_alone.items()},
                      "bm25_in_hybrid": {str(k): v for k, v in bm_hybrid.items()}, "fusion": {str(k): v for k, v in fu.items()}}
     return out
 
 
+def title_check(tuners: dict[str, Tuner], spec: str) -> dict:
+    from retrieval.index.fusion import FusionConfig
+
+    k1, b, norm, alpha = spec.split(",")
+    fu = FusionConfig(method="rrf", alpha=0.5) if norm == "rrf" else FusionConfig(norm=norm, alpha=float(alpha))
+    titles: dict = {}
+    for w in (1, 2, 3):
+        for n, t in tuners.items():
+            t.use_title_weight(w, float(k1), float(b))
+            titles.setdefault(f"bm25 x{w}", {})[n] = round(t.ndcg("bm25"), 4)
+            titles.setdefault(f"hybrid x{w}", {})[n] = round(t.ndcg("hybrid", fu), 4)
+        print(f"title weight {w}: {titles}", file=sys.stderr)
+    return titles
+
+
 def main() -> None:
+    global K1B, ALPHAS, NORMS, BM25_IN_HYBRID
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default=str(ROOT / ".bench" / "transfer"))
     p.add_argument("--datasets", default="scifact,cacm")
     p.add_argument("--skip-tune", action="store_true")
+    p.add_argument("--title-only", default="", metavar="K1,B,NORM,ALPHA", help="only the title-weight check at this setting")
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--only-tune", action="store_true", help="tuning only (no CLI runs, no peers)")
+    p.add_argument("--calibrate", action="store_true", help="also score a self-calibrated copy of each collection")
+    p.add_argument("--k1b", default="", metavar="K1,B;K1,B", help=f"BM25 grid (default: {K1B})")
+    p.add_argument("--alphas", default="", metavar="A,A", help=f"convex fusion alphas (default: {ALPHAS})")
+    p.add_argument("--norms", default="tmm,minmax,zscore", help="normalisations to sweep")
+    p.add_argument("--bm25-alone", action="store_true", help="choose k1/b on BM25 alone (skip hybrid at each k1/b)")
     p.add_argument("--json", default="", help="also write the results to this file")
     a = p.parse_args()
     work = Path(a.work)
     names = a.datasets.split(",")
+    if a.k1b:
+        K1B = [tuple(float(x) for x in kb.split(",")) for kb in a.k1b.split(";")]
+    if a.alphas:
+        ALPHAS = [float(x) for x in a.alphas.split(",")]
+    NORMS = tuple(a.norms.split(","))
+    BM25_IN_HYBRID = not a.bm25_alone
     stores = {n: build(work, n) for n in names}
     res: dict = {"datasets": {}}
     for n in names if not a.only_tune else []:
         qs = _queries(DATA[n], TEST_QRELS)
-        r = res["datasets"][n] = {"ours": ours_cli(work, n, stores[n], qs, TEST_QRELS)}
+        bm = match_bm25_defaults(stores[n], n)
+        r = res["datasets"][n] = {"bm25_params": bm, "ours": ours_cli(work, n, stores[n], qs, TEST_QRELS)}
+        if a.calibrate:
+            r["calibrated"] = calibrated(work, n, stores[n], qs, TEST_QRELS)
         if not a.skip_peers:
             r["peers"] = peers(work, n, qs, TEST_QRELS)
         print(json.dumps({n: r}), file=sys.stderr)
-    if not a.skip_tune:
+    if a.title_only:
+        res["title_weight"] = title_check({n: Tuner(work, n, stores[n]) for n in names}, a.title_only)
+    elif not a.skip_tune:
         res["tuning"] = tune({n: Tuner(work, n, stores[n]) for n in names})
     text = json.dumps(res, indent=1, default=str)
     print(text)

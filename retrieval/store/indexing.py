@@ -195,6 +195,7 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
                    if scan.todo else set())
     near = NearDupFilter(threshold=opts.near_dup_threshold) if opts.near_dup_threshold and scan.todo else None
     new_chunks: list[Chunk] = []
+    bm25_texts: list[str] = []  # what BM25 indexes for each kept chunk
     upserts: list[dict] = []
     bar.stage("chunking", len(scan.todo), "file")
     for group in scan.todo:
@@ -207,8 +208,10 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
                 got = _record_chunks(chunks, pre)
                 if chunks and not got:
                     rep.emptied.append({"source": doc.source, "doc_id": doc.doc_id, "reason": _why(before, pre.to_dict())})
+                bm25_texts += _record_bm25_texts(doc, got, coll.bm25_config.title_weight)
             else:
                 got = preprocess_chunks(chunks, pre, seen_hashes=stay_hashes, near_dup=near)
+                bm25_texts += [_titled(c.index_text, doc.title, coll.bm25_config.title_weight) for c in got]
             made += len(chunks)
             kept += got
         src = group[0].source
@@ -218,7 +221,27 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
         upserts.append(_source_row(group, opts, len(kept)))
         bar.update(1, chunks=len(new_chunks))
     bar.close()
-    return new_chunks, upserts, pre
+    return new_chunks, bm25_texts, upserts, pre
+
+
+def _titled(text: str, title: str | None, weight: int) -> str:
+    """`text` with the title repeated so its tokens count `weight` times (the context line of a
+    chunk already holds it once)."""
+    return text if weight <= 1 or not title else "\n".join([title] * (weight - 1) + [text])
+
+
+def _record_bm25_texts(doc: SourceDocument, kept: list[Chunk], title_weight: int = 1) -> list[str]:
+    """BM25 scores a record as one document, the way bm25s and the BEIR baselines do: its first
+    chunk carries the title and the whole text, its other chunks nothing (hybrid search takes
+    each record's best chunk, so the record's BM25 score reaches all of them). Chunk-level BM25
+    repeated the title in every chunk and split the evidence: SciFact test nDCG@10 0.677 against
+    bm25s's 0.686 at the same tokens."""
+    if len(kept) <= 1:
+        return [_titled(c.index_text, doc.title, title_weight) for c in kept]
+    from retrieval.ingest.preprocess import normalize_whitespace
+
+    whole = normalize_whitespace(f"{doc.title or ''}\n{doc.text}")
+    return [_titled(whole, doc.title, title_weight)] + [""] * (len(kept) - 1)
 
 
 def _record_chunks(chunks: list[Chunk], pre) -> list[Chunk]:
@@ -276,12 +299,12 @@ def run_index(
             f"nothing to index in {', '.join(map(str, paths))}: no files found",
             "check the path and --exclude patterns (.gitignore'd files are left out)",
         )
-    new_chunks, upserts, pre = _chunk(coll, conn, embedder, scan, opts, rep, bar)
+    new_chunks, bm25_texts, upserts, pre = _chunk(coll, conn, embedder, scan, opts, rep, bar)
     remove_ids = chunk_db.chunk_ids_of_sources(conn, scan.changed + scan.gone)
     rows = [_row(c, opts.tags) for c in new_chunks]
     xb = _embed(coll, embedder, rows, bar, limit_threads)
     tok = coll.tokenizer()
-    tokens = [tok(r["index_text"]) for r in rows]
+    tokens = [tok(t) for t in bm25_texts]
     coll.commit(conn, Changes(np.asarray(remove_ids, np.int64), rows, xb, tokens, upserts, scan.gone))
     rep.chunks_added = len(rows)
     rep.chunks_removed = len(remove_ids)

@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retrieval.embed.embedder import HashEmbedder
 from retrieval.errors import InvalidInputError, MismatchError, NotFoundError
+from retrieval.index.fusion import FusionConfig
 from retrieval.store.docstore import DocStore
-from tests.retrieval.docstore_helpers import HIT_FIELDS, CountingEmbedder, make_corpus
+from tests.retrieval.docstore_helpers import HIT_FIELDS, CountingEmbedder, make_corpus, text_of
 
 
 @pytest.fixture()
@@ -173,3 +175,19 @@ def test_report_lists_files_and_records_left_without_chunks(tmp_path):
         assert {h.doc_id for h in s.search("glaciers valleys", k=5)} >= {"r1"}
         # a one-word record would fail the quality filter; it is kept, since it is a document the user named
         assert [h.doc_id for h in s.search("cobol", k=1, mode="bm25")] == ["r2"]
+
+
+def test_bm25_scores_a_record_as_one_document(tmp_path):
+    rng = np.random.default_rng(4)
+    long_text = " ".join(f"{text_of(rng, 40).capitalize()}." for _ in range(40)) + " Zanzibar lighthouse keepers."
+    recs = [{"_id": "long", "title": "Coastal notes", "text": long_text}] + [
+        {"_id": f"r{i}", "title": f"Note {i}", "text": f"{text_of(rng, 30).capitalize()}."} for i in range(20)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with DocStore.open(tmp_path / "s", embedder="hash-64") as s:
+        s.index_paths([tmp_path / "c.jsonl"])
+        chunks = [h for h in s.search("coastal", k=100, mode="dense", fusion=FusionConfig(doc_agg="none")) if h.doc_id == "long"]
+        assert len(chunks) > 2  # the record is split for the embedder
+        # words only in the record's last chunk find it by BM25, through the record's first chunk
+        hits = s.search("zanzibar lighthouse", k=3, mode="bm25")
+        assert hits[0].doc_id == "long" and "Zanzibar" not in hits[0].text
+        assert s.search("zanzibar lighthouse", k=3, mode="hybrid")[0].doc_id == "long"

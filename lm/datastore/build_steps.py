@@ -194,8 +194,10 @@ class CachedEncoder:
     states computed with their own, earlier context: their keys differ slightly (benchmarked).
     """
 
-    def __init__(self, lm, module, context: int) -> None:
-        self.lm, self.module, self.context = lm, module, int(context)
+    def __init__(self, lm, module, context: int, sinks: int = 4) -> None:
+        # sinks: the segment's first tokens stay in the cache (StreamingLLM, Xiao et al. 2023): the
+        # model puts much of its attention on them, and every window of the windowed build has them
+        self.lm, self.module, self.context, self.sinks = lm, module, int(context), int(sinks)
         self._doc: int | None = None
         self._end = 0  # one past the last position run
         self._seg = 0  # document position of position id 0 of the current segment
@@ -220,8 +222,12 @@ class CachedEncoder:
         return cap.take()[0].float()  # (T, D)
 
     def _crop(self) -> None:
-        for layer in self._cache.layers:  # keep the last `context` positions of every layer
-            layer.keys, layer.values = layer.keys[:, :, -self.context:], layer.values[:, :, -self.context:]
+        import torch
+
+        for layer in self._cache.layers:  # keep the sinks and the last `context` positions of every layer
+            if layer.keys.shape[2] > self.sinks + self.context:
+                keep = lambda t: torch.cat([t[:, :, : self.sinks], t[:, :, -self.context:]], dim=2)  # noqa: E731
+                layer.keys, layer.values = keep(layer.keys), keep(layer.values)
 
     def states(self, d: DocTokens, w: Window):
         """(rows, first): key-layer states of positions first..w.end-1, first <= w.first_target - 1."""

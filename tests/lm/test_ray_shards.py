@@ -125,6 +125,11 @@ def test_cli_eval_and_explain_with_shards(ray, lm_store, capsys):
     assert sharded["knn_ppl"] == plain["knn_ppl"] and sharded["tokens"] == plain["tokens"]
     assert main(["explain", "The quick brown", "--datastore", str(out), "--top", "3", "--json", "--ray", "local", "--shards", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["neighbours"]
+    gen = ["generate", "The quick brown", "--datastore", str(out), "--max-new-tokens", "4", "--lambda", "0.9", "--temperature", "0.05", "--json"]
+    assert main(gen) == 0
+    plain_text = json.loads(capsys.readouterr().out)["text"]
+    assert main([*gen, "--ray", "local", "--shards", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == plain_text
     assert main(["eval", str(corpus), "--shards", "2", "--json"]) == 2  # shards without a datastore / without --ray
     assert json.loads(capsys.readouterr().out)["type"] == "InvalidInputError"
 

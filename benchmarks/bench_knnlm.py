@@ -233,7 +233,7 @@ def stage_tune(args, lm, root: Path, st: dict) -> None:
         skip = sc.max_p >= tau  # (n,) confident positions: no search
         Dm = r.D.copy()
         Dm[skip] = np.inf
-        ppl = float(np.exp(mix_nll(sc.base_lp, Retrieval(Dm, r.hit, 0.0, 0), k, T, lam).mean()))
+        ppl = float(np.exp(mix_nll(sc.base_lp, Retrieval(Dm, r.hit, r.values, 0.0, 0), k, T, lam).mean()))
         taus[tau] = {"ppl": ppl, "keep": (base_ppl - ppl) / exact_gain, "skipped": float(skip.mean())}
         out(f"[tune] adaptive tau={tau}: skips {skip.mean():.1%} of searches, keeps {taus[tau]['keep']:.1%} of the exact gain")
     good = [t for t, v in taus.items() if v["keep"] >= 0.99 * variants[pick]["keep"]]
@@ -260,16 +260,24 @@ def stage_test(args, lm, root: Path, st: dict) -> None:
     fast = replace(fast_configs(k)[variant], temperature=T, lambda_=lam, adaptive_threshold=tau)
     exact = KNNConfig(k=k, temperature=T, lambda_=lam, exact=True)
     fast_noad = replace(fast, adaptive_threshold=None)
+    from lm.knnlm import calibrated_config, config_nll
+
+    cal, cal_cfg = calibrated_config(knn.store)  # what `knnrag eval --datastore` uses with no flags
     text = first_tokens_text(lm.tokenizer, DATA / "wiki.test.tokens", args.test_tokens)
-    sc = knn.score_tokens(text, [exact, fast, fast_noad], stride=args.stride)
+    cfgs = [exact, fast, fast_noad] + ([replace(cal_cfg, exact=True)] if cal is not None else [])
+    sc = knn.score_tokens(text, cfgs, stride=args.stride)
     n = sc.tokens
     base_ppl = float(math.exp(-sc.base_lp.mean()))
     res = {"tokens": n, "datastore_entries": knn.store.count, "k": k, "temperature": T, "lambda": lam,
            "base_ppl": base_ppl, "base_tps": n / sc.base_seconds}
-    for name, cfg, r in zip(["exact", "fast", "fast_no_adaptive"], [exact, fast, fast_noad], sc.retrievals):
+    for name, r in zip(["exact", "fast", "fast_no_adaptive"], sc.retrievals):
         ppl = float(np.exp(mix_nll(sc.base_lp, r, k, T, lam).mean()))
         res[name] = {"ppl": ppl, "tps": n / (sc.base_seconds + r.seconds), "search_seconds": r.seconds,
                      "searched": r.searched, "reduction": 1 - ppl / base_ppl}
+    if cal is not None:
+        ppl = float(np.exp(config_nll(sc, sc.retrievals[3], cfgs[3]).mean()))
+        res["calibrated"] = {"ppl": ppl, "reduction": 1 - ppl / base_ppl, "calibration": cal.to_json()}
+        out(f"[test] calibrated (no flags, exact search) ppl {ppl:.3f} (-{1 - ppl / base_ppl:.1%}): {cal.describe()}")
     gain = base_ppl - res["exact"]["ppl"]
     for name in ("fast", "fast_no_adaptive"):
         res[name]["keep"] = (base_ppl - res[name]["ppl"]) / gain if gain > 0 else float("nan")

@@ -49,9 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--ngram", type=int, default=13, help="n-gram length for --decontaminate (default 13)")
     b.add_argument("--window", type=int, default=None, help="tokens per window (default min(max length, 1024))")
     b.add_argument("--stride", type=int, default=None, help="new tokens per window (default 3/4 window)")
-    b.add_argument("--batch-size", type=int, default=2, help="windows per forward pass")
+    b.add_argument("--batch-size", type=int, default=16,
+                   help="at most N windows per forward pass (and at most 2048 padded tokens; short documents share one)")
     b.add_argument("--holdout", type=float, default=0.05,
                    help="fraction of the corpus kept out of the datastore to calibrate on (document tails; default 0.05, 0 = none)")
+    b.add_argument("--kv-cache", action="store_true",
+                   help="carry the KV cache across windows: each token is forwarded once instead of window/stride times")
     b.add_argument("--no-calibrate", action="store_true", help="skip the calibration after the build (the old defaults apply)")
     b.add_argument("--ray", default=None, metavar="ADDRESS", help="run the forwards on Ray: `local` or a cluster's HOST:PORT (needs knnrag[ray])")
     b.add_argument("--workers", type=int, default=1, help="with --ray: LM actors (default 1)")
@@ -136,7 +139,7 @@ def cmd_build(args) -> int:
     cfg = BuildConfig(window=args.window, stride=args.stride, batch_size=max(1, args.batch_size), max_tokens=args.max_tokens,
                       decontaminate=tuple(args.decontaminate), ngram=args.ngram, index_factory=args.index,
                       decontaminate_scope=args.decontaminate_scope, decontaminate_margin=args.decontaminate_margin,
-                      holdout=args.holdout, calibrate=not args.no_calibrate)
+                      holdout=args.holdout, calibrate=not args.no_calibrate, kv_cache=args.kv_cache)
     if args.ngram < 1:
         raise InvalidInputError("--ngram must be >= 1", "use 13 (the default)")
     spec = args.model

@@ -60,6 +60,7 @@ def capture(module: nn.Module, *, output: bool = False, stop: bool = False) -> I
 
     def post_hook(_mod: nn.Module, _args: tuple, out: object) -> None:
         x = out[0] if isinstance(out, (tuple, list)) else out
+        assert isinstance(x, torch.Tensor)
         cap.value = x.detach()  # (B, T, D)
         cap.calls += 1
         if stop:

@@ -26,7 +26,7 @@ __all__ = ["KNNLM", "KNNConfig", "KNNOverrides", "PerplexityResult", "Retrieval"
 log = logging.getLogger(__name__)
 
 
-def _calibrated(store: TokenStore | None) -> tuple[Calibration | None, KNNConfig]:
+def calibrated_config(store: TokenStore | None) -> tuple[Calibration | None, KNNConfig]:
     """The datastore's calibration and config; old or uncalibrated datastores: the defaults, with a note."""
     if store is None:
         return None, KNNConfig()
@@ -84,7 +84,7 @@ class KNNLM:
                                     "load the model with the datastore's key layer, or rebuild")
         cal, cfg = None, config
         if cfg is None:
-            cal, cfg = _calibrated(store)
+            cal, cfg = calibrated_config(store)
             cfg = (overrides or KNNOverrides()).apply(cfg)
             if cal is not None and not cfg.mixes and cal.message():
                 log.warning("%s", cal.message())

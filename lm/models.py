@@ -113,7 +113,7 @@ def _dequantised_default(cache: Path | None = None) -> tuple[Path, str]:
     log.warning("dequantising %s once (about 30 s); cached in %s", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # weights are plain fp32 after dequantising; allow save_pretrained
+    setattr(model, "hf_quantizer", None)  # noqa: B010 weights are plain fp32 after dequantising; allow save_pretrained
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,11 +181,12 @@ def load_lm(spec: str | None = None, *, dtype: str = "auto", key_layer: str | No
     compute = {"auto": AUTO_DTYPE, "fp32": "float32", "bf16": "bfloat16"}.get(dtype, dtype)
     _quiet_progress()
     whash = None
+    path: str | Path
     if spec in (None, "", "default", "smollm2"):
         path, whash = _dequantised_default()
         name = DEFAULT_NAME
     else:
-        path, name = spec, Path(spec).name or spec
+        path, name = str(spec), Path(str(spec)).name or str(spec)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)

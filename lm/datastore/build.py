@@ -20,8 +20,10 @@ import numpy as np
 
 from lm.datastore.build_steps import (
     BuildState,
+    CachedEncoder,
     DocTokens,
     ShardWriter,
+    batches,
     encode_windows,
     holdout_starts,
     plan_stats,
@@ -43,7 +45,8 @@ NEAR_DUP_CHARS = 200_000  # MinHash looks at a document's first 200k characters 
 class BuildConfig:
     window: int | None = None  # tokens per forward; default min(model max length, 1024)
     stride: int | None = None  # default 3/4 window: >= window/4 tokens of context, >= 0.9x forward speed
-    batch_size: int = 2  # windows per forward
+    batch_size: int = 16  # at most this many windows per forward ...
+    batch_tokens: int = 2048  # ... and this many (padded) tokens: 2 full 1024-token windows, or 8 abstracts
     shard_tokens: int = 8192  # entries per committed shard (the resume granularity)
     max_tokens: int | None = None  # cap on entries added by this build
     near_dup_threshold: float = 0.9
@@ -61,6 +64,7 @@ class BuildConfig:
     holdout_max_tokens: int = 8192  # enough to separate a 1% gain from noise; scoring it costs ~1 forward pass
     holdout_min_tokens: int = 128  # below this nothing is held out and the datastore keeps the defaults
     calibrate: bool = True  # choose k, temperature and lambda on the slice after the build
+    kv_cache: bool = False  # carry the KV cache across windows: each token is run once (build_steps.CachedEncoder)
 
 
 @dataclass
@@ -126,7 +130,8 @@ def load_documents(paths: Sequence[str], store: TokenStore, base_docs: int, thre
 
 def _fingerprint(lm_id: str, docs: list[dict], cfg: BuildConfig, window: int, stride: int, eval_hash: str) -> str:
     payload = [lm_id, [d["hash"] for d in docs], window, stride, cfg.ngram, cfg.max_tokens, eval_hash,
-               cfg.decontaminate_scope, cfg.decontaminate_margin, cfg.holdout, cfg.holdout_max_tokens, cfg.holdout_min_tokens]
+               cfg.decontaminate_scope, cfg.decontaminate_margin, cfg.holdout, cfg.holdout_max_tokens, cfg.holdout_min_tokens,
+               cfg.kv_cache]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
@@ -175,14 +180,16 @@ def _run_plan(lm, store: TokenStore, toks: list[DocTokens], plan: list, state: B
 
     module = resolve_module(lm.model, lm.key_module_path)
     writer = ShardWriter(store, config.shard_tokens)
-    todo = [i for i in range(state.windows_done, len(plan)) if plan[i].targets.size]
+    if config.kv_cache:
+        return _run_plan_cached(lm, module, writer, toks, plan, state, config, report, bar)
+    todo = batches(plan, state.windows_done, config.batch_size, config.batch_tokens)
     entries = state.entries
-    for a in range(0, len(todo), config.batch_size):
+    for a, idx in enumerate(todo):
         if config.deadline and time.time() > config.deadline:
             log.warning("build deadline reached after %d entries; rerun the same command to resume", entries)
             report.stopped_at_deadline = True
             return state
-        batch = [plan[i] for i in todo[a:a + config.batch_size]]
+        batch = [plan[i] for i in idx]
         t0 = time.perf_counter()
         H, n_fwd = encode_windows(lm, module, toks, batch)  # (B, T, D)
         report.forward_seconds += time.perf_counter() - t0
@@ -191,12 +198,41 @@ def _run_plan(lm, store: TokenStore, toks: list[DocTokens], plan: list, state: B
             writer.add(window_entries(H[b], toks[p.doc], p))
             bar.update(int(p.targets.size))
         entries += sum(int(p.targets.size) for p in batch)
-        if writer.full or a + config.batch_size >= len(todo):
+        if writer.full or a + 1 == len(todo):
             writer.flush()
-            done = todo[a + config.batch_size] if a + config.batch_size < len(todo) else len(plan)
+            done = todo[a + 1][0] if a + 1 < len(todo) else len(plan)
             state = replace(state, windows_done=done, entries=entries)
             store.commit(build=state.to_json())
     return replace(state, windows_done=len(plan), entries=entries) if not todo else state
+
+
+def _run_plan_cached(lm, module, writer: ShardWriter, toks: list[DocTokens], plan: list, state: BuildState,
+                     config: BuildConfig, report: BuildReport, bar) -> BuildState:
+    """_run_plan with the KV cache carried along each document: one window at a time, every window
+    of a document run (windows without targets still feed the cache), each token forwarded once."""
+    enc = CachedEncoder(lm, module, context=state.window - state.stride)
+    entries = state.entries
+    last = max((i for i in range(len(plan)) if plan[i].targets.size), default=-1)
+    for i in range(state.windows_done, last + 1):
+        if config.deadline and time.time() > config.deadline:
+            log.warning("build deadline reached after %d entries; rerun the same command to resume", entries)
+            report.stopped_at_deadline = True
+            return state
+        p = plan[i]
+        t0 = time.perf_counter()
+        before = enc.forward_tokens
+        H, first = enc.states(toks[p.doc], p.window)  # (T', D)
+        report.forward_seconds += time.perf_counter() - t0
+        report.forward_tokens += enc.forward_tokens - before
+        writer.add(window_entries(H, toks[p.doc], p, first))
+        bar.update(int(p.targets.size))
+        entries += int(p.targets.size)
+        if writer.full or i == last:
+            writer.flush()
+            state = replace(state, windows_done=i + 1 if i < last else len(plan), entries=entries)
+            store = writer.store
+            store.commit(build=state.to_json())
+    return replace(state, windows_done=len(plan), entries=entries) if last < state.windows_done else state
 
 
 def _start(store: TokenStore, prev: BuildState | None, fp: str, docs: list[dict], toks: list[DocTokens], base_docs: int,

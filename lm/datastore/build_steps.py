@@ -61,11 +61,12 @@ def holdout_starts(lengths: Sequence[int], order_keys: Sequence[str], *, fractio
                    min_tokens: int, cap: int | None = None) -> list[int]:
     """First held-out target of each document (its length when none is held out).
 
-    The slice is the tail of documents taken in `order_keys` (content hash) order, whole documents
-    while they fit: a tail is never context for a stored entry, so no stored key has seen the
-    slice, and hash order makes the choice independent of the file order. The budget is
-    `fraction` of the targets that will be stored (`cap` = --max-tokens), at most `max_tokens`;
-    below `min_tokens` nothing is held out (too few tokens to measure a gain).
+    Whole documents first, in `order_keys` (content hash) order, while they fit the budget: they
+    look like the unseen documents a user evaluates on. What is left of the budget comes from
+    document tails (a single long document: its tail); a tail is never context for a stored entry,
+    so no stored key has seen the slice. Hash order makes the choice independent of the file order.
+    The budget is `fraction` of the targets that will be stored (`cap` = --max-tokens), at most
+    `max_tokens`; below `min_tokens` nothing is held out (too few tokens to measure a gain).
     """
     starts = [int(n) for n in lengths]
     total = sum(max(0, n - 1) for n in lengths)
@@ -73,15 +74,18 @@ def holdout_starts(lengths: Sequence[int], order_keys: Sequence[str], *, fractio
     if budget < min_tokens:
         return starts
     left = budget
-    for d in sorted(range(len(starts)), key=lambda i: order_keys[i]):
-        n = starts[d] - 1  # targets of the document
-        if n <= 0:
-            continue
-        take = min(n, left)
-        starts[d] -= take  # whole document: start 1 (token 0 is never a target)
-        left -= take
+    order = sorted(range(len(starts)), key=lambda i: order_keys[i])
+    for d in order:  # whole documents that fit
+        if 0 < starts[d] - 1 <= left:
+            left -= starts[d] - 1
+            starts[d] = 1  # token 0 is never a target
+    for d in order:  # then tails
         if left == 0:
             break
+        if starts[d] > 1:
+            take = min(starts[d] - 1, left)
+            starts[d] -= take
+            left -= take
     return starts
 
 
@@ -134,6 +138,27 @@ def plan_stats(plan: Sequence[PlannedWindow], upto: int | None = None) -> PlanSt
                      sum(p.dropped for p in part), sum(int(p.targets.size) for p in part))
 
 
+def batches(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_tokens: int) -> list[list[int]]:
+    """Plan indices from `start` with targets, grouped into forwards of at most `max_windows`
+    windows and `max_tokens` padded tokens: short documents (abstracts, small files) share a
+    forward instead of paying one each."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i in range(start, len(plan)):
+        n = plan[i].window.end - plan[i].window.begin
+        if not plan[i].targets.size:
+            continue
+        if cur and (len(cur) >= max_windows or (len(cur) + 1) * max(longest, n) > max_tokens):
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    return out
+
+
 def encode_windows(lm, module, docs: Sequence[DocTokens], batch: Sequence[PlannedWindow]):
     """One forward up to the key layer (StopForward skips the rest): (B, T, D) float32 keys."""
     import torch
@@ -157,10 +182,76 @@ def encode_windows(lm, module, docs: Sequence[DocTokens], batch: Sequence[Planne
     return cap.take().float(), int(mask.sum())  # (B, T, D), forward tokens
 
 
-def window_entries(H: Any, d: DocTokens, p: PlannedWindow) -> Entries:
-    """Entries of one planned window from its (T, D) key-layer states (the key at t-1 predicts t)."""
+class CachedEncoder:
+    """Key-layer states along a document with the KV cache carried from window to window.
+
+    The windowed build runs every window whole, so each stored token costs window/stride forward
+    tokens (4/3 at 1024/768). Here each window runs only its new tokens and attends to the
+    previous `context` tokens through the cache: every position is computed once. A window that
+    does not continue the previous one (a new document, a resumed build) or would pass the
+    model's position limit starts a fresh segment, run exactly as the windowed build runs it (the
+    same keys). Later windows see at least as much context as in the windowed build, through
+    states computed with their own, earlier context: their keys differ slightly (benchmarked).
+    """
+
+    def __init__(self, lm, module, context: int, sinks: int = 4) -> None:
+        # sinks: the segment's first tokens stay in the cache (StreamingLLM, Xiao et al. 2023): the
+        # model puts much of its attention on them, and every window of the windowed build has them
+        self.lm, self.module, self.context, self.sinks = lm, module, int(context), int(sinks)
+        self._doc: int | None = None
+        self._end = 0  # one past the last position run
+        self._seg = 0  # document position of position id 0 of the current segment
+        self._cache: Any = None
+        self._last: Any = None  # (D,) key-layer state at position _end - 1
+        self.forward_tokens = 0
+
+    def _run(self, ids: np.ndarray, first_pos: int, cache: Any):
+        import torch
+
+        from lm.hooks import StopForward, capture
+        from lm.models import autocast
+
+        x = torch.from_numpy(ids)[None]  # (1, T)
+        pos = torch.arange(first_pos, first_pos + ids.size)[None]  # (1, T)
+        with torch.inference_mode(), autocast(self.lm), capture(self.module, output=self.lm.key_is_output, stop=True) as cap:
+            try:
+                self.lm.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True)
+            except StopForward:
+                pass
+        self.forward_tokens += int(ids.size)
+        return cap.take()[0].float()  # (T, D)
+
+    def _crop(self) -> None:
+        import torch
+
+        for layer in self._cache.layers:  # keep the sinks and the last `context` positions of every layer
+            if layer.keys.shape[2] > self.sinks + self.context:
+                keep = lambda t: torch.cat([t[:, :, : self.sinks], t[:, :, -self.context:]], dim=2)  # noqa: E731
+                layer.keys, layer.values = keep(layer.keys), keep(layer.values)
+
+    def states(self, d: DocTokens, w: Window):
+        """(rows, first): key-layer states of positions first..w.end-1, first <= w.first_target - 1."""
+        import torch
+        from transformers import DynamicCache
+
+        fresh = self._doc != d.doc or self._end != w.first_target or w.end - self._seg > self.lm.max_length
+        if fresh:
+            self._cache = DynamicCache()
+            H = self._run(d.ids[w.begin:w.end], 0, self._cache)  # (T, D) as the windowed build
+            self._doc, self._seg, first = d.doc, w.begin, w.begin
+        else:
+            H = torch.cat([self._last[None], self._run(d.ids[self._end:w.end], self._end - self._seg, self._cache)])
+            first = self._end - 1
+        self._end, self._last = w.end, H[-1]
+        self._crop()
+        return H, first  # (T', D)
+
+
+def window_entries(H: Any, d: DocTokens, p: PlannedWindow, first: int | None = None) -> Entries:
+    """Entries of one planned window from the key-layer states H of positions first.. (default:
+    the window's begin); the key at position t-1 predicts token t."""
     tgt = p.targets  # (n,)
-    keys = H[tgt - 1 - p.window.begin].numpy().astype(np.float16)  # (n, D)
+    keys = H[tgt - 1 - (p.window.begin if first is None else first)].numpy().astype(np.float16)  # (n, D)
     prov = np.stack([np.full(tgt.size, d.doc), tgt, d.offsets[tgt]], axis=1)  # (n, 3)
     return Entries(keys, d.ids[tgt].astype(np.int32), prov)
 

@@ -40,6 +40,7 @@ class Calibration:
     source: str = "heldout"  # "heldout": the build's slice; "text": files passed to `datastore calibrate`
     lambda_fn: LambdaFn | None = None  # per-token lambda, kept only when it beat the fixed lambda
     lambda_fn_cv_ppl: float | None = None  # its cross-validated perplexity (reported even when dropped)
+    fitted_fn: LambdaFn | None = None  # the per-token lambda as fitted, kept or not (for reports and benchmarks)
     version: int = CAL_VERSION
 
     @property
@@ -68,14 +69,16 @@ class Calibration:
                 "heldout_tokens": self.heldout_tokens, "base_ppl": self.base_ppl, "knn_ppl": self.knn_ppl,
                 "cv_ppl": self.cv_ppl, "gain": round(self.gain, 6), "source": self.source,
                 "lambda_fn": self.lambda_fn.to_json() if self.lambda_fn else None,
-                "lambda_fn_cv_ppl": self.lambda_fn_cv_ppl, "summary": self.describe()}
+                "lambda_fn_cv_ppl": self.lambda_fn_cv_ppl, "fitted_fn": self.fitted_fn.to_json() if self.fitted_fn else None,
+                "summary": self.describe()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Calibration:
-        fn = d.get("lambda_fn")
+        fn, fitted = d.get("lambda_fn"), d.get("fitted_fn")
         return cls(int(d["k"]), float(d["temperature"]), float(d["lambda"]), int(d["heldout_tokens"]), float(d["base_ppl"]),
                    float(d["knn_ppl"]), float(d["cv_ppl"]), str(d.get("source", "heldout")),
-                   LambdaFn.from_json(fn) if fn else None, d.get("lambda_fn_cv_ppl"), int(d.get("version", 1)))
+                   LambdaFn.from_json(fn) if fn else None, d.get("lambda_fn_cv_ppl"),
+                   LambdaFn.from_json(fitted) if fitted else None, int(d.get("version", 1)))
 
     def apply(self, cfg: Any) -> Any:
         """The KNNConfig with this calibration's k, temperature, lambda (and per-token lambda)."""
@@ -132,9 +135,7 @@ def choose(base_lp: np.ndarray, D: np.ndarray, hit: np.ndarray, values: np.ndarr
     ch = Choice(sweep_nll(base_lp, D, hit, ks, Ts, lams, groups=folds, n_groups=2), counts)
     base_nll = float(-base_lp.mean())
     cv = _cv_token_nll(base_lp, D, hit, folds, ks, Ts, lams, ch)  # (n,)
-    diff = -base_lp - cv  # (n,) > 0 where kNN helped
-    se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
-    helps = float(diff.mean()) > max(MIN_GAIN_NATS, 2.0 * se)
+    helps = _significant(-base_lp - cv)  # (n,) > 0 where kNN helped
     ki, ti, li = ch.best
     lam = float(lams[li]) if helps else 0.0
     knn_nll = float(ch.all[ki, ti, li]) if helps else base_nll
@@ -143,10 +144,16 @@ def choose(base_lp: np.ndarray, D: np.ndarray, hit: np.ndarray, values: np.ndarr
                       cv_ppl=round(math.exp(float(cv.mean()) if helps else base_nll), 4), source=source)
     if not fit_per_token:
         return cal
-    cv_fixed = float(cv.mean()) if helps else base_nll
+    ref = cv if helps else -base_lp  # (n,) what the fixed choice gives each token, cross-validated
     fn, fn_cv = _per_token(base_lp, D[:, : cal.k], hit[:, : cal.k], values[:, : cal.k], max_p, cal, folds, lams)
-    keep = fn_cv < min(cv_fixed, base_nll) - MIN_GAIN_NATS
-    return replace(cal, lambda_fn=fn if keep else None, lambda_fn_cv_ppl=round(math.exp(fn_cv), 4))
+    keep = _significant(ref - fn_cv) and _significant(-base_lp - fn_cv)  # beats the fixed lambda and the base LM
+    return replace(cal, lambda_fn=fn if keep else None, lambda_fn_cv_ppl=round(math.exp(float(fn_cv.mean())), 4), fitted_fn=fn)
+
+
+def _significant(diff: np.ndarray) -> bool:
+    """Mean per-token NLL improvement above MIN_GAIN_NATS and above 2 standard errors."""
+    se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else math.inf
+    return float(diff.mean()) > max(MIN_GAIN_NATS, 2.0 * se)
 
 
 def fit_lambda_fn(base_lp: np.ndarray, knn_lp: np.ndarray, feats: np.ndarray, lambda0: float, *, steps: int = 60,
@@ -177,7 +184,7 @@ def fit_lambda_fn(base_lp: np.ndarray, knn_lp: np.ndarray, feats: np.ndarray, la
                     tuple(map(float, std)), FEATURES)
 
 
-def _per_token(base_lp, D, hit, values, max_p, cal: Calibration, folds, lams) -> tuple[LambdaFn, float]:
+def _per_token(base_lp, D, hit, values, max_p, cal: Calibration, folds, lams) -> tuple[LambdaFn, np.ndarray]:
     """Per-token lambda at the chosen (k, T): fitted on each fold, scored on the other; then on all."""
     import torch
 
@@ -191,7 +198,7 @@ def _per_token(base_lp, D, hit, values, max_p, cal: Calibration, folds, lams) ->
         fn = fit_lambda_fn(base_lp[tr], knn[tr], feats[tr], lam0)
         cv[te] = mix_nll(base_lp[te], D[te], hit[te], cal.temperature, fn(feats[te]))
     lam_all = _best_fixed(base_lp[searched], D[searched], hit[searched], cal.temperature, lams)
-    return fit_lambda_fn(base_lp[searched], knn[searched], feats[searched], lam_all), float(cv.mean())
+    return fit_lambda_fn(base_lp[searched], knn[searched], feats[searched], lam_all), cv  # (n,) cross-validated NLL
 
 
 def _best_fixed(base_lp, D, hit, T: float, lams) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -296,3 +297,68 @@ def test_cli_build_info_eval_generate_explain(llama_dir, corpus, tmp_path, capsy
     assert err["type"] == "InvalidInputError" and "lambda" in err["error"]
     assert main(["eval", str(corpus / "a.txt"), "--datastore", str(tmp_path / "nope"), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["type"] == "NotFoundError"
+
+
+def _lm_parsers():
+    from retrieval.cli.root import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    todo = [sub.choices[n] for n in ("datastore", "eval", "generate", "explain")]
+    while todo:
+        p = todo.pop()
+        yield p
+        for a in p._actions:
+            if a.__class__.__name__ == "_SubParsersAction":
+                todo.extend(a.choices.values())
+
+
+def test_every_lm_option_has_help_and_decontaminate_keeps_the_corpus():
+    from retrieval.cli.root import build_parser
+
+    missing = [(p.prog, a.dest) for p in _lm_parsers() for a in p._actions if a.dest != "help" and not a.help
+               and a.__class__.__name__ != "_SubParsersAction"]
+    assert not missing, missing
+    args = build_parser().parse_args(["datastore", "build", "--decontaminate", "ev.txt", "corpus/", "--out", "ds",
+                                      "--decontaminate", "ev2.txt"])
+    assert args.corpus == ["corpus/"] and args.decontaminate == ["ev.txt", "ev2.txt"]
+
+
+def test_model_load_draws_no_progress_bar(llama_dir, capfd):
+    load_lm(str(llama_dir))
+    assert "Loading weights" not in capfd.readouterr().err
+
+
+def test_cached_encoder_equals_one_long_forward(llama):
+    """With a cache long enough to hold the whole document, carrying it window to window gives the
+    states of one forward over the document: the position ids and the cache are right."""
+    from lm.datastore.build_steps import CachedEncoder, plan_targets, tokenize_doc
+
+    d = tokenize_doc(llama.tokenizer, 0, CORPUS[:170], np.zeros(0, dtype=np.uint64), 13, 0)
+    assert 100 < d.ids.size <= llama.max_length
+    mod = resolve_module(llama.model, llama.key_layer)
+    with torch.inference_mode(), capture(mod) as cap:
+        llama.model(torch.from_numpy(d.ids)[None])
+    full = cap.take()[0].float()  # (L, D)
+    enc = CachedEncoder(llama, mod, context=10**6)
+    plan = plan_targets([d], 32, 16)
+    for p in plan:
+        H, first = enc.states(d, p.window)
+        torch.testing.assert_close(H, full[first:p.window.end], atol=2e-5, rtol=1e-4)
+    assert enc.forward_tokens == d.ids.size  # every token forwarded once
+
+
+def test_kv_cache_build_stores_the_same_entries(llama, corpus, tmp_path):
+    from lm.datastore.token_store import TokenStore
+
+    cfg = BuildConfig(window=32, stride=24, shard_tokens=40, holdout=0.0)
+    win = build_datastore(llama, [str(corpus)], tmp_path / "win", cfg, progress=False)
+    kv = build_datastore(llama, [str(corpus)], tmp_path / "kv", replace(cfg, kv_cache=True), progress=False)
+    a, b = TokenStore.open(tmp_path / "win"), TokenStore.open(tmp_path / "kv")
+    assert a.count == b.count == win.entries_total
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.provenance(np.arange(a.count)), b.provenance(np.arange(b.count)))
+    ka, kb = a.keys(np.arange(a.count)).astype(np.float32), b.keys(np.arange(b.count)).astype(np.float32)
+    first = a.provenance(np.arange(a.count))[:, 1] < 32  # each document's first window: the same context
+    np.testing.assert_allclose(ka[first], kb[first], atol=2e-2, rtol=1e-2)
+    cos = (ka * kb).sum(1) / np.linalg.norm(ka, axis=1) / np.linalg.norm(kb, axis=1)
+    assert cos.min() > 0.8 and kv.forward_tokens < win.forward_tokens  # more context, fewer forward tokens

@@ -184,8 +184,10 @@ def _dataset(ray, rows: list[dict], rc: RayBuildConfig, kwargs: dict, progress: 
     ctx.enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    return ds.map_batches(LMWorker, fn_constructor_kwargs=kwargs, concurrency=rc.workers, num_cpus=rc.cpus_per_worker,
-                          batch_size=1, batch_format="numpy")  # Ray Data restarts a dead actor and retries its task
+    # a fixed pool of `workers` LM actors (the `concurrency=N` of older Ray); Ray Data restarts a dead actor
+    # and retries its task
+    return ds.map_batches(LMWorker, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=rc.workers),
+                          num_cpus=rc.cpus_per_worker, batch_size=1, batch_format="numpy")
 
 
 def _commit_in_order(store, results, tasks, plan, state: BuildState, config: BuildConfig, report: BuildReport, bar) -> BuildState:

@@ -37,14 +37,15 @@ def shard_ranges(count: int, n: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def _range_keys(store, lo: int, hi: int) -> np.ndarray:
-    """The fp16 keys of entries lo..hi-1, read shard file by shard file: (hi-lo, dim)."""
-    parts = []
+DENSE_MAX_BYTES = 2 << 30  # a shard's keys up to 2 GB are copied to RAM (random mmap gathers cost ~10x), else gathered
+
+
+def _range_batches(store, lo: int, hi: int):
+    """(first id, (n, dim) float32 keys) of entries lo..hi-1, datastore file by file (bounded memory)."""
     for a, xb in store.iter_keys(lo):
         if a >= hi:
             break
-        parts.append(xb[: hi - a].astype(np.float16))
-    return np.concatenate(parts) if parts else np.zeros((0, store.dim), np.float16)
+        yield a, xb[: hi - a]
 
 
 class ShardSearcher:
@@ -56,17 +57,24 @@ class ShardSearcher:
         from lm.datastore.token_store import TokenStore
 
         faiss.omp_set_num_threads(max(1, threads))
-        store = TokenStore.open(path)
-        self.lo, self.hi, self.dim = lo, hi, store.dim
-        self.keys = _range_keys(store, lo, hi)  # (n, dim) fp16: the Flat index and the exact re-rank
+        self.store = TokenStore.open(path)
+        self.lo, self.hi, self.dim = lo, hi, self.store.dim
+        self.dense: np.ndarray | None = None  # (n, dim) fp16 in RAM when small enough
+        if (hi - lo) * self.dim * 2 <= DENSE_MAX_BYTES:
+            self.dense = np.concatenate([xb.astype(np.float16) for _a, xb in _range_batches(self.store, lo, hi)])
         self._flat: Any = None
         self.ivf: Any = None
-        meta = store.manifest.get("index") or {}
+        meta = self.store.manifest.get("index") or {}
         if meta.get("file"):
-            index = faiss.read_index(str(store._check_file(meta["file"], meta.get("bytes"))))
+            index = faiss.read_index(str(self.store._check_file(meta["file"], meta.get("bytes"))))
             index.reset()  # keep the trained quantizer and codebooks, drop the lists: this shard adds its own
-            index.add_with_ids(self.keys.astype(np.float32), np.arange(lo, hi, dtype=np.int64))
+            for a, xb in _range_batches(self.store, lo, hi):
+                index.add_with_ids(xb, np.arange(a, a + len(xb), dtype=np.int64))
             self.ivf = index
+
+    def _keys(self, local: np.ndarray) -> np.ndarray:
+        """fp16 keys of shard-local ids, any shape: (..., dim)."""
+        return self.dense[local] if self.dense is not None else self.store.keys(local + self.lo)
 
     def info(self) -> dict:
         import ray
@@ -78,7 +86,8 @@ class ShardSearcher:
             import faiss
 
             self._flat = faiss.IndexFlatL2(self.dim)
-            self._flat.add(self.keys.astype(np.float32))
+            for _a, xb in _range_batches(self.store, self.lo, self.hi):
+                self._flat.add(xb)
         return self._flat
 
     def search(self, xq: np.ndarray, kk: int, nprobe: int | None, exact: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +110,7 @@ class ShardSearcher:
         local = np.where(own, I - self.lo, 0)  # (n, kk)
         De = np.empty(I.shape, dtype=np.float32)  # (n, kk)
         for a in range(0, len(xq), block):
-            xb = self.keys[local[a:a + block]].astype(np.float32)  # (b, kk, dim)
+            xb = self._keys(local[a:a + block]).astype(np.float32)  # (b, kk, dim)
             xb -= xq[a:a + block, None, :]  # (b, kk, dim)
             De[a:a + block] = np.einsum("bkd,bkd->bk", xb, xb)  # (b, kk)
         De[~own] = np.inf

@@ -125,6 +125,11 @@ def test_cli_eval_and_explain_with_shards(ray, lm_store, capsys):
     assert sharded["knn_ppl"] == plain["knn_ppl"] and sharded["tokens"] == plain["tokens"]
     assert main(["explain", "The quick brown", "--datastore", str(out), "--top", "3", "--json", "--ray", "local", "--shards", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["neighbours"]
+    gen = ["generate", "The quick brown", "--datastore", str(out), "--max-new-tokens", "4", "--lambda", "0.9", "--temperature", "0.05", "--json"]
+    assert main(gen) == 0
+    plain_text = json.loads(capsys.readouterr().out)["text"]
+    assert main([*gen, "--ray", "local", "--shards", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == plain_text
     assert main(["eval", str(corpus), "--shards", "2", "--json"]) == 2  # shards without a datastore / without --ray
     assert json.loads(capsys.readouterr().out)["type"] == "InvalidInputError"
 
@@ -145,3 +150,20 @@ def test_mcp_server_state_serves_from_shards(ray, lm_store, tmp_path):
     assert got == KNNLM.load(str(llama_dir), out).next_tokens("The quick brown", top=3)
     with pytest.raises(InvalidInputError):
         ServerConfig(store=tmp_path / "docs", shards=2)
+
+
+@pytest.mark.parametrize("dense_max", [0, 2 << 30])
+def test_shard_searcher_rerank_from_ram_or_mmap_equals_one_index(tmp_path, monkeypatch, dense_max):
+    """In-process, no Ray: a shard too big for RAM gathers its keys from the mmap'd files, same numbers."""
+    from lm.datastore import shards, token_index
+
+    monkeypatch.setattr(shards, "DENSE_MAX_BYTES", dense_max)
+    one = _store(tmp_path / "ds", 2000, "IVF16,PQ4")
+    parts = [shards.ShardSearcher(str(tmp_path / "ds"), lo, hi) for lo, hi in shard_ranges(one.count, 2)]
+    assert (parts[0].dense is None) == (dense_max == 0)
+    xq = np.random.default_rng(3).normal(size=(20, DIM)).astype(np.float32)
+    D, I = merge_topk([p.search(xq, 16, 4, False) for p in parts], 16)
+    ref = one.search(xq, 16, nprobe=4)
+    np.testing.assert_array_equal(I, ref.I)
+    De = np.min(np.stack([p.exact_distances(xq, I) for p in parts]), axis=0)
+    np.testing.assert_array_equal(De, token_index.exact_distances(one, xq, I))

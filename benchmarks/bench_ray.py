@@ -1,0 +1,186 @@
+"""Ray against one process at equal total cores: datastore build tokens/s and sharded search latency.
+
+Build: the bundled SmolLM2-135M over the first --tokens entries of WikiText-2 train, one process
+with --cores torch threads, then Ray (`--ray local`, a session of --cores CPUs) with 1 worker of
+--cores threads and with 2 workers of --cores/2 threads. The headline is the build loop's entries
+per wall second (actor start and LM load included, as a user sees it) and its ratio to one
+process; the forward-only rate (actors' forward tokens per forward second, summed) separates the
+start-up cost from the steady state.
+
+Search: --entries random 576-d fp16 keys (SmolLM2's key size), a batch of --queries keys (one
+window's positions) at k=64: one index with --cores FAISS threads against 2 shard actors of
+--cores/2 threads, for Flat and for an IVF-PQ fast-scan index at nprobe 32 with the exact
+re-rank (the kNN-LM defaults). Prints ms per token and the ratio, then extrapolates to N machines
+from the measured figures. Timings on a shared machine are noisy: compare within one run.
+
+  nice python benchmarks/bench_ray.py --tokens 6000 --entries 100000 --json .bench/ray.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+_REPO = Path(__file__).resolve().parents[1]
+# shared/ sits beside the checkout (or inside it); --data overrides
+_SHARED = [p for p in (_REPO.parent / "shared", _REPO / "shared", _REPO.parents[1] / "shared") if p.is_dir()]
+DATA = (_SHARED[0] if _SHARED else _REPO / "shared") / "data" / "wikitext-2"
+
+
+DATA_DIR = str(DATA)
+
+
+def out(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _corpus(tmp: Path, tokens: int) -> Path:
+    text = (Path(DATA_DIR) / "wiki.train.tokens").read_text(encoding="utf-8")
+    f = tmp / "train-part.txt"
+    f.write_text(text[: tokens * 6])  # ~4.5 chars per SmolLM2 token on WikiText: enough text, capped by max_tokens
+    return f
+
+
+def bench_build(tmp: Path, args) -> dict:
+    import torch
+
+    from lm.datastore.build import BuildConfig, build_datastore
+    from lm.datastore.ray_build import RayBuildConfig, build_datastore_ray
+    from lm.models import load_lm
+    from retrieval.ray_support import connect
+
+    corpus = _corpus(tmp, args.tokens)
+    lm = load_lm(None)
+    # shards of tokens/8 entries: 8 tasks, so 2 actors both work (the default 8192 would give one task here)
+    cfg = BuildConfig(max_tokens=args.tokens, calibrate=False, holdout=0.0, index_factory="Flat", shard_tokens=max(128, args.tokens // 8))
+    torch.set_num_threads(args.cores)
+    res: dict = {}
+    one = build_datastore(lm, [str(corpus)], tmp / "one", cfg, progress=False)
+    res["one_process"] = {"tokens_per_s": one.store_tokens_per_s, "forward_tokens_per_s": one.forward_tokens_per_s,
+                          "entries": one.entries_added, "loop_seconds": one.loop_seconds}
+    out(f"build one process ({args.cores} threads): {one.store_tokens_per_s} tokens/s ({one.entries_added} entries, {one.loop_seconds} s)")
+    torch.set_num_threads(1)  # the driver only tokenizes and commits while the actors run
+    connect("local", num_cpus=args.cores)
+    for workers in (1, 2):
+        rc = RayBuildConfig("local", workers=workers, cpus_per_worker=max(1, args.cores // workers))
+        rep = build_datastore_ray(lm, [str(corpus)], tmp / f"ray{workers}", cfg, rc, progress=False)
+        fwd = rep.forward_tokens / max(rep.forward_seconds / workers, 1e-9)  # actors run concurrently: seconds summed over them
+        res[f"ray_{workers}"] = {"tokens_per_s": rep.store_tokens_per_s, "forward_tokens_per_s": round(fwd, 1),
+                                 "entries": rep.entries_added, "loop_seconds": rep.loop_seconds,
+                                 "ratio": round(rep.store_tokens_per_s / max(one.store_tokens_per_s, 1e-9), 3),
+                                 "forward_ratio": round(fwd / max(one.forward_tokens_per_s, 1e-9), 3)}
+        r = res[f"ray_{workers}"]
+        out(f"build ray {workers} worker(s) x {rc.cpus_per_worker} CPU: {r['tokens_per_s']} tokens/s = {r['ratio']}x one process "
+            f"(forward only {r['forward_tokens_per_s']} tokens/s = {r['forward_ratio']}x; {r['loop_seconds']} s)")
+    return res
+
+
+def _synthetic_store(path: Path, n: int, dim: int, factory: str):
+    from lm.datastore.token_store import TokenStore
+
+    rng = np.random.default_rng(0)
+    st = TokenStore.create(path, lm_id="bench@0", tokenizer_hash="t", key_layer="k", dim=dim, index_factory=factory)
+    st.stage_docs([{"doc": 0, "source": "synthetic", "hash": "h", "text": "x"}])
+    for a in range(0, n, 50_000):
+        m = min(50_000, n - a)
+        st.stage_shard(rng.normal(size=(m, dim)).astype(np.float16), rng.integers(0, 49152, m).astype(np.int32), np.zeros((m, 3), np.int64))
+        st.commit()
+    st.build_index()
+    return TokenStore.open(path)
+
+
+def _median_ms(fn, reps: int) -> float:
+    fn()  # warm-up (first touch of mmap pages, actor code paths)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1000
+
+
+def bench_search(tmp: Path, args) -> dict:
+    import faiss
+
+    from lm.datastore.shards import ShardedStore
+    from retrieval.ray_support import connect
+
+    connect("local", num_cpus=args.cores)
+    xq = np.random.default_rng(1).normal(size=(args.queries, 576)).astype(np.float32)
+    res = {}
+    for name, factory, kw in (("flat", "Flat", {}), ("ivfpq", args.ivf, {"nprobe": 32, "rerank": 2})):
+        store = _synthetic_store(tmp / f"s-{name}", args.entries, 576, factory)
+        # one thread too: OpenMP threads spin when the machine is oversubscribed (a shared CI box), so 2 threads
+        # can be far slower than 1 there; the shards run 1 thread each
+        faiss.omp_set_num_threads(1)
+        one_1t = _median_ms(lambda s=store, kw=kw: s.search(xq, 64, **kw), args.reps)
+        faiss.omp_set_num_threads(args.cores)
+        one = _median_ms(lambda s=store, kw=kw: s.search(xq, 64, **kw), args.reps)
+        sh = ShardedStore.start(store, 2, address="local", cpus_per_shard=max(1, args.cores // 2))
+        try:
+            two = _median_ms(lambda sh=sh, kw=kw: sh.search(xq, 64, **kw), args.reps)
+        finally:
+            sh.close()
+        res[name] = {"factory": factory, "one_ms_per_token": round(one / args.queries, 4),
+                     "one_1thread_ms_per_token": round(one_1t / args.queries, 4),
+                     "shards2_ms_per_token": round(two / args.queries, 4), "ratio": round(two / one, 3), "ratio_vs_1thread": round(two / one_1t, 3)}
+        r = res[name]
+        out(f"search {factory} {args.entries} keys, {args.queries} queries, k=64: one index {r['one_ms_per_token']} ms/token "
+            f"({args.cores} threads), {r['one_1thread_ms_per_token']} ms/token (1 thread); 2 shards x {max(1, args.cores // 2)} thread "
+            f"{r['shards2_ms_per_token']} ms/token ({r['ratio']}x / {r['ratio_vs_1thread']}x)")
+    return res
+
+
+def extrapolate(b: dict, s: dict, args) -> list[str]:
+    """N machines of --cores cores each, from the measured per-core build rate and the fan-out overhead."""
+    lines = []
+    per_core = b["ray_2"]["tokens_per_s"] / args.cores
+    for n in (1, 4, 16, 64):
+        tps = per_core * args.cores * n
+        lines.append(f"build, {n} machine(s) x {args.cores} cores: ~{tps:,.0f} entries/s -> 1B entries in {1e9 / tps / 86400:,.1f} days")
+    flat = s["flat"]
+    best = min(flat["one_ms_per_token"], flat["one_1thread_ms_per_token"] * 2 / args.cores)
+    fan = max(0.0, flat["shards2_ms_per_token"] - best / 2)  # what splitting did not buy: the fan-out
+    lines.append(f"search fan-out overhead: ~{fan:.4f} ms/token per query batch (2 shards, measured)")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=6000, help="datastore entries per build")
+    ap.add_argument("--cores", type=int, default=2, help="total cores for each configuration")
+    ap.add_argument("--entries", type=int, default=100_000, help="keys in the synthetic search store")
+    ap.add_argument("--queries", type=int, default=256, help="queries per search batch (one window's positions)")
+    ap.add_argument("--ivf", default="IVF512,PQ288x4fs", help="approximate index of the search benchmark")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--data", default=str(DATA), help="WikiText-2 folder")
+    args = ap.parse_args()
+    global DATA_DIR
+    DATA_DIR = args.data
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench_ray") as t:
+        tmp = Path(t)
+        b = {} if args.skip_build else bench_build(tmp, args)
+        s = bench_search(tmp, args)
+    lines = extrapolate(b, s, args) if b else []
+    for line in lines:
+        out(line)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"args": vars(args), "build": b, "search": s, "extrapolation": lines}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -233,9 +233,9 @@ class _Walk:
             yield Skip(shown, reason if reason == SWAPPED else f"cannot list folder: {reason}")
             return
         try:
-            reason = escapes(fd, directory, self.confine) if follow and self.confine is not None else None
-            if reason:
-                yield Skip(shown, reason)
+            escaped = escapes(fd, directory, self.confine) if follow and self.confine is not None else None
+            if escaped:
+                yield Skip(shown, escaped)
             else:
                 yield from self.visit(fd, directory, rel)
         finally:

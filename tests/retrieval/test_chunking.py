@@ -278,13 +278,15 @@ def test_config_validation():
 def test_tokenizer_probe():
     assert tokenizer_is_exact(minilm_spans)
     assert tokenizer_is_exact(regex_spans)
-    char_pairs = lambda t: [(i, min(i + 2, len(t))) for i in range(0, len(t), 2)]  # context dependent
+    def char_pairs(t):
+        return [(i, min(i + 2, len(t))) for i in range(0, len(t), 2)]  # context dependent
     assert not tokenizer_is_exact(char_pairs)
 
 
 def test_inexact_tokenizer_still_fits_budget():
     """A tokenizer whose counts depend on context (pairs of characters) is verified chunk by chunk."""
-    pairs = lambda t: [(i, min(i + 2, len(t))) for i in range(0, len(t), 2)]
+    def pairs(t):
+        return [(i, min(i + 2, len(t))) for i in range(0, len(t), 2)]
     text = "\n\n".join("word " * (i % 17 + 1) + "end." for i in range(60))
     cfg = ChunkerConfig(max_tokens=40, overlap_tokens=6)
     d = doc(text, "text")

@@ -161,10 +161,10 @@ def extrapolate(b: dict, s: dict, args) -> list[str]:
     for n in (1, 4, 16, 64):
         tps = per_core * args.cores * n
         lines.append(f"build, {n} machine(s) x {args.cores} cores: ~{tps:,.0f} entries/s -> 1B entries in {1e9 / tps / 86400:,.1f} days")
-    flat = s["flat"]
-    best = min(flat["one_ms_per_token"], flat["one_1thread_ms_per_token"] * 2 / args.cores)
-    fan = max(0.0, flat["shards2_ms_per_token"] - best / 2)  # what splitting did not buy: the fan-out
-    lines.append(f"search fan-out overhead: ~{fan:.4f} ms/token per query batch (2 shards, measured)")
+    for r in s.values():  # what sharding added at equal cores, against the faster one-index setting
+        extra = r["shards2_ms_per_token"] - min(r["one_ms_per_token"], r["one_1thread_ms_per_token"])
+        lines.append(f"search {r['factory']}: 2 shards cost {extra:+.4f} ms/token against one index at equal cores "
+                     f"({extra * args.queries:+.1f} ms per {args.queries}-query batch: the Ray round trips and merge)")
     return lines
 
 

@@ -1,5 +1,5 @@
 # knnrag: MCP server (streamable HTTP) + indexer, CPU only, no network needed at run time.
-# Build:  docker compose build      Run: see docs/readme-mcp.md ("Docker")
+# Build:  docker compose build      Run: see README.md, section "Docker"
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -27,9 +27,13 @@ COPY mcp_server ./mcp_server
 ARG KNNRAG_EXTRAS=""
 RUN pip install ".${KNNRAG_EXTRAS:+[$KNNRAG_EXTRAS]}"
 
-# dequantise the bundled GGUF LM once at build time (cached as safetensors under $KNNRAG_CACHE),
-# so the container starts fast and can run with a read-only root filesystem
-RUN python -c "from lm.models import load_lm; load_lm(None)" && chmod -R a+rX /opt/knnrag
+# build the derived model files once, at image build time, under $KNNRAG_CACHE: the bundled GGUF LM
+# dequantised to safetensors and the embedder's ONNX graph. The container then starts fast and runs
+# with a read-only root filesystem (were the cache unwritable and a file missing, the graph would be
+# built in memory in every process).
+RUN python -c "from lm.models import load_lm; load_lm(None)" \
+ && python -c "from retrieval.embed.embedder import load_embedder; load_embedder(None).prepare()" \
+ && test -n "$(ls /opt/knnrag/cache/onnx/*.onnx)" && chmod -R a+rX /opt/knnrag
 
 # non-root user; stores live on the named volume mounted at /data
 RUN useradd --create-home --uid 10001 knnrag && mkdir -p /data /docs && chown -R knnrag:knnrag /data

@@ -116,7 +116,8 @@ def main() -> int:
         f"| re-run, nothing changed | {t_noop:.2f} | {noop['unchanged']} unchanged |",
         f"| **one file edited** (same process) | **{t_one:.2f}** | {one['chunks_added']} chunks embedded, {one['chunks_removed']} removed |",
         f"| one file deleted (same process) | {t_gone:.2f} | {gone['chunks_removed']} chunks removed |",
-        f"| one file edited, fresh process (imports + model load) | {t_cold:.2f} | inside: {cold['seconds']:.2f} s, {cold['report']['chunks_added']} chunks |",
+        f"| one file edited, fresh process (imports + model load) | {t_cold:.2f} "
+        f"| inside: {cold['seconds']:.2f} s, {cold['report']['chunks_added']} chunks |",
         "",
         f"Ratio full rebuild / one-file incremental: **{ratio:.0f}x**. Target <= 2 s: "
         f"{'met' if t_one <= 2 else 'NOT met'} in process ({t_one:.2f} s); fresh process {t_cold:.2f} s.",

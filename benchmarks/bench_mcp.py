@@ -1,13 +1,18 @@
 """MCP round-trip cost of `search`: stdio and streamable HTTP vs the direct Python call, on SciFact.
 
 Peer = the same DocStore.search call made in-process (no protocol). Measured in one run:
-  1. direct:  DocStore.search(q, k=10) in this process            -> p50 / p95 ms
-  2. stdio:   `knnrag serve` subprocess, SDK stdio client, tools/call search -> p50 / p95, ratio to direct
-  3. http:    `knnrag serve --transport http`, one SDK client     -> p50 / p95, ratio to direct
-  4. http x8: 8 concurrent SDK clients for --duration s           -> requests/s, errors (target 0)
-Target: stdio p50 <= 1.5x direct p50. Appends a section to BENCHMARKS.md with the command.
+  1. latency, interleaved: for each query, direct / stdio / HTTP one after the other (order rotating),
+     so load from other jobs on a shared machine hits the three alike -> p50 / p95 and ratios to direct;
+  2. throughput: 8 threads calling DocStore.search directly (peer), then 8 concurrent SDK clients over
+     streamable HTTP, each for --duration s -> requests/s, p50 / p95, errors (target 0);
+  3. where the overhead goes: the per-call pieces timed in this process (result conversion, the SDK's
+     output re-validation, the client's jsonschema check, JSON-RPC encode/decode, the worker-thread hop).
+Targets: stdio p50 <= 1.3x direct, HTTP <= 1.5x, >= 60 req/s with 8 HTTP clients, 0 errors, p95 <= 250 ms.
 
-usage: python benchmarks/bench_mcp.py [--store DIR] [--queries N] [--duration 60] [--no-append]
+Paths: direct (peer), `knnrag serve` over stdio, the same server on the SDK's stdio transport,
+streamable HTTP (SSE replies, the default) and HTTP with --json-response.
+
+usage: python benchmarks/bench_mcp.py [--store DIR] [--docs N] [--queries N] [--duration 60] [--no-append]
 """
 from __future__ import annotations
 
@@ -20,9 +25,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -57,6 +65,7 @@ def ensure_store(store: Path, docs: int) -> None:
 
     if (store / "store.json").exists():
         return
+    store.parent.mkdir(parents=True, exist_ok=True)  # the work folder may not exist yet
     corpus = SCIFACT / "corpus.jsonl"
     if docs:
         corpus = store.parent / f"scifact-corpus-{docs}.jsonl"
@@ -72,59 +81,13 @@ def ensure_store(store: Path, docs: int) -> None:
     print(f"  indexed {rep.to_dict().get('chunks_added')} chunks in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
 
-def _chunks(store: Path) -> int:
-    from retrieval.store.docstore import DocStore
-
-    with DocStore.open(store, read_only=True) as s:
-        return int(s.stats()["chunks"])
-
-
-def bench_direct(store: Path, queries: list[str]) -> dict:
-    from retrieval.store.docstore import DocStore
-
-    with DocStore.open(store, read_only=True) as s:
-        for q in queries[:5]:
-            s.search(q, k=10)  # warm: embedder, index pages
-        ms = []
-        for q in queries:
-            t = time.perf_counter()
-            s.search(q, k=10)
-            ms.append((time.perf_counter() - t) * 1000)
-    return summary(ms)
-
-
-async def timed_calls(session, queries: list[str]) -> list[float]:
-    for q in queries[:5]:
-        r = await session.call_tool("search", {"query": q, "k": 10})
-        assert not r.is_error, r.content
-    ms = []
-    for q in queries:
-        t = time.perf_counter()
-        r = await session.call_tool("search", {"query": q, "k": 10})
-        ms.append((time.perf_counter() - t) * 1000)
-        assert not r.is_error, r.content
-    return ms
-
-
-async def bench_stdio(store: Path, queries: list[str]) -> dict:
-    from mcp import ClientSession, StdioServerParameters
-    from mcp.client.stdio import stdio_client
-
-    cmd = knnrag()
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:] + ["serve", "--store", str(store)],
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    async with stdio_client(params) as (r, w):
-        async with ClientSession(r, w) as s:
-            await s.initialize()
-            return summary(await timed_calls(s, queries))
-
-
-def start_http(store: Path) -> tuple[subprocess.Popen, str]:
+def start_http(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen(knnrag() + ["serve", "--store", str(store), "--transport", "http", "--port", str(port)],
+    proc = subprocess.Popen(knnrag() + ["serve", "--store", str(store), "--transport", "http", "--port", str(port),
+                                        *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     for _ in range(300):
         try:
@@ -136,17 +99,85 @@ def start_http(store: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("HTTP server did not start")
 
 
-async def bench_http(url: str, queries: list[str]) -> dict:
-    from mcp import ClientSession
+# The same server on the SDK's own stdio transport (mcp.server.stdio), to show what ours saves.
+SDK_STDIO = ("import sys, anyio; from pathlib import Path; from mcp_server.server import ServerConfig, build_server; "
+             "anyio.run(build_server(ServerConfig(store=Path(sys.argv[1]))).run_stdio_async)")
+
+
+async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: list[str]) -> dict:
+    """Per query: direct, then each MCP path, back to back, the order rotating, after 5 warm-up rounds."""
+    from contextlib import AsyncExitStack
+
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
     from mcp.client.streamable_http import streamable_http_client
 
-    async with streamable_http_client(url) as streams:
-        async with ClientSession(streams[0], streams[1]) as s:
+    cmd = knnrag()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    stdio = {"stdio": StdioServerParameters(command=cmd[0], args=cmd[1:] + ["serve", "--store", str(store)], env=env),
+             "stdio_sdk_transport": StdioServerParameters(command=sys.executable, args=["-c", SDK_STDIO, str(store)],
+                                                          env=env)}
+    async with AsyncExitStack() as stack:
+        sessions = {}
+        for name, params in stdio.items():
+            r, w = await stack.enter_async_context(stdio_client(params))
+            sessions[name] = await stack.enter_async_context(ClientSession(r, w))
+        for name, url in urls.items():
+            streams = await stack.enter_async_context(streamable_http_client(url))
+            sessions[name] = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
+        for s in sessions.values():
             await s.initialize()
-            return summary(await timed_calls(s, queries))
+
+        async def via(session, q: str) -> None:
+            res = await session.call_tool("search", {"query": q, "k": 10})
+            assert not res.is_error and res.structured_content["hits"], res.content
+
+        def caller(session: Any) -> Callable[[str], Awaitable[None]]:
+            return lambda q: via(session, q)
+
+        paths: dict[str, Callable[[str], Awaitable[None]]] = {"direct": lambda q: _direct(store_obj, q)}
+        paths.update({name: caller(s) for name, s in sessions.items()})
+        ms: dict[str, list[float]] = {name: [] for name in paths}
+        order = list(paths)
+        for i, q in enumerate(queries[:5] + queries):
+            order = order[1:] + order[:1]
+            for name in order:
+                t = time.perf_counter()
+                await paths[name](q)
+                if i >= 5:
+                    ms[name].append((time.perf_counter() - t) * 1000)
+    return {name: summary(v) for name, v in ms.items()}
 
 
-async def bench_http_load(url: str, queries: list[str], clients: int, duration: float) -> dict:
+async def _direct(store_obj, q: str) -> None:
+    assert store_obj.search(q, k=10)
+
+
+def direct_load(store_obj, queries: list[str], clients: int, duration: float) -> dict:
+    """The peer for throughput: `clients` threads calling DocStore.search in this process."""
+    ms: list[float] = []
+    deadline = time.perf_counter() + duration
+
+    def worker(i: int) -> None:
+        j = i
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            store_obj.search(queries[j % len(queries)], k=10)
+            ms.append((time.perf_counter() - t) * 1000)
+            j += clients
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "seconds": round(wall, 1), "requests": len(ms), "errors": 0,
+            "req_per_s": round(len(ms) / wall, 1), **{k: v for k, v in summary(ms).items() if k != "n"}}
+
+
+async def http_load(url: str, queries: list[str], clients: int, duration: float) -> dict:
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
@@ -154,20 +185,19 @@ async def bench_http_load(url: str, queries: list[str], clients: int, duration: 
     deadline = time.perf_counter() + duration
 
     async def client(i: int) -> None:
-        async with streamable_http_client(url) as streams:
-            async with ClientSession(streams[0], streams[1]) as s:
-                await s.initialize()
-                j = i
-                while time.perf_counter() < deadline:
-                    t = time.perf_counter()
-                    try:
-                        r = await s.call_tool("search", {"query": queries[j % len(queries)], "k": 10})
-                        errors[0] += bool(r.is_error)
-                    except Exception:
-                        errors[0] += 1
-                    ms.append((time.perf_counter() - t) * 1000)
-                    done[0] += 1
-                    j += clients
+        async with streamable_http_client(url) as streams, ClientSession(streams[0], streams[1]) as s:
+            await s.initialize()
+            j = i
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                try:
+                    r = await s.call_tool("search", {"query": queries[j % len(queries)], "k": 10})
+                    errors[0] += bool(r.is_error)
+                except Exception:
+                    errors[0] += 1
+                ms.append((time.perf_counter() - t) * 1000)
+                done[0] += 1
+                j += clients
 
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
@@ -178,26 +208,84 @@ async def bench_http_load(url: str, queries: list[str], clients: int, duration: 
             "req_per_s": round(done[0] / wall, 1), **{k: v for k, v in summary(ms).items() if k != "n"}}
 
 
+def _each_ms(fn, n: int = 200) -> float:
+    fn()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return round((time.perf_counter() - t) / n * 1000, 3)
+
+
+def breakdown(store_obj, queries: list[str]) -> dict:
+    """Per-call costs of the pieces between DocStore.search and the client's result, in this process."""
+    import mcp_types as types
+    from jsonschema.validators import validator_for
+    from pydantic import TypeAdapter
+
+    from mcp_server import schemas as S
+    from mcp_server import tool_support as T
+
+    hits = store_obj.search(queries[0], k=10)
+    outs = [T.hit(h) for h in hits]
+    model = S.SearchOut(query=queries[0], collection="default", mode="hybrid", hits=outs, returned=len(outs),
+                        truncated=False)
+    res = T.result(model, links=outs)
+    schema = S.SearchOut.model_json_schema()
+    plain = validator_for(schema)(schema)  # pydantic's schema, with $defs and anyOf-null
+    check = validator_for(schema)(S.compact_schema(schema))  # what the server publishes
+    msg = types.JSONRPCResponse(jsonrpc="2.0", id=1, result=res.model_dump(by_alias=True, exclude_none=True))
+    wire = msg.model_dump_json(by_alias=True, exclude_unset=True)
+
+    async def hops() -> float:
+        t = time.perf_counter()
+        for _ in range(200):
+            await anyio.to_thread.run_sync(lambda: None)
+        return round((time.perf_counter() - t) / 200 * 1000, 3)
+
+    return {
+        "search_ms": _each_ms(lambda: store_obj.search(queries[1], k=10), 30),
+        "hits_to_result_ms": _each_ms(lambda: T.result(S.SearchOut(
+            query=queries[0], collection="default", mode="hybrid", hits=T.bound_hits([T.hit(h) for h in hits], 39_000)[0],
+            returned=10, truncated=False), links=outs)),
+        "sdk_output_revalidation_ms": _each_ms(lambda: TypeAdapter(S.SearchOut).validate_python(res.structured_content)),
+        "client_jsonschema_check_ms": _each_ms(lambda: list(check.iter_errors(res.structured_content))),
+        "client_jsonschema_check_uncompacted_ms": _each_ms(lambda: list(plain.iter_errors(res.structured_content))),
+        "jsonrpc_encode_ms": _each_ms(lambda: msg.model_dump_json(by_alias=True, exclude_unset=True)),
+        "jsonrpc_decode_ms": _each_ms(lambda: types.jsonrpc_message_adapter.validate_json(wire, by_name=False)),
+        "worker_thread_hop_ms": anyio.run(hops),
+        "result_bytes": len(wire),
+    }
+
+
+LABELS = {"direct": "direct DocStore.search (peer)", "stdio": "MCP stdio (`knnrag serve`)",
+          "stdio_sdk_transport": "MCP stdio, the SDK's stdio transport", "http": "MCP streamable HTTP (SSE replies)",
+          "http_json_response": "MCP streamable HTTP, --json-response"}
+
+
 def append(res: dict, cmd: str) -> None:
-    d, s, h, load = res["direct"], res["stdio"], res["http"], res["http_load"]
+    lat, dl, hl, b = res["latency"], res["direct_load"], res["http_load"], res["breakdown"]
+    jl = res["http_json_response_load"]
     lines = [
         "", "## MCP round trip: `search` over stdio / streamable HTTP vs direct Python (SciFact, k=10)",
-        "", f"Command: `{cmd}`  ", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"{res['queries']} SciFact queries against a store of {res['chunks']} SciFact chunks (MiniLM, hybrid), {res['date']}; "
-        f"load average {os.getloadavg()[0]:.1f} at the end", "",
+        "", f"Command: `{cmd}`  ", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end); {res['queries']} SciFact queries, "
+        f"store of {res['chunks']} SciFact chunks (MiniLM, hybrid), {res['date']}. Latency interleaved per query.", "",
         "| path | p50 ms | p95 ms | p50 ratio to direct |", "|---|---|---|---|",
-        f"| direct DocStore.search (peer) | {d['p50_ms']} | {d['p95_ms']} | 1.00 |",
-        f"| MCP stdio | {s['p50_ms']} | {s['p95_ms']} | {res['stdio_ratio']:.2f} (target <= 1.5) |",
-        f"| MCP streamable HTTP | {h['p50_ms']} | {h['p95_ms']} | {res['http_ratio']:.2f} |", "",
-        f"HTTP load: {load['clients']} concurrent clients for {load['seconds']} s: {load['requests']} requests, "
-        f"{load['errors']} errors, **{load['req_per_s']} req/s** (p50 {load['p50_ms']} ms, p95 {load['p95_ms']} ms).", "",
+        *[f"| {LABELS[name]} | {v['p50_ms']} | {v['p95_ms']} | {res['ratios'][name]:.2f} |" for name, v in lat.items()],
+        "", "Targets: stdio <= 1.3x, HTTP <= 1.5x.", "",
+        f"Throughput, {hl['clients']} concurrent callers for {hl['seconds']} s: direct threads (peer) **{dl['req_per_s']} req/s** "
+        f"(p95 {dl['p95_ms']} ms); MCP HTTP clients **{hl['req_per_s']} req/s**, {hl['errors']} errors, p50 {hl['p50_ms']} ms, "
+        f"p95 {hl['p95_ms']} ms (ratio {res['load_ratio']:.2f} of the peer); with --json-response "
+        f"**{jl['req_per_s']} req/s**, {jl['errors']} errors, p95 {jl['p95_ms']} ms (ratio {res['json_load_ratio']:.2f}). "
+        "Target >= 60 req/s, 0 errors, p95 <= 250 ms.", "",
+        "Per call, in process: " + ", ".join(f"{k} {v}" for k, v in b.items()) + ".", "",
     ]
     with (REPO / "BENCHMARKS.md").open("a") as f:
         f.write("\n".join(lines))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--store", default="/tmp/knnrag-bench/scifact-store")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--docs", type=int, default=0, help="index only the first N corpus records (0 = all 5,183)")
@@ -206,22 +294,31 @@ def main() -> int:
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from retrieval.store.docstore import DocStore
+
     store = Path(args.store)
     ensure_store(store, args.docs)
     queries = load_queries(args.queries)
-    res: dict = {"queries": len(queries), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "chunks": _chunks(store)}
-    res["direct"] = bench_direct(store, queries)
-    res["stdio"] = anyio.run(bench_stdio, store, queries)
-    proc, url = start_http(store)
+    res: dict = {"queries": len(queries), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    proc, url = start_http(store, [])
+    proc_json, url_json = start_http(store, ["--json-response"])
     try:
-        res["http"] = anyio.run(bench_http, url, queries)
-        res["http_load"] = anyio.run(bench_http_load, url, queries, args.clients, args.duration)
+        with DocStore.open(store, read_only=True) as s:
+            res["chunks"] = int(s.stats()["chunks"])
+            res["latency"] = anyio.run(interleaved, s, store, {"http": url, "http_json_response": url_json}, queries)
+            res["direct_load"] = direct_load(s, queries, args.clients, args.duration)
+            res["http_load"] = anyio.run(http_load, url, queries, args.clients, args.duration)
+            res["http_json_response_load"] = anyio.run(http_load, url_json, queries, args.clients, args.duration)
+            res["breakdown"] = breakdown(s, queries)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    res["stdio_ratio"] = res["stdio"]["p50_ms"] / res["direct"]["p50_ms"]
-    res["http_ratio"] = res["http"]["p50_ms"] / res["direct"]["p50_ms"]
+        for p in (proc, proc_json):
+            p.terminate()
+            p.wait(timeout=30)
+    lat = res["latency"]
+    res["ratios"] = {name: round(v["p50_ms"] / lat["direct"]["p50_ms"], 3) for name, v in lat.items()}
+    res["stdio_ratio"], res["http_ratio"] = res["ratios"]["stdio"], res["ratios"]["http"]
+    res["load_ratio"] = res["http_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
+    res["json_load_ratio"] = res["http_json_response_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
     print(json.dumps(res, indent=2))
     if not args.no_append:
         append(res, "python benchmarks/bench_mcp.py " + " ".join(sys.argv[1:]))

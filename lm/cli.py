@@ -102,6 +102,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _knn_options(x)
     x.set_defaults(func=cmd_explain)
 
+    from lm.datastore.verify import register as register_verify  # cheap: numpy-free until it runs
+
+    register_verify(dsub)
+
 
 def _overrides(args):
     """The flags the user passed; KNNLM.load applies them over the datastore's calibrated config."""

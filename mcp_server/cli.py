@@ -31,8 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra Host header value accepted over HTTP (DNS-rebinding protection)")
     p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                    help="extra Origin accepted over HTTP, e.g. https://app.example")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve a non-loopback --host without KNNRAG_MCP_TOKEN (refused otherwise): only behind a "
+                        "trusted network, e.g. a container port published on the host's loopback")
+    p.add_argument("--json-response", action="store_true",
+                   help="HTTP: answer each request with one JSON body instead of an SSE stream (less overhead per "
+                        "call; progress notifications are then dropped: use start_indexing + index_status)")
     p.add_argument("--max-request-bytes", type=int, default=1_048_576, help="HTTP request body limit (default 1 MiB)")
     p.add_argument("--min-score", type=float, help="ask: relevance threshold (dense cosine) below which it refuses")
+    p.add_argument("--max-write-seconds", type=float, default=3600.0,
+                   help="an index run that holds the write lock longer stops at its next file or batch, "
+                        "committing nothing (default 3600)")
+    p.add_argument("--index-wait-seconds", type=float, default=300.0,
+                   help="index_paths waits this long, then answers with the job id and leaves the job running "
+                        "(poll index_status; default 300)")
     p.add_argument("--ray", metavar="ADDRESS", help="search the datastore on Ray actors: `local` or HOST:PORT (needs knnrag[ray])")
     p.add_argument("--shards", type=int, help="with --ray: datastore shards, one actor each (default 2)")
     p.add_argument("--json", action="store_true", help="errors as one JSON object on stdout")
@@ -83,16 +95,20 @@ def serve(args: argparse.Namespace) -> int:
     config = ServerConfig(store=store, datastore=Path(args.datastore).expanduser() if args.datastore else None,
                           model=args.model, embedder=args.embedder,
                           allow_roots=tuple(Path(r) for r in args.allow_root), min_score=args.min_score,
+                          max_write_seconds=args.max_write_seconds, index_wait_seconds=args.index_wait_seconds,
                           ray=args.ray, shards=args.shards)
     server = build_server(config)
     if args.transport == "stdio":
         import anyio
 
-        anyio.run(server.run_stdio_async)
+        from mcp_server.stdio import serve_stdio
+
+        anyio.run(serve_stdio, server)
         return 0
     token = os.environ.get("KNNRAG_MCP_TOKEN") or None
     cfg = HttpConfig(host=args.host, port=args.port, token=token, max_request_bytes=args.max_request_bytes,
-                     allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allowed_origin))
+                     allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allowed_origin),
+                     allow_unauthenticated=args.allow_unauthenticated, json_response=args.json_response)
     _port_free(cfg.host, cfg.port)
     run_http(server, cfg)
     return 0

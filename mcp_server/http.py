@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,15 +31,37 @@ class HttpConfig:
     max_request_bytes: int = 1_048_576
     allowed_hosts: tuple[str, ...] = field(default_factory=tuple)  # extra Host values, e.g. "mcp.example:8000"
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # extra Origins, e.g. "https://app.example"
+    allow_unauthenticated: bool = False  # serve a non-loopback address without a token (the user said so)
+    json_response: bool = False  # answer each POST with one JSON body instead of an SSE stream
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
+        if not 1 <= self.port <= 65535:
             raise InvalidInputError(f"port {self.port} is out of range", "pass --port between 1 and 65535")
         if self.max_request_bytes < 1024:
             raise InvalidInputError("--max-request-bytes must be at least 1024", "the default is 1 MiB")
         if self.token is not None and len(self.token) < 16:
             raise InvalidInputError("KNNRAG_MCP_TOKEN is shorter than 16 characters",
                                     "use a long random token, e.g. `python -c 'import secrets;print(secrets.token_urlsafe(32))'`")
+        if not is_loopback(self.host) and not self.token and not self.allow_unauthenticated:
+            raise InvalidInputError(
+                f"refusing to serve {self.host}:{self.port} without a bearer token: anyone who can reach "
+                "this address could search, index and delete",
+                "set KNNRAG_MCP_TOKEN to a long random token, bind --host 127.0.0.1, or pass "
+                "--allow-unauthenticated if the network in front of it is trusted")
+        for h in self.allowed_hosts:
+            if not _HOST_RE.match(h):
+                raise InvalidInputError(f"--allowed-host {h!r} is not a host name with an optional port",
+                                        "pass e.g. mcp.example or mcp.example:8443 (no wildcards, no scheme)")
+        for o in self.allowed_origins:
+            if not _ORIGIN_RE.match(o):
+                raise InvalidInputError(f"--allowed-origin {o!r} is not an origin",
+                                        "pass scheme://host[:port], e.g. https://app.example (no path, no wildcards)")
+
+
+# One host name (or bracketed IPv6 literal) and an optional numeric port: nothing else, so a value
+# like "127.0.0.1:80@evil.com" can never be configured, and none is matched by prefix.
+_HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))(?::[0-9]{1,5})?$")
+_ORIGIN_RE = re.compile(r"^https?://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))(?::[0-9]{1,5})?$")
 
 
 def is_loopback(host: str) -> bool:
@@ -50,16 +73,35 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _names(cfg: HttpConfig) -> list[str]:
+    """Names this server answers to: the loopback names and the bound address (not a wildcard bind)."""
+    names = list(LOOPBACK_NAMES)
+    bound = f"[{cfg.host}]" if ":" in cfg.host and not cfg.host.startswith("[") else cfg.host
+    if cfg.host not in ("0.0.0.0", "::", "") and bound not in names:
+        names.append(bound)
+    return names
+
+
+def allowed_hosts(cfg: HttpConfig) -> list[str]:
+    """Exact Host values (no `:*` patterns: the SDK matches those by prefix, so
+    `127.0.0.1:80@evil.com` would pass `127.0.0.1:*`)."""
+    names = _names(cfg)
+    hosts = [f"{n}:{cfg.port}" for n in names] + (names if cfg.port == 80 else [])
+    return hosts + list(cfg.allowed_hosts)
+
+
+def allowed_origins(cfg: HttpConfig) -> list[str]:
+    """Only the server's own origin(s) by default: a web page served from another local port
+    (another dev server, a malicious page opened by a local app) may not call a token-less server."""
+    return [f"http://{n}:{cfg.port}" for n in _names(cfg)] + list(cfg.allowed_origins)
+
+
 def security_settings(cfg: HttpConfig):
-    """Host/Origin allow-lists: loopback names always, the bound name, plus what the user adds."""
+    """Host/Origin allow-lists for the SDK's DNS-rebinding protection (421 / 403 otherwise)."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    names = list(LOOPBACK_NAMES)
-    if cfg.host not in ("0.0.0.0", "::", "") and cfg.host not in names:
-        names.append(f"[{cfg.host}]" if ":" in cfg.host else cfg.host)
-    hosts = [f"{n}:*" for n in names] + names + list(cfg.allowed_hosts)
-    origins = [f"http://{n}:*" for n in LOOPBACK_NAMES] + [f"http://{n}" for n in LOOPBACK_NAMES] + list(cfg.allowed_origins)
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=allowed_hosts(cfg),
+                                     allowed_origins=allowed_origins(cfg))
 
 
 class BearerTokenMiddleware:
@@ -100,7 +142,7 @@ def build_app(server: Any, cfg: HttpConfig):
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "server": server.name})
 
-    app = server.streamable_http_app(streamable_http_path=cfg.path, host=cfg.host,
+    app = server.streamable_http_app(streamable_http_path=cfg.path, host=cfg.host, json_response=cfg.json_response,
                                      max_request_body_size=cfg.max_request_bytes,
                                      transport_security=security_settings(cfg))
     if cfg.token:
@@ -113,7 +155,7 @@ def run_http(server: Any, cfg: HttpConfig) -> None:
 
     if not is_loopback(cfg.host):
         log.warning("serving MCP on %s:%d, reachable beyond this machine%s", cfg.host, cfg.port,
-                    "" if cfg.token else " WITHOUT a bearer token (set KNNRAG_MCP_TOKEN)")
+                    "" if cfg.token else " WITHOUT a bearer token (--allow-unauthenticated)")
     app = build_app(server, cfg)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=5)

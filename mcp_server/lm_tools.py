@@ -23,13 +23,13 @@ def _tp(rows: Any) -> list[S.TokenProbOut]:
     return [S.TokenProbOut(token=str(r["token"]), prob=float(r["prob"])) for r in rows or []]
 
 
-def register(server: Any) -> None:
+def _register_knn_next_tokens(server: Any) -> None:
     @server.tool(annotations=COMPUTE, title="Next-token distributions (base, kNN, mix)")
     async def knn_next_tokens(
         context: Annotated[str, Field(description="text whose next token to predict", min_length=1,
                                       max_length=MAX_TEXT_CHARS)],
         ctx: Context,
-        top: Annotated[int, Field(description="how many tokens per distribution", ge=1, le=100)] = 10,
+        top: Annotated[int, Field(description="how many tokens per distribution", ge=1, le=100, strict=True)] = 10,
     ) -> Annotated[CallToolResult, S.NextTokensOut]:
         """Top next tokens under the base LM, the kNN distribution and their mix, with the datastore
         neighbours' source snippets."""
@@ -50,20 +50,23 @@ def register(server: Any) -> None:
                                        knn=_tp(d.get("knn")), mix=_tp(d.get("mix")), neighbours=neighbours,
                                        note=None if has_ds else NO_DATASTORE))
 
+
+def _register_knn_generate(server: Any) -> None:
     @server.tool(annotations=COMPUTE, title="Generate with kNN-LM")
     async def knn_generate(
         prompt: Annotated[str, Field(description="the prompt", min_length=1, max_length=MAX_TEXT_CHARS)],
         ctx: Context,
-        max_new_tokens: Annotated[int, Field(description="tokens to generate", ge=1, le=512)] = 64,
+        max_new_tokens: Annotated[int, Field(description="tokens to generate", ge=1, le=512, strict=True)] = 64,
         lambda_: Annotated[float | None, Field(description="kNN weight in [0, 1] (default: the datastore's)",
-                                               ge=0.0, le=1.0)] = None,
+                                               ge=0.0, le=1.0, strict=True)] = None,
         temperature: Annotated[float | None, Field(description="kNN softmax temperature (> 0)", gt=0.0,
-                                                   le=1000.0)] = None,
-        do_sample: Annotated[bool, Field(description="sample instead of greedy decoding")] = False,
-        top_p: Annotated[float | None, Field(description="nucleus sampling mass", gt=0.0, le=1.0)] = None,
+                                                   le=1000.0, strict=True)] = None,
+        do_sample: Annotated[bool, Field(description="sample instead of greedy decoding", strict=True)] = False,
+        top_p: Annotated[float | None, Field(description="nucleus sampling mass", gt=0.0, le=1.0, strict=True)] = None,
         chat: Annotated[bool | None, Field(description="wrap the prompt in the chat template "
-                                                      "(default: when the LM has one)")] = None,
-        seed: Annotated[int | None, Field(description="random seed for sampling", ge=0, le=2**31 - 1)] = None,
+                                                      "(default: when the LM has one)", strict=True)] = None,
+        seed: Annotated[int | None, Field(description="random seed for sampling", ge=0, le=2**31 - 1,
+                                                  strict=True)] = None,
     ) -> Annotated[CallToolResult, S.GenerateOut]:
         """Continue a prompt with the base LM interpolated with the kNN datastore (base LM alone without one)."""
         T.text(prompt, "prompt", MAX_TEXT_CHARS)
@@ -85,6 +88,8 @@ def register(server: Any) -> None:
                                      max_new_tokens=max_new_tokens, lambda_=lambda_, temperature=temperature,
                                      do_sample=do_sample, note=None if has_ds else NO_DATASTORE))
 
+
+def _register_perplexity(server: Any) -> None:
     @server.tool(annotations=COMPUTE, title="Perplexity: base LM vs kNN-LM")
     async def perplexity(
         text: Annotated[str, Field(description="text to score", min_length=1, max_length=MAX_TEXT_CHARS)],
@@ -108,3 +113,11 @@ def register(server: Any) -> None:
             k=d.get("k"), lambda_=d.get("lambda", d.get("lambda_")), temperature=d.get("temperature"),
             base_seconds=d.get("base_seconds"), knn_seconds=d.get("knn_seconds"),
             note=None if has_ds else NO_DATASTORE))
+
+
+REGISTRARS = (_register_knn_next_tokens, _register_knn_generate, _register_perplexity)
+
+
+def register(server: Any) -> None:
+    for reg in REGISTRARS:
+        reg(server)

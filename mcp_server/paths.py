@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from retrieval.errors import InvalidInputError, NotFoundError
 
@@ -50,25 +52,38 @@ def resolve_allowed(raw: str, roots: Sequence[Path]) -> Path:
             f"path {raw[:200]!r} {what} outside the allowed roots",
             "only files under these folders may be indexed: " + ", ".join(map(str, roots)),
         )
-    if not real.exists():
-        raise NotFoundError(f"path {raw[:200]!r} does not exist", "check the path; relative paths start at " + str(roots[0]))
+    try:
+        mode = os.stat(real).st_mode  # stat never blocks, even on a FIFO (opening one does)
+    except OSError:
+        raise NotFoundError(f"path {raw[:200]!r} does not exist",
+                            "check the path; relative paths start at " + str(roots[0])) from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise InvalidInputError(f"path {raw[:200]!r} is not a regular file or folder (a FIFO, socket or device)",
+                                "pass files or folders only")
     return real
 
 
-def escaping_symlinks(folder: Path, roots: Sequence[Path]) -> list[str]:
-    """Paths (relative to `folder`, as the indexer walks them) of symlinks whose targets leave `roots`.
+class TreeScan(NamedTuple):
+    """What the walker would meet under a folder, found before indexing starts."""
 
-    The indexer follows symlinked folders, so we walk the same way: into symlinked folders that
-    stay inside the roots (each real folder once), reporting every link that points outside.
-    """
+    links: list[str]  # symlinks whose targets leave the roots (relative to the folder)
+    special: list[str]  # FIFOs, sockets, devices: opening a FIFO blocks until a writer comes
+    files: int  # regular files seen: the scanning stage's total for progress
+
+
+def scan_tree(folder: Path, roots: Sequence[Path]) -> TreeScan:
+    """Walk `folder` the way the indexer does (into symlinked folders that stay inside the roots,
+    each real folder once), listing the links that point outside, the non-regular files, and
+    counting the regular files."""
+    out = TreeScan([], [], 0)
     if not folder.is_dir():
-        return []
-    out: list[str] = []
+        return out
     seen: set[tuple[int, int]] = set()
     count = 0
+    files = 0
 
     def visit(directory: str, rel: str) -> None:
-        nonlocal count
+        nonlocal count, files
         try:
             st = os.stat(directory)
         except OSError:
@@ -88,17 +103,26 @@ def escaping_symlinks(folder: Path, roots: Sequence[Path]) -> list[str]:
                     "index a smaller folder, or use the `knnrag index` CLI for very large trees")
             child = f"{rel}/{entry.name}" if rel else entry.name
             if entry.is_symlink() and not _inside(Path(os.path.realpath(entry.path)), roots):
-                out.append(child)
+                out.links.append(child)
                 continue
             try:
-                is_dir = entry.is_dir()
+                mode = entry.stat().st_mode  # follows an inside link: what the walker would open
             except OSError:
                 continue
-            if is_dir:
+            if stat.S_ISDIR(mode):
                 visit(entry.path, child)
+            elif stat.S_ISREG(mode):
+                files += 1
+            else:
+                out.special.append(child)
 
     visit(str(folder), "")
-    return out
+    return out._replace(files=files)
+
+
+def escaping_symlinks(folder: Path, roots: Sequence[Path]) -> list[str]:
+    """Paths (relative to `folder`, as the indexer walks them) of symlinks whose targets leave `roots`."""
+    return scan_tree(folder, roots).links
 
 
 def exclude_pattern(rel: str) -> str:

@@ -8,6 +8,7 @@ Stdout is the stdio transport: everything here logs to stderr through `logging`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcp_server.jobs import JobRegistry
+from mcp_server.locks import Gate, WriteLock
 from retrieval.errors import InvalidInputError
 
 log = logging.getLogger("knnrag.mcp")
@@ -25,7 +28,9 @@ INSTRUCTIONS = (
     "knnrag searches a local document store (hybrid BM25 + dense retrieval) and answers questions "
     "with numbered citations. Use `search` to find passages (each hit names its source file and "
     "line range; read the whole chunk with the chunk://{collection}/{id} resource), `ask` for a short "
-    "grounded answer from the bundled small LM, `index_paths` to add files under the allowed roots. "
+    "grounded answer from the bundled small LM, `index_paths` to add files under the allowed roots "
+    "(`start_indexing` + `index_status` for big trees), `add_texts` to add text directly, `get_chunks` and "
+    "`chunk_context` to read chunks and their neighbours. "
     "The knn_* tools and `perplexity` expose the kNN-LM (base LM mixed with a token datastore)."
 )
 
@@ -41,10 +46,19 @@ class ServerConfig:
     allow_roots: tuple[Path, ...] = ()
     max_result_chars: int = 40_000  # ~10k tokens of JSON; clients cap tool results near 25k tokens
     min_score: float | None = None  # RAG relevance threshold (None = lm.rag.answer default)
+    max_write_seconds: float = 3600.0  # an index run past this stops at its next progress point, uncommitted
+    index_wait_seconds: float = 300.0  # index_paths waits this long, then leaves the job running and says so
     ray: str | None = None  # search the datastore on Ray actors: "local" or HOST:PORT (lm.datastore.shards)
     shards: int | None = None  # with ray: shards, one actor each (default 2)
 
     def __post_init__(self) -> None:
+        for name in ("max_write_seconds", "index_wait_seconds"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                flag = "--" + name.replace("_", "-")
+                raise InvalidInputError(f"{flag} must be a positive number of seconds, got {v!r}", "e.g. 600")
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise InvalidInputError(f"--min-score must be a finite number, got {self.min_score}", "e.g. 0.3")
         roots = tuple(Path(os.path.realpath(os.path.expanduser(str(r)))) for r in self.allow_roots)
         for r in roots:
             if not r.is_dir():
@@ -71,7 +85,9 @@ class ServerState:
     _store_lock: threading.Lock = field(default_factory=threading.Lock)
     _lm_load_lock: threading.Lock = field(default_factory=threading.Lock)
     lm_lock: threading.Lock = field(default_factory=threading.Lock)
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    write: WriteLock = field(default_factory=WriteLock)
+    gate: Gate = field(default_factory=Gate)
+    jobs: JobRegistry = field(default_factory=JobRegistry)
 
     def store(self):
         if self._store is None:
@@ -118,11 +134,36 @@ class ServerState:
             self._store = None
 
 
+def _server_class():
+    """MCPServer whose argument errors are one caller-facing sentence (see validation.py)."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+    from pydantic import ValidationError
+
+    from mcp_server.validation import describe
+
+    class KnnragMCP(MCPServer):
+        async def list_tools(self) -> Any:
+            from mcp_server.schemas import compact_schema
+
+            return [t.model_copy(update={"output_schema": compact_schema(t.output_schema)}) if t.output_schema else t
+                    for t in await super().list_tools()]
+
+        async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+            try:
+                return await super().call_tool(name, arguments, context)
+            except ToolError as e:
+                cause = e.__cause__
+                if isinstance(cause, ValidationError) and str(e).startswith(f"Error executing tool {name}: "):
+                    raise ToolError(describe(name, cause.errors(include_url=False))) from cause
+                raise
+
+    return KnnragMCP
+
+
 def build_server(config: ServerConfig, *, state: ServerState | None = None):
     """The MCPServer with every tool and the chunk resource registered; nothing loaded yet."""
-    from mcp.server.mcpserver import MCPServer
-
-    from mcp_server import lm_tools, tools
+    from mcp_server import admin_tools, lm_tools, tools, write_tools
 
     shared = state or ServerState(config)
 
@@ -135,7 +176,7 @@ def build_server(config: ServerConfig, *, state: ServerState | None = None):
             if state is None:  # we own it
                 shared.close()
 
-    server = MCPServer(
+    server = _server_class()(
         SERVER_NAME,
         title="knnrag: document RAG and kNN-LM",
         instructions=INSTRUCTIONS,
@@ -143,8 +184,8 @@ def build_server(config: ServerConfig, *, state: ServerState | None = None):
         lifespan=lifespan,
         log_level="WARNING",
     )
-    tools.register(server)
-    lm_tools.register(server)
+    for module in (tools, write_tools, admin_tools, lm_tools):
+        module.register(server)
     return server
 
 
@@ -160,5 +201,6 @@ def _version() -> str:
 def run_stdio(config: ServerConfig) -> None:
     import anyio
 
-    server = build_server(config)
-    anyio.run(server.run_stdio_async)
+    from mcp_server.stdio import serve_stdio
+
+    anyio.run(serve_stdio, build_server(config))

@@ -8,18 +8,19 @@ the problem and the fix. Results are bounded in size and say so when something w
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, ContentBlock, ResourceLink, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server import schemas as S
 from retrieval.errors import KnnragError, NotFoundError
+from retrieval.store.search import Hit
 
 log = logging.getLogger("knnrag.mcp")
 
@@ -31,8 +32,26 @@ NO_DATASTORE = ("no kNN datastore is configured (start the server with --datasto
                 "this result uses the base LM alone")
 
 Collection = Annotated[str, Field(description="collection name", pattern=COLLECTION_RE, max_length=64)]
-READ = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
-COMPUTE = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=False, openWorldHint=False)
+READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+COMPUTE = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+LOCK_WAIT_S = 30.0  # how long a write call waits for the write lock before it says who holds it
+
+# CLI wording in library hints -> the MCP parameter or tool a caller can act on
+_CLI_TO_MCP = [
+    (re.compile(r"--collection ([A-Za-z0-9_-]+)"), r'collection="\1"'),
+    (re.compile(r"\(--collection NAME\)"), "(the `collection` parameter)"),
+    (re.compile(r"raise --context-tokens / lower --max-new-tokens|lower --max-new-tokens or raise --context-tokens"),
+     "ask with a smaller `k` (fewer sources)"),
+    (re.compile(r"knnrag index PATH --store DIR"), "call index_paths or add_texts"),
+    (re.compile(r"`?knnrag collections`?"), "list_collections"),
+    (re.compile(r"(?<![\w-])-k (\d+)|--k\b"), r"k=\1"),
+    (re.compile(r"--min-score"), "the server's --min-score"),
+    (re.compile(r"--source PATH or --id ID"), "`sources` or `ids`"),
+    (re.compile(r"without --embedder"), "without the server's --embedder"),
+    (re.compile(r" and --exclude patterns"), ""),
+]
 
 
 class Filters(BaseModel):
@@ -50,10 +69,25 @@ def state(ctx: Context):
     return ctx.request_context.lifespan_context
 
 
-def result(model: BaseModel) -> CallToolResult:
-    """Structured content plus its compact JSON as text (for clients without outputSchema support)."""
-    return CallToolResult(content=[TextContent(type="text", text=model.model_dump_json())],
-                          structured_content=model.model_dump(mode="json"))
+def result(model: BaseModel, links: Sequence[S.HitOut] = ()) -> CallToolResult:
+    """Structured content plus its compact JSON as text (for clients without outputSchema support),
+    and a resource_link to each hit's chunk:// resource."""
+    content: list[ContentBlock] = [TextContent(type="text", text=model.model_dump_json())]
+    content += [ResourceLink(type="resource_link", uri=h.uri, name=f"chunk {h.id}", mime_type="text/plain",
+                             description=f"{h.source}:{h.start_line}-{h.end_line}"[:300]) for h in links]
+    return CallToolResult(content=content, structured_content=model.model_dump(mode="json"))
+
+
+def mcp_hint(text: str) -> str:
+    """A library hint with its CLI flags put as the MCP parameters and tools a caller has."""
+    for pattern, repl in _CLI_TO_MCP:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def tool_error(e: KnnragError) -> ToolError:
+    hint = mcp_hint(e.hint) if e.hint else ""
+    return ToolError(f"{mcp_hint(e.message)}. Hint: {hint}" if hint else mcp_hint(e.message))
 
 
 async def run(fn: Callable[[], Any]) -> Any:
@@ -61,14 +95,15 @@ async def run(fn: Callable[[], Any]) -> Any:
     try:
         return await anyio.to_thread.run_sync(fn)
     except KnnragError as e:
-        raise ToolError(f"{e.message}. Hint: {e.hint}" if e.hint else e.message) from e
+        raise tool_error(e) from e
     except (MemoryError, RecursionError) as e:
         raise ToolError(f"the request is too large to process ({type(e).__name__})") from e
 
 
 def text(value: str, what: str, limit: int) -> str:
-    if not value.strip():
-        raise ToolError(f"{what} is empty. Hint: pass some text")
+    """Refuse text with nothing to read: empty, blank, or only NULs and other control characters."""
+    if not value.strip() or not any(ch.isprintable() and not ch.isspace() for ch in value):
+        raise ToolError(f"{what} is empty (only blanks or control characters). Hint: pass some words")
     if len(value) > limit:  # also bounded in the schema; kept for direct Python callers
         raise ToolError(f"{what} is {len(value)} characters, over the limit of {limit}. Hint: shorten it")
     return value
@@ -82,17 +117,16 @@ def require_collection(store: Any, name: str) -> None:
         raise NotFoundError(e.message, "call list_collections to see them, or index_paths to create one") from e
 
 
-def hit(h: Any) -> S.HitOut:
-    d = h.to_dict() if hasattr(h, "to_dict") else dict(h)
-    text = d.get("text") or ""
-    cut = len(text) > MAX_HIT_TEXT
-    coll = d.get("collection") or "default"
+def hit(h: Hit) -> S.HitOut:
+    text = h.text or ""
+    coll = h.collection or "default"
     return S.HitOut(
-        id=str(d["id"]), uri=f"chunk://{coll}/{d['id']}", score=float(d.get("score") or 0.0),
-        scores={k: float(v) for k, v in (d.get("scores") or {}).items() if v is not None},
-        source=str(d.get("source")), start_line=int(d.get("start_line") or 0), end_line=int(d.get("end_line") or 0),
-        start_char=int(d.get("start_char") or 0), end_char=int(d.get("end_char") or 0), heading=d.get("heading") or None,
-        text=text[:MAX_HIT_TEXT], text_truncated=cut, collection=coll, metadata=dict(d.get("metadata") or {}),
+        id=str(h.id), uri=f"chunk://{coll}/{h.id}", score=float(h.score or 0.0),
+        scores={k: float(v) for k, v in (h.scores or {}).items() if v is not None},
+        source=str(h.source), start_line=int(h.start_line or 0), end_line=int(h.end_line or 0),
+        start_char=int(h.start_char or 0), end_char=int(h.end_char or 0), heading=h.heading or None,
+        text=text[:MAX_HIT_TEXT], text_truncated=len(text) > MAX_HIT_TEXT, collection=coll,
+        metadata=dict(h.metadata or {}),
     )
 
 
@@ -114,33 +148,6 @@ def bound_hits(hits: list[S.HitOut], budget_chars: int) -> tuple[list[S.HitOut],
     if cut_texts:
         notes.append(f"{cut_texts} hit texts cut to {MAX_HIT_TEXT} characters; read the full chunk via its `uri` resource")
     return kept, bool(notes), ("; ".join(notes) or None)
-
-
-def throttled_progress(ctx: Context) -> Callable[[int, int, str], None]:
-    """A DocStore progress callback (worker thread) that forwards MCP progress notifications.
-
-    DocStore reports per stage (scan, embed, ...) with counters restarting at 0; MCP wants one
-    strictly increasing `progress`, so stages are laid end to end. At most ~4 notifications/s.
-    """
-    st = {"offset": 0, "stage": None, "done": 0, "total": 0, "sent": -1.0, "last": 0.0}
-
-    def progress(done: int, total: int, what: str) -> None:
-        if what != st["stage"] or done < st["done"]:
-            st["offset"] += max(st["done"], st["total"]) if st["stage"] is not None else 0
-            st["stage"] = what
-        st["done"], st["total"] = done, total
-        value = float(st["offset"] + done)
-        now = time.monotonic()
-        if value <= st["sent"] or (done < total and now - st["last"] < 0.25):
-            return
-        st["sent"], st["last"] = value, now
-        try:
-            anyio.from_thread.run(ctx.report_progress, value, float(st["offset"] + max(total, done)) or None,
-                                  f"{what} {done}/{total}"[:200])
-        except Exception:  # a client gone away must not fail the write
-            log.debug("progress notification failed", exc_info=True)
-
-    return progress
 
 
 def jsonable(obj: Any) -> Any:

@@ -1,23 +1,71 @@
-"""The document-store MCP tools: thin, typed wrappers over DocStore and lm.rag.answer.
+"""The read tools of the document store: search (paged), ask, get_chunks, chunk_context,
+list_collections, stats and the chunk:// resource; thin, typed wrappers over DocStore and lm.rag.
 
-Shared limits, argument checks and the worker-thread hop live in tool_support; the kNN-LM tools
-live in lm_tools. Each tool is registered by a function of its own.
+Shared limits, argument checks and the worker-thread hop live in tool_support; writes live in
+write_tools, collection administration in admin_tools, the kNN-LM tools in lm_tools. Each tool is
+registered by a function of its own. Every store access holds the state's gate shared, so
+drop_collection (exclusive) never closes a collection under a reader.
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp_types import CallToolResult, ToolAnnotations
-from pydantic import Field
+from mcp_types import CallToolResult
+from pydantic import Field, ValidationError
 
+from mcp_server import paging
 from mcp_server import schemas as S
 from mcp_server import tool_support as T
-from mcp_server.paths import escaping_symlinks, exclude_pattern, resolve_allowed
-from mcp_server.tool_support import COLLECTION_RE, COMPUTE, MAX_QUERY_CHARS, READ, Collection, Filters, log
+from mcp_server.paging import Page
+from mcp_server.tool_support import COLLECTION_RE, COMPUTE, MAX_QUERY_CHARS, READ, Collection, Filters
 from retrieval.errors import KnnragError
+from retrieval.store import admin
+from retrieval.store.admin import MAX_NEIGHBOURS
+from retrieval.store.search import MAX_K, MODES
+
+MAX_SEARCH_K = min(1000, MAX_K)
+MAX_PAGE_HITS = 200  # no page holds more (a hit is >= ~250 characters of JSON); spares converting all k
+
+
+def _page_of(cursor: str | None, query: str, k: int, mode: str, filters: Filters | None, collection: str) -> Page:
+    if cursor is None:
+        return Page(k, mode, filters.model_dump(exclude_none=True) if filters else None, collection, 0, -1)
+    page = paging.decode(cursor, query)
+    try:  # a cursor is untrusted: its fields pass the same checks as direct arguments
+        Filters.model_validate(page.filters or {})
+    except ValidationError:
+        raise ToolError("cursor is damaged. Hint: pass `next_cursor` unchanged") from None
+    if not (1 <= page.k <= MAX_SEARCH_K and page.mode in MODES and re.match(COLLECTION_RE, page.collection)):
+        raise ToolError("cursor is damaged. Hint: pass `next_cursor` unchanged")
+    return page
+
+
+def _search_page(state: Any, query: str, page: Page) -> S.SearchOut:
+    """One page of hits (worker thread): the whole top k is ranked, then cut to what fits."""
+    with state.gate.shared():
+        store = state.store()
+        T.require_collection(store, page.collection)
+        found = store.search(query, k=page.k, mode=page.mode, filters=page.filters or None, collection=page.collection)
+        hits = [T.hit(h) for h in found[page.offset:page.offset + MAX_PAGE_HITS]]
+        kept, truncated, note = T.bound_hits(hits, state.config.max_result_chars - 1000)
+        end = page.offset + len(kept)
+        gen = page.generation
+        if page.offset or end < len(found):  # the generation is needed only to page
+            with store.collection(page.collection).reading() as (_conn, snap):
+                gen = snap.generation
+    nxt = paging.encode(query, page._replace(offset=end, generation=gen)) if end < len(found) else None
+    notes = [note] if note else []
+    if nxt:
+        notes.append(f"hits {end + 1}-{len(found)} are on the next pages: call search again with the same query "
+                     "and cursor=next_cursor")
+    if page.offset and page.generation not in (-1, gen):
+        notes.append("the collection changed since the first page: hits may repeat or be missing")
+    return S.SearchOut(query=query[:500], collection=page.collection, mode=page.mode, hits=kept, returned=len(kept),
+                       offset=page.offset, truncated=truncated, next_cursor=nxt, note="; ".join(notes) or None)
 
 
 def _register_search(server: Any) -> None:
@@ -26,25 +74,22 @@ def _register_search(server: Any) -> None:
         query: Annotated[str, Field(description="what to look for (natural language or keywords)",
                                     min_length=1, max_length=MAX_QUERY_CHARS)],
         ctx: Context,
-        k: Annotated[int, Field(description="number of hits", ge=1, le=100)] = 10,
+        k: Annotated[int, Field(description=f"number of hits (pages of them when they do not fit one result; "
+                                            f"at most {MAX_SEARCH_K})", ge=1, le=MAX_SEARCH_K, strict=True)] = 10,
         mode: Annotated[Literal["hybrid", "dense", "bm25"], Field(description="retrieval mode")] = "hybrid",
         filters: Annotated[Filters | None, Field(description="metadata filters")] = None,
         collection: Collection = "default",
+        cursor: Annotated[str | None, Field(description="next_cursor of the previous page (same query); k, mode, "
+                                                        "filters and collection then come from it",
+                                            max_length=paging.MAX_CURSOR_CHARS)] = None,
     ) -> Annotated[CallToolResult, S.SearchOut]:
-        """Hybrid (BM25 + dense) search; hits carry scores, text, source file and line range."""
+        """Hybrid (BM25 + dense) search; hits carry scores, text, source file and line range, and a
+        resource_link to the full chunk. Results past the size limit come in pages (next_cursor)."""
         T.text(query, "query", MAX_QUERY_CHARS)
+        page = _page_of(cursor, query, k, mode, filters, collection)
         state = T.state(ctx)
-        fdict = filters.model_dump(exclude_none=True) if filters else None
-
-        def work():
-            store = state.store()
-            T.require_collection(store, collection)
-            return store.search(query, k=k, mode=mode, filters=fdict or None, collection=collection)
-
-        hits = [T.hit(h) for h in await T.run(work)]
-        kept, truncated, note = T.bound_hits(hits, state.config.max_result_chars - 1000)
-        return T.result(S.SearchOut(query=query[:500], collection=collection, mode=mode, hits=kept,
-                                   returned=len(kept), truncated=truncated, note=note))
+        out = await T.run(lambda: _search_page(state, query, page))
+        return T.result(out, links=out.hits)
 
 
 def _register_ask(server: Any) -> None:
@@ -52,7 +97,7 @@ def _register_ask(server: Any) -> None:
     async def ask(
         question: Annotated[str, Field(description="the question", min_length=1, max_length=MAX_QUERY_CHARS)],
         ctx: Context,
-        k: Annotated[int, Field(description="sources to retrieve", ge=1, le=20)] = 5,
+        k: Annotated[int, Field(description="sources to retrieve", ge=1, le=20, strict=True)] = 5,
         collection: Collection = "default",
     ) -> Annotated[CallToolResult, S.AskOut]:
         """Retrieve, then answer with the local LM from numbered sources; [n] maps to file and lines.
@@ -63,11 +108,12 @@ def _register_ask(server: Any) -> None:
         def work():
             from lm.rag.answer import RagConfig, answer
 
-            store = state.store()
-            T.require_collection(store, collection)
-            cfg = RagConfig(k=k) if state.config.min_score is None else RagConfig(k=k, min_score=state.config.min_score)
-            with state.lm_lock:  # the LM loads only if something relevant was retrieved
-                return answer(question, store=store, knnlm=state.knnlm, collection=collection, config=cfg)
+            with state.gate.shared():
+                store = state.store()
+                T.require_collection(store, collection)
+                cfg = RagConfig(k=k) if state.config.min_score is None else RagConfig(k=k, min_score=state.config.min_score)
+                with state.lm_lock:  # the LM loads only if something relevant was retrieved
+                    return answer(question, store=store, knnlm=state.knnlm, collection=collection, config=cfg)
 
         res = await T.run(work)
         d = res.to_dict()
@@ -77,68 +123,58 @@ def _register_ask(server: Any) -> None:
                                 attributed=bool(d.get("attributed")), note=d.get("note")))
 
 
-def _register_index_paths(server: Any) -> None:
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True,
-                                             openWorldHint=False), title="Index files under the allowed roots")
-    async def index_paths(
-        paths: Annotated[list[Annotated[str, Field(max_length=4096)]],
-                         Field(description="files or folders under an --allow-root folder (relative paths start "
-                                           "at the first root)", min_length=1, max_length=100)],
+def _register_get_chunks(server: Any) -> None:
+    @server.tool(annotations=READ, title="Read chunks by id")
+    async def get_chunks(
+        ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]],
+                       Field(description="chunk ids (from search hits or add_texts)", min_length=1, max_length=100)],
         ctx: Context,
         collection: Collection = "default",
-    ) -> Annotated[CallToolResult, S.IndexOut]:
-        """Add or refresh files in a collection (unchanged files are skipped by content hash); sends progress."""
-        state = T.state(ctx)
-        roots = state.config.allow_roots
-
-        def work():
-            resolved = [resolve_allowed(p, roots) for p in paths]
-            links = [(p, rel) for p in resolved for rel in escaping_symlinks(p, roots)]
-            if links:
-                log.warning("excluding %d symlinks that point outside the allowed roots", len(links))
-            store = state.store()
-            with state.write_lock:
-                rep = store.index_paths([str(p) for p in resolved], collection=collection,
-                                        exclude=tuple(exclude_pattern(rel) for _, rel in links),
-                                        progress=T.throttled_progress(ctx))
-            return resolved, [f"{p}/{rel}" for p, rel in links], rep
-
-        resolved, exclude, rep = await T.run(work)
-        d = rep.to_dict()
-        skipped = [S.SkippedOut(source=str(s["source"]), reason=str(s["reason"])) for s in d.get("skipped", [])]
-        skipped += [S.SkippedOut(source=s, reason="symlink pointing outside the allowed roots") for s in exclude]
-        dropped = {k: int(v) for k, v in (d.get("dropped") or {}).items()}
-        return T.result(S.IndexOut(
-            collection=collection, paths=[str(p) for p in resolved], skipped=skipped[:50], skipped_total=len(skipped),
-            dropped=dropped, **{f: d[f] for f in ("files_seen", "added", "updated", "removed", "unchanged",
-                                                   "chunks_added", "chunks_removed", "seconds") if f in d}))
-
-
-def _register_delete(server: Any) -> None:
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True,
-                                             openWorldHint=False), title="Delete sources or chunks")
-    async def delete(
-        ctx: Context,
-        sources: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]] | None,
-                           Field(description="source paths to remove (as shown in hits)", max_length=1000)] = None,
-        ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
-                       Field(description="chunk ids to remove", max_length=10_000)] = None,
-        collection: Collection = "default",
-    ) -> Annotated[CallToolResult, S.DeleteOut]:
-        """Remove whole sources or single chunks from a collection. Destructive."""
-        if not sources and not ids:
-            raise ToolError("nothing to delete. Hint: pass `sources` (paths) or `ids` (chunk ids)")
+    ) -> Annotated[CallToolResult, S.ChunksOut]:
+        """The chunks with these ids, with text, source and lines; unknown ids are listed in `missing`."""
         state = T.state(ctx)
 
         def work():
-            store = state.store()
-            T.require_collection(store, collection)
-            with state.write_lock:
-                return store.delete(sources=sources or None, ids=ids or None, collection=collection)
+            with state.gate.shared():
+                store = state.store()
+                T.require_collection(store, collection)
+                return store.get(ids, collection=collection)
 
-        d = await T.run(work)
-        return T.result(S.DeleteOut(collection=collection, removed_chunks=int(d.get("removed_chunks", 0)),
-                                   removed_sources=int(d.get("removed_sources", 0))))
+        hits = [T.hit(h) for h in await T.run(work)]
+        kept, _truncated, _note = T.bound_hits(hits, state.config.max_result_chars - 1000)
+        found = {h.id for h in hits}
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if not hits:
+            raise ToolError(f"no chunk with these ids in collection {collection!r}. Hint: use ids from search hits "
+                            "of this collection")
+        return T.result(S.ChunksOut(collection=collection, chunks=kept, missing=missing), links=kept)
+
+
+def _register_chunk_context(server: Any) -> None:
+    @server.tool(annotations=READ, title="Neighbouring chunks of a chunk")
+    async def chunk_context(
+        id: Annotated[str, Field(description="a chunk id from a search hit", min_length=1, max_length=200)],
+        ctx: Context,
+        before: Annotated[int, Field(description="preceding chunks of the same document", ge=0,
+                                     le=MAX_NEIGHBOURS, strict=True)] = 1,
+        after: Annotated[int, Field(description="following chunks of the same document", ge=0,
+                                    le=MAX_NEIGHBOURS, strict=True)] = 1,
+        collection: Collection = "default",
+    ) -> Annotated[CallToolResult, S.ChunkContextOut]:
+        """The chunk with its neighbours in the same file (or JSONL record), in reading order: read around
+        a hit without fetching the whole file."""
+        state = T.state(ctx)
+
+        def work():
+            with state.gate.shared():
+                store = state.store()
+                T.require_collection(store, collection)
+                return admin.chunk_context(store, id, before=before, after=after, collection=collection)
+
+        pre, mid, post = await T.run(work)
+        out = S.ChunkContextOut(collection=collection, id=id, before=[T.hit(h) for h in pre], chunk=T.hit(mid),
+                                after=[T.hit(h) for h in post])
+        return T.result(out, links=[*out.before, out.chunk, *out.after])
 
 
 def _register_list_collections(server: Any) -> None:
@@ -146,7 +182,11 @@ def _register_list_collections(server: Any) -> None:
     async def list_collections(ctx: Context) -> Annotated[CallToolResult, S.CollectionsOut]:
         """Collections in the store with their sizes and embedding model."""
         state = T.state(ctx)
-        rows = await T.run(lambda: state.store().list_collections())
+        def work():
+            with state.gate.shared():
+                return state.store().list_collections()
+
+        rows = await T.run(work)
         return T.result(S.CollectionsOut(collections=[
             S.CollectionOut(**{f: r.get(f) for f in S.CollectionOut.model_fields if r.get(f) is not None}) for r in rows]))
 
@@ -162,10 +202,11 @@ def _register_stats(server: Any) -> None:
         state = T.state(ctx)
 
         def work():
-            store = state.store()
-            if collection is not None:
-                T.require_collection(store, collection)
-            return store.stats(collection)
+            with state.gate.shared():
+                store = state.store()
+                if collection is not None:
+                    T.require_collection(store, collection)
+                return store.stats(collection)
 
         d = await T.run(work)
         return T.result(S.StatsOut(collection=collection, store=str(state.config.store), stats=T.jsonable(d)))
@@ -176,18 +217,23 @@ def _register_chunk_resource(server: Any) -> None:
                      description="the full text of one chunk (ids come from search hits)")
     async def chunk(collection: str, id: str, ctx: Context) -> str:
         state = T.state(ctx)
+        def work():
+            with state.gate.shared():
+                return state.store().get([id], collection=collection)
+
         try:
-            hits = await anyio.to_thread.run_sync(lambda: state.store().get([id], collection=collection))
+            hits = await anyio.to_thread.run_sync(work)
         except KnnragError as e:
             raise ResourceNotFoundError(e.message) from e
         except Exception as e:
             raise ResourceError(f"cannot read chunk {id!r}: {type(e).__name__}") from e
         if not hits:
             raise ResourceNotFoundError(f"no chunk {id!r} in collection {collection!r}")
-        return hits[0].to_dict()["text"]
+        return hits[0].text
 
 
-REGISTRARS = (_register_search, _register_ask, _register_index_paths, _register_delete, _register_list_collections, _register_stats, _register_chunk_resource)
+REGISTRARS = (_register_search, _register_ask, _register_get_chunks, _register_chunk_context, _register_list_collections,
+              _register_stats, _register_chunk_resource)
 
 
 def register(server: Any) -> None:

@@ -54,3 +54,44 @@ class Chunk:
     index_text: str
     doc_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def chunk_uri(collection: str, chunk_id: str | int) -> str:
+    """The one spelling of a chunk's resource address (MCP resources, RAG citations)."""
+    return f"chunk://{collection}/{chunk_id}"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result, from the store to the CLI, LangChain, RAG and MCP; field names are fixed
+    (other tools parse the JSON of `to_dict`).
+
+    `score` is on the scale of the mode that ranked it: dense = cosine in [-1, 1], bm25 = Lucene
+    BM25 (>= 0, grows with the query's length), hybrid = fused score in [0, 1]. `scores` holds
+    each mode's raw score (cosine, BM25)."""
+
+    id: str
+    score: float
+    scores: dict[str, float]
+    text: str
+    source: str
+    start_char: int | None
+    end_char: int | None
+    start_line: int | None
+    end_line: int | None
+    heading: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    doc_id: str | None = None
+    collection: str = "default"
+
+    @property
+    def uri(self) -> str:
+        return chunk_uri(self.collection, self.id)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "score": self.score, "scores": dict(self.scores), "text": self.text, "source": self.source,
+            "start_char": self.start_char, "end_char": self.end_char, "start_line": self.start_line,
+            "end_line": self.end_line, "heading": self.heading, "metadata": dict(self.metadata),
+            "doc_id": self.doc_id, "collection": self.collection,
+        }

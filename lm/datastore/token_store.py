@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from lm.datastore.manifest_check import check_manifest, check_values, record_checksums
 from lm.datastore.token_index import resolve_factory
 from retrieval.errors import CorruptStoreError, InvalidInputError, MismatchError, NotFoundError, StoreWriteError
 from retrieval.store.durable import atomic_write_bytes, fsync_dir, write_bytes_synced, write_npy
@@ -72,7 +73,8 @@ class TokenStore:
         return store
 
     @classmethod
-    def open(cls, path: str | Path, *, lm_id: str | None = None, tokenizer_hash: str | None = None) -> TokenStore:
+    def open(cls, path: str | Path, *, lm_id: str | None = None, tokenizer_hash: str | None = None,
+             vocab_size: int | None = None) -> TokenStore:
         p = Path(path)
         mpath = p / "manifest.json"
         if not mpath.is_file():
@@ -84,6 +86,7 @@ class TokenStore:
             raise CorruptStoreError(f"{mpath} is not valid JSON: {e}", _FIX) from e
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise CorruptStoreError(f"{p} is not a kNN-LM token datastore", "pass the folder made by `knnrag datastore build`")
+        check_manifest(manifest, mpath)
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise MismatchError(f"{p} uses datastore format {manifest['format_version']}, newer than this knnrag",
                                 "upgrade knnrag")
@@ -93,7 +96,9 @@ class TokenStore:
         if tokenizer_hash is not None and manifest["tokenizer_hash"] != tokenizer_hash:
             raise MismatchError(f"datastore {p} was built with another tokenizer ({manifest['tokenizer_hash']})",
                                 "use the model that built it, or rebuild the datastore")
-        return cls(p, manifest)
+        store = cls(p, manifest)
+        check_values(store.values, p, vocab_size)  # vocab_size: the LM's, when the caller has loaded it
+        return store
 
     def _check_file(self, name: str, size: int | None) -> Path:
         f = self.path / name
@@ -127,6 +132,7 @@ class TokenStore:
         self._keys, self._prov = keys, prov
         self._offsets = np.asarray(offs, dtype=np.int64)
         self.values = np.concatenate(vals) if vals else np.zeros(0, dtype=np.int32)
+        check_values(self.values, self.path)
 
     # ---- properties ----------------------------------------------------------------------------
     @property
@@ -253,6 +259,7 @@ class TokenStore:
             fsync_dir(self.path)  # the staged shards' names are durable before the manifest names them
         except OSError as e:
             raise StoreWriteError(f"cannot write datastore {self.path}: {e.strerror}", "check free space and permissions") from e
+        m["checksums"] = record_checksums(self.path, m)  # lm.datastore.verify checks them
         atomic_write_bytes(self.path / "manifest.json", json.dumps(m, indent=1).encode())
         self.manifest = m
         self._staged, self._staged_docs, self._staged_doc_count = [], [], 0

@@ -32,7 +32,12 @@ def _registrars() -> list[Registrar]:
 
     found: dict[str, Registrar] = {"store": store.register}
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        found.setdefault(ep.name, ep.load())
+        if ep.name in found:
+            continue
+        try:
+            found[ep.name] = ep.load()
+        except ImportError as e:  # a stale or broken plugin must not take the other commands down
+            logging.getLogger(__name__).warning("skipping knnrag command plugin %r: %s", ep.name, e)
     return list(found.values())
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,9 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.gitignore files are honoured)")
     _store_args(p)
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="gitignore-style pattern to leave out (repeatable)")
-    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag every chunk of these files (repeatable; filter with --filter tags=TAG)")
-    p.add_argument("--embedder", help="embedding model for a NEW collection: sentence-transformers id or path (default: bundled all-MiniLM-L6-v2); must match for an existing one")
-    p.add_argument("--index-factory", metavar="STR", help="FAISS index_factory string, e.g. 'Flat', 'HNSW32,Flat', 'IVF1024,Flat' (default: auto = Flat below 50k vectors, HNSW32 above)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="tag every chunk of these files (repeatable; filter with --filter tags=TAG)")
+    p.add_argument("--embedder",
+                   help="embedding model for a NEW collection: sentence-transformers id or path "
+                        "(default: bundled all-MiniLM-L6-v2); must match for an existing one")
+    p.add_argument("--index-factory", metavar="STR",
+                   help="FAISS index_factory string, e.g. 'Flat', 'HNSW32,Flat', 'IVF1024,Flat' "
+                        "(default: auto = Flat below 50k vectors, HNSW32 above)")
     p.add_argument("--force", action="store_true", help="re-chunk and re-embed every file, changed or not")
     p.add_argument("--near-dup", type=float, default=0.9, metavar="T", help="near-duplicate MinHash Jaccard threshold (default 0.9; 0 disables)")
     p.add_argument("--max-file-mb", type=float, default=20.0, help="skip files larger than this (default 20 MB)")
@@ -37,23 +43,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("query", nargs="?", help="what to search for")
     _store_args(s)
     s.add_argument("-k", type=int, default=10, help="number of results (default 10, at most 10000)")
-    s.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="hybrid")
+    s.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="hybrid",
+                   help="dense: embedding cosine; bm25: keyword (Lucene BM25); hybrid: both fused (default)")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="source=GLOB, kind=markdown, tags=T, doc_id=ID or any metadata key; repeatable (all must match)")
     s.add_argument("--mmr", action="store_true", help="diversify results with maximal marginal relevance")
     s.add_argument("--mmr-lambda", type=float, default=0.5, help="MMR trade-off: 1 = relevance only, 0 = diversity only")
-    s.add_argument("--min-score", type=float, help="drop hits scoring below this (scale depends on --mode)")
+    s.add_argument("--min-score", type=float, help="drop hits scoring below this; scale of --mode: dense cosine in [-1, 1], bm25 raw BM25 (>= 0), "
+                        "hybrid fused score in [0, 1] (1 = best candidate in both modes)")
     s.add_argument("--queries", metavar="FILE", help="batch: BEIR queries.jsonl ({_id, text}) or one query per line")
     s.add_argument("--embedder", help="embedding model (must be the one that built the collection; default: that one)")
-    s.add_argument("--alpha", type=float, help="hybrid: dense weight in [0, 1] (default tuned)")
-    s.add_argument("--fusion", choices=("convex", "rrf"), help="hybrid: fusion method (default tuned)")
-    s.add_argument("--norm", choices=("minmax", "zscore", "max", "none"), help="hybrid: score normalisation (default tuned)")
+    s.add_argument("--alpha", type=float, help="hybrid: dense weight in [0, 1] (default: the collection's fusion, see stats)")
+    s.add_argument("--fusion", choices=("convex", "rrf"), help="hybrid: fusion method (default: the collection's fusion)")
+    s.add_argument("--norm", choices=("tmm", "minmax", "zscore", "max", "none"),
+                   help="hybrid: per-mode score normalisation before convex fusion (default: the collection's fusion)")
     s.add_argument("--doc-agg", choices=("max", "none"), help="one hit per doc_id (best chunk), or every chunk")
     s.set_defaults(func=cmd_search)
 
     st = sub.add_parser("stats", help="what a store holds: collections, chunks, sources, embedder, index type, size")
     _store_args(st, collection_default=None)
     st.set_defaults(func=cmd_stats)
+
+    cal = sub.add_parser("calibrate", help="tune a collection's hybrid fusion on pseudo-queries from its own text",
+                         description="Make pseudo-queries from the collection (titles, headings, sentences with words held "
+                                     "out), rank them with each candidate fusion, and keep the best in the collection's "
+                                     "manifest if it beats the default. `stats` shows the fusion in force.")
+    _store_args(cal)
+    cal.add_argument("--queries-n", type=int, default=300, metavar="N", help="pseudo-queries to sample (default 300)")
+    cal.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    cal.set_defaults(func=cmd_calibrate)
 
     d = sub.add_parser("delete", help="delete chunks by source path (file, folder or glob) or by chunk id")
     _store_args(d)
@@ -115,6 +133,9 @@ def cmd_index(args) -> int:
             out.write("dropped chunks: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) + "\n")
         for s in d["skipped"]:
             out.write(f"skipped {s['source']}: {s['reason']}\n")
+        for e in d["emptied"]:
+            what = e["source"] + (f" record {e['doc_id']}" if e.get("doc_id") is not None else "")
+            out.write(f"not searchable, every chunk dropped: {what} ({e['reason']})\n")
     return 0
 
 
@@ -156,7 +177,8 @@ def _read_queries(path: str) -> list[tuple[str, str]]:
                 rec = json.loads(line)
                 qid, text = str(rec.get("_id", rec.get("id", n))), rec.get("text", rec.get("query", ""))
             except (ValueError, AttributeError) as e:
-                raise InvalidInputError(f"{path}:{n}: not a JSON object: {e}", "BEIR queries.jsonl lines look like {\"_id\": \"1\", \"text\": \"...\"}") from e
+                raise InvalidInputError(f"{path}:{n}: not a JSON object: {e}",
+                                        'BEIR queries.jsonl lines look like {"_id": "1", "text": "..."}') from e
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInputError(f"{path}:{n}: query {qid!r} has no text", "every query needs a non-empty 'text'")
             out.append((qid, text))
@@ -167,22 +189,33 @@ def _read_queries(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def cmd_search(args) -> int:
+def _request(args, store):
+    """The CLI's search settings as one SearchRequest; fusion flags override the collection's fusion."""
+    from retrieval.store.search import SearchRequest
 
+    if args.min_score is not None and not math.isfinite(args.min_score):
+        raise InvalidInputError(f"--min-score must be a finite number, got {args.min_score}",
+                                "dense: a cosine in [-1, 1]; bm25: a BM25 score >= 0; hybrid: a fused score in [0, 1]")
+    req = SearchRequest(k=args.k, mode=args.mode, filters=_filters(args.filter), collection=args.collection, mmr=args.mmr,
+                        mmr_lambda=args.mmr_lambda, min_score=args.min_score)
+    over = {k: v for k, v in (("alpha", args.alpha), ("method", args.fusion), ("norm", args.norm), ("doc_agg", args.doc_agg))
+            if v is not None}
+    if over:
+        req = req.with_(fusion=store.fusion_for(store.collection(args.collection)).with_(**over))
+    return req
+
+
+def cmd_search(args) -> int:
     if (args.query is not None) == bool(args.queries):
         raise InvalidInputError("give either a QUERY or --queries FILE", "e.g. knnrag search 'install' --store DIR")
-    filters = _filters(args.filter)
     with _open(args, write=False, embedder=args.embedder) as store:
-        over = {k: v for k, v in (("alpha", args.alpha), ("method", args.fusion), ("norm", args.norm), ("doc_agg", args.doc_agg)) if v is not None}
-        fusion = store.fusion.with_(**over) if over else None
-        kw = dict(k=args.k, mode=args.mode, filters=filters, collection=args.collection, mmr=args.mmr,
-                  mmr_lambda=args.mmr_lambda, min_score=args.min_score, fusion=fusion)
+        req = _request(args, store)
         if args.queries:
             queries = _read_queries(args.queries)
             batch = 256
             for i in range(0, len(queries), batch):
                 part = queries[i : i + batch]
-                results = store.search_batch([q for _, q in part], **kw)
+                results = store.search_batch([q for _, q in part], req)
                 for (qid, q), hits in zip(part, results):
                     rec = {"query_id": qid, "hits": [h.to_dict() for h in hits]}
                     if args.json:
@@ -191,7 +224,7 @@ def cmd_search(args) -> int:
                         sys.stdout.write(f"== {qid}: {q}\n")
                         _print_hits(hits)
             return 0
-        hits = store.search(args.query, **kw)
+        hits = store.search(args.query, req)
         if args.json:
             _emit({"query": args.query, "collection": args.collection, "mode": args.mode, "k": args.k, "hits": [h.to_dict() for h in hits]})
         else:
@@ -226,6 +259,26 @@ def cmd_stats(args) -> int:
                 f"{c['name']}: {c['chunks']} chunks from {c['sources']} sources, embedder {c['embedder']} (dim {c['dim']}), "
                 f"index {c['index_type']} ({c['vectors']} vectors), {c['bm25_terms']} BM25 terms, "
                 f"generation {c['generation']}, {c['disk_bytes'] / 1e6:.1f} MB\n")
+            f = c.get("fusion")
+            if f:
+                how = f"rrf k={f['rrf_k']}" if f["method"] == "rrf" else f"convex {f['norm']} alpha={f['alpha']}"
+                sys.stdout.write(f"  hybrid fusion: {how} ({f['source']})\n")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from retrieval.store.calibrate import CalibrationConfig
+    from retrieval.store.docstore import DocStore
+
+    with DocStore.open(Path(args.store), create=False) as store:
+        entry = store.calibrate_fusion(args.collection, CalibrationConfig(n_queries=args.queries_n, seed=args.seed))
+        if args.json:
+            _emit(entry)
+        else:
+            b = entry["best"]
+            sys.stdout.write(f"{args.collection}: {entry['pseudo_queries']} pseudo-queries {entry['kinds']}; best "
+                             f"{b['method']} {b['norm']} alpha={b['alpha']} MRR@10 {entry['pseudo_mrr10']:.4f} vs default "
+                             f"{entry['default_mrr10']:.4f}: {'kept' if entry['source'] == 'calibrated' else 'default kept'}\n")
     return 0
 
 

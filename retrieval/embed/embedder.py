@@ -257,6 +257,14 @@ class TransformerEmbedder:
             self._onnx_model = OnnxBert(cached_graph(self.model_dir, self.model_id, cache_root() / "onnx"))
         return self._onnx_model
 
+    def prepare(self) -> None:
+        """Build the derived files now (the ONNX graph, cached): a Docker image does it at build time,
+        so containers with a read-only file system start without building anything."""
+        from retrieval.embed import onnx_bert
+
+        if onnx_bert.supports(self.model_dir):  # whatever backend this CPU picks: another CPU may pick onnx
+            onnx_bert.cached_graph(self.model_dir, self.model_id, cache_root() / "onnx")
+
     def _batches(self, texts: Sequence[str], batch_size: int, max_tokens: int | None = None):
         """(rows, input_ids (B, T), attention_mask (B, T)) longest first, so padding stays small.
         With `max_tokens`, a batch also stops at B * T <= max_tokens (at least one row)."""
@@ -340,8 +348,10 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         self._m = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        self.dim = int(self._m.get_sentence_embedding_dimension())
-        self.max_tokens = int(self._m.max_seq_length)
+        dim, max_len = self._m.get_sentence_embedding_dimension(), self._m.max_seq_length
+        if dim is None or max_len is None:
+            raise ModelLoadError(f"{model_dir} declares no embedding dimension or maximum length", "pass a sentence-transformers model folder")
+        self.dim, self.max_tokens = int(dim), int(max_len)
         w = model_dir / "model.safetensors"
         self.model_id = f"{spec}@{weights_hash(w) if w.exists() else 'unhashed'}"
 

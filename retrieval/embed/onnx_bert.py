@@ -8,16 +8,20 @@ here, and a hand-built graph needs neither torch nor an exporter. The graph is t
 `numpy_bert.NumpyBert` (tests check cosine >= 0.9999 against it and against torch), so the
 model id, and every index built with it, stays the same.
 
-The serialized graph is cached under $KNNRAG_CACHE/onnx/, written atomically.
+The serialized graph is cached under $KNNRAG_CACHE/onnx/, written atomically (in memory when the cache is
+read-only).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 GRAPH_VERSION = 1  # bump when the graph changes: the cache file name carries it
 
@@ -104,30 +108,45 @@ def build_graph(model_dir: Path) -> bytes:
     return model.SerializeToString()
 
 
-def cached_graph(model_dir: Path, model_id: str, cache_dir: Path) -> Path:
-    """Path of the graph for this exact model (id = name@weights hash), building it on first use."""
+def cached_graph(model_dir: Path, model_id: str, cache_dir: Path) -> Path | bytes:
+    """The graph for this exact model (id = name@weights hash): the cached file, built on first use.
+
+    A cache that cannot be written (a read-only root file system, a root-owned cache in a container
+    running as another user) is no error: the graph is built in memory and returned as bytes, and
+    costs that build again in the next process. Docker images build it at image build time.
+    """
     safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in model_id)
     path = Path(cache_dir) / f"{safe}.v{GRAPH_VERSION}.onnx"
-    if not path.is_file():
+    if path.is_file():
+        return path
+    data = build_graph(model_dir)
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = build_graph(model_dir)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # concurrent builders each write whole files; the last one wins
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    except OSError as e:
+        log.warning("cannot cache the ONNX graph in %s (%s); using it from memory, built again in each process",
+                    path.parent, e.strerror or e)
+        return data
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # concurrent builders each write whole files; the last one wins
+    except OSError as e:  # e.g. the disk filled up: the graph in memory still works
+        Path(tmp).unlink(missing_ok=True)
+        log.warning("cannot cache the ONNX graph at %s (%s); using it from memory", path, e.strerror or e)
+        return data
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
 class OnnxBert:
     """An onnxruntime session over the cached graph; `hidden` returns the last hidden state."""
 
-    def __init__(self, graph_path: Path, threads: int | None = None) -> None:
+    def __init__(self, graph: Path | bytes, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -135,7 +154,8 @@ class OnnxBert:
         so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3  # warnings and below would go to stdout/stderr noise
-        self.session = ort.InferenceSession(str(graph_path), sess_options=so, providers=["CPUExecutionProvider"])
+        model = graph if isinstance(graph, bytes) else str(graph)  # bytes: a graph that could not be cached
+        self.session = ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
     def hidden(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self.session.run(["hidden"], {"input_ids": input_ids.astype(np.int64, copy=False),

@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class BM25Config:
     method: str = "lucene"
     stemmer: str = "english"
     stopwords: str = "en"
+    title_weight: int = 1  # a document title's tokens count this many times (index time only)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -121,9 +123,12 @@ def _csc(doc_ptr: np.ndarray, terms: np.ndarray, tfs: np.ndarray, n_vocab: int, 
     n_docs = len(doc_ptr) - 1
     doc = np.repeat(np.arange(n_docs, dtype=np.int32), np.diff(doc_ptr))  # (nnz,)
     dl = np.bincount(doc, weights=tfs, minlength=n_docs).astype(np.float64)  # (D,)
-    avgdl = float(dl.mean()) if n_docs and dl.sum() > 0 else 1.0
+    # Rows without tokens (the later chunks of a record, whose first chunk holds its whole text)
+    # are not documents: they count neither in the average length nor in N.
+    n_real = int((dl > 0).sum())
+    avgdl = float(dl[dl > 0].mean()) if n_real else 1.0
     df = np.bincount(terms, minlength=n_vocab).astype(np.float64)  # (V,)
-    idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))  # (V,)
+    idf = np.log(1.0 + (n_real - df + 0.5) / (df + 0.5))  # (V,)
     tf = tfs.astype(np.float64)
     score = idf[terms] * tf / (tf + cfg.k1 * (1.0 - cfg.b + cfg.b * dl[doc] / avgdl))  # (nnz,)
     order = np.lexsort((doc, terms))
@@ -134,7 +139,9 @@ def _csc(doc_ptr: np.ndarray, terms: np.ndarray, tfs: np.ndarray, n_vocab: int, 
 
 def _postings(token_lists: Sequence[Sequence[str]], vocab: dict[str, int]):
     """Per-doc (term id, tf) postings; new terms are appended to `vocab` (mutated)."""
-    lens, terms, tfs = [], [], []
+    lens: list[int] = []
+    terms: list[int] = []
+    tfs: list[int] = []
     for toks in token_lists:
         counts: dict[int, int] = {}
         for t in toks:
@@ -202,7 +209,7 @@ def save(index: BM25Index, folder: Path) -> None:
 
 
 def load(folder: Path, *, mmap: bool = True) -> BM25Index:
-    mode = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     try:
         arr = {n: np.load(folder / n, mmap_mode=mode, allow_pickle=False)
                for n in (DATA, INDICES, INDPTR, IDS, DOC_PTR, DOC_TERMS, DOC_TFS)}

@@ -3,6 +3,9 @@ reciprocal-rank fusion, doc-level aggregation (max over chunks) and MMR.
 
 Every candidate carries *both* scores (the store computes the missing one exactly), so fusion
 never has to guess a score for a candidate one mode did not retrieve.
+
+Fused scores lie in [0, 1] for every method and normalisation (`fuse`), so `--min-score` has one
+scale in hybrid mode: 1 is a candidate that is the best of this query's candidates in both modes.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import numpy as np
 
 from retrieval.errors import InvalidInputError
 
-NORMS = ("minmax", "zscore", "max", "none")
+NORMS = ("tmm", "minmax", "zscore", "max", "none")
+# Lowest score each mode can give: cosine of unit vectors, Lucene BM25 (no negative idf).
+FLOOR = {"dense": -1.0, "bm25": 0.0}
 METHODS = ("convex", "rrf")
 
 
@@ -43,11 +48,18 @@ class FusionConfig:
         return replace(self, **kw)
 
 
-def normalize(s: np.ndarray, method: str) -> np.ndarray:
-    """Scale one mode's candidate scores so modes are comparable. (n,) -> (n,)"""
+def normalize(s: np.ndarray, method: str, floor: float = 0.0) -> np.ndarray:
+    """Scale one mode's candidate scores so modes are comparable. (n,) -> (n,)
+
+    tmm ("theoretical min-max", Bruch et al. 2023): (s - floor) / (max - floor), with the mode's
+    lowest possible score as floor, so a query whose candidates are all weak in one mode is not
+    stretched to the full [0, 1] the way min-max stretches it."""
     s = np.asarray(s, dtype=np.float64)
     if s.size == 0 or method == "none":
         return s
+    if method == "tmm":
+        hi = s.max()
+        return np.clip((s - floor) / (hi - floor), 0.0, 1.0) if hi > floor else np.zeros_like(s)
     if method == "minmax":
         lo, hi = s.min(), s.max()
         return (s - lo) / (hi - lo) if hi > lo else np.ones_like(s) * (1.0 if hi > 0 else 0.0)
@@ -69,20 +81,38 @@ def ranks(s: np.ndarray) -> np.ndarray:
 
 
 def convex(dense: np.ndarray, bm25: np.ndarray, alpha: float, norm: str) -> np.ndarray:
-    return alpha * normalize(dense, norm) + (1.0 - alpha) * normalize(bm25, norm)  # (n,)
+    """alpha * dense + (1 - alpha) * bm25 on normalised scores (unbounded for zscore/none)."""
+    return alpha * normalize(dense, norm, FLOOR["dense"]) + (1.0 - alpha) * normalize(bm25, norm, FLOOR["bm25"])  # (n,)
 
 
 def rrf(dense: np.ndarray, bm25: np.ndarray, k: int = 60, alpha: float = 0.5) -> np.ndarray:
-    """Weighted reciprocal-rank fusion (alpha=0.5 gives plain RRF up to a factor 2)."""
-    return 2 * (alpha / (k + ranks(dense)) + (1.0 - alpha) / (k + ranks(bm25)))  # (n,)
+    """Weighted reciprocal-rank fusion, scaled so rank 1 in both modes scores 1 (alpha=0.5 is
+    plain RRF times (k+1)/2: the same ranking)."""
+    return (k + 1) * (alpha / (k + ranks(dense)) + (1.0 - alpha) / (k + ranks(bm25)))  # (n,)
+
+
+def _to_unit(x: np.ndarray, norm: str, alpha: float) -> np.ndarray:
+    """Map a convex fusion of z-scores (or raw scores) into (0, 1) without changing its order:
+    the normal CDF of the fused z-score scaled to unit variance (0.5 = an average candidate)."""
+    if norm in ("tmm", "minmax"):
+        return np.clip(x, 0.0, 1.0)
+    if norm == "zscore":
+        from math import erf, sqrt
+
+        sd = sqrt(alpha * alpha + (1.0 - alpha) ** 2)
+        return 0.5 * (1.0 + np.vectorize(erf)(x / (sd * sqrt(2.0)))) if len(x) else x
+    if norm == "max":  # each term is in [-1, 1]
+        return np.clip((x + 1.0) / 2.0, 0.0, 1.0)
+    return x / (1.0 + np.abs(x)) * 0.5 + 0.5  # "none": raw cosine + raw BM25, squashed
 
 
 def fuse(dense: np.ndarray, bm25: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+    """Hybrid score of each candidate, in [0, 1]. (n,), (n,) -> (n,)"""
     if len(dense) == 0:
         return np.zeros(0)
     if cfg.method == "rrf":
         return rrf(dense, bm25, cfg.rrf_k, cfg.alpha)
-    return convex(dense, bm25, cfg.alpha, cfg.norm)
+    return _to_unit(convex(dense, bm25, cfg.alpha, cfg.norm), cfg.norm, cfg.alpha)
 
 
 def aggregate_max(keys: list, *scores: np.ndarray, by: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -106,7 +136,7 @@ def aggregate_max(keys: list, *scores: np.ndarray, by: np.ndarray) -> tuple[np.n
     return rep, maxes
 
 
-def mmr(xq: np.ndarray, xc: np.ndarray, relevance: np.ndarray, k: int, lambda_: float = 0.5) -> np.ndarray:
+def mmr(xq: np.ndarray | None, xc: np.ndarray, relevance: np.ndarray, k: int, lambda_: float = 0.5) -> np.ndarray:
     """Maximal marginal relevance: pick k of n candidates trading relevance against redundancy.
 
     xq (D,) query (unused beyond shape: relevance already encodes it), xc (n, D) L2-normalised

@@ -18,11 +18,14 @@ class Block:
     kind: str  # heading | para | fence | code
     level: int = 0  # heading level (1 = top)
     title: str = ""  # heading text, or a code unit's label ("def chunk_document")
+    attrs: tuple[int, int] | None = None  # view span of a heading's `{ #anchor }` attribute list, left out of what is embedded
 
 
 _LINE = re.compile(r"[^\n]*\n|[^\n]+")
 _BLANK_SPLIT = re.compile(r"\n[ \t\r\f\v]*\n")
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+# attr_list / kramdown heading attributes, e.g. "## Path parameters { #path-parameters }" (MkDocs, FastAPI docs)
+_ATTRS = re.compile(r"[ \t]*\{:?[ \t]*[#.][^{}\n]*\}[ \t]*$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _RST_ADORN = re.compile(r"^([!-/:-@\[-`{-~])\1*[ \t]*$")
@@ -66,6 +69,26 @@ def text_blocks(text: str, start: int = 0, end: int | None = None, kind: str = "
     return blocks
 
 
+def _heading_attrs(title: str, at: int) -> tuple[str, tuple[int, int] | None]:
+    """(title without a trailing `{ #id .class }` list, the list's span) for a title starting at `at`."""
+    m = _ATTRS.search(title)
+    if m is None:
+        return title.strip(), None
+    return title[: m.start()].strip(), (at + m.start(), at + m.end())
+
+
+def without_spans(text: str, a: int, b: int, spans: list[tuple[int, int]]) -> str:
+    """text[a:b] minus the sorted, disjoint `spans` lying inside it (heading anchors, not embedded)."""
+    out, pos = [], a
+    for s, e in spans:
+        if s >= b:
+            break
+        if s >= pos:
+            out.append(text[pos:s])
+            pos = min(e, b)
+    return "".join(out) + text[pos:b]
+
+
 def markdown_blocks(text: str) -> list[Block]:
     """ATX and setext headings, fenced code kept whole, paragraphs, YAML front matter as one block."""
     lines = _lines(text)
@@ -101,14 +124,16 @@ def markdown_blocks(text: str) -> list[Block]:
         m = _ATX.match(line)
         if m:
             flush()
-            blocks.append(Block(s + len(line) - len(line.lstrip()), s + len(line.rstrip()), "heading", len(m.group(1)), (m.group(2) or "").strip()))
+            title, attrs = _heading_attrs(m.group(2) or "", s + (m.start(2) if m.group(2) else 0))
+            blocks.append(Block(s + len(line) - len(line.lstrip()), s + len(line.rstrip()), "heading", len(m.group(1)), title, attrs))
             continue
         if _SETEXT.match(line) and len(para) == 1 and text[para[0][0] : para[0][1]].strip():
             ps = para[0][0]
             title = text[ps : para[0][1]]
             para.clear()
             level = 1 if line.strip()[0] == "=" else 2
-            blocks.append(Block(ps + len(title) - len(title.lstrip()), s + len(line.rstrip()), "heading", level, title.strip()))
+            clean, attrs = _heading_attrs(title.rstrip("\r\n"), ps)
+            blocks.append(Block(ps + len(title) - len(title.lstrip()), s + len(line.rstrip()), "heading", level, clean, attrs))
             continue
         if not line.strip():
             flush()
@@ -193,15 +218,15 @@ def code_blocks(text: str) -> list[Block]:
             prev_blank, attach = True, None
             continue
         top = not line[:1].isspace()
-        lead = line.lstrip()
-        if top and not lead.startswith(_CLOSERS):
+        body = line.lstrip()
+        if top and not body.startswith(_CLOSERS):
             if prev_blank:
                 starts.append(idx)
             elif _code_label(line)[1]:
                 first = attach if attach is not None else idx
                 if not starts or starts[-1] < first:
                     starts.append(first)
-        is_note = top and lead.startswith(("#", "//", "/*", "@", "--", ";;")) and not lead.startswith(("#include", "#define"))
+        is_note = top and body.startswith(("#", "//", "/*", "@", "--", ";;")) and not body.startswith(("#include", "#define"))
         attach = (idx if attach is None else attach) if is_note else None
         prev_blank = False
     if lines and (not starts or starts[0] != 0):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from retrieval.errors import InvalidInputError
-from retrieval.ingest.blocks import Block, code_blocks, markdown_blocks, rst_blocks, text_blocks
+from retrieval.ingest.blocks import Block, code_blocks, markdown_blocks, rst_blocks, text_blocks, without_spans
 from retrieval.ingest.html import html_view
 from retrieval.ingest.preprocess import blank_whitespace, normalize_whitespace
 from retrieval.types import Chunk, SourceDocument
@@ -163,6 +163,7 @@ class _Chunker:
         self.chunks: list[Chunk] = []
         self.midword: set[int] = set()
         self.exact = tokenizer_is_exact(token_spans)
+        self.attrs = sorted(b.attrs for b in self.view.blocks if b.attrs)  # heading anchors, not embedded
         if self.exact and self.title and len(self.view.ws) <= _TOKENIZE_PIECE:
             # one tokenizer call for title and text (counts are additive for exact tokenizers)
             shift = len(self.title) + 1
@@ -308,7 +309,7 @@ class _Chunker:
 
     def emit(self, a: int, b: int, heading: tuple[str, ...], parts: tuple[str, ...], label: str) -> None:
         a, b = self.trim(a, b)
-        body = normalize_whitespace(self.view.text[a:b])
+        body = normalize_whitespace(without_spans(self.view.text, a, b, self.attrs))
         if not body:
             return
         prefix, ptoks = self.prefix((self.title,) + parts)

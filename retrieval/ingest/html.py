@@ -73,7 +73,9 @@ def _segment_map(raw: str, rstart: int) -> tuple[str, tuple[int, ...] | None, tu
     """Unescape `raw` piecewise so every view character knows the raw span it came from."""
     if "&" not in raw:
         return raw, None, None
-    out, cs, ce = [], [], []
+    out: list[str] = []
+    cs: list[int] = []
+    ce: list[int] = []
     pos = 0
     for m in _CHARREF.finditer(raw):
         g = m.group()
@@ -82,13 +84,17 @@ def _segment_map(raw: str, rstart: int) -> tuple[str, tuple[int, ...] | None, tu
         while keep < min(len(rep), len(g)) and rep[-1 - keep] == g[-1 - keep]:
             keep += 1
         ent_end = m.end() - keep
-        for k in range(pos, m.start()):
-            out.append(raw[k]), cs.append(rstart + k), ce.append(rstart + k + 1)
-        for ch in rep[: len(rep) - keep]:
-            out.append(ch), cs.append(rstart + m.start()), ce.append(rstart + ent_end)
+        out.extend(raw[pos : m.start()])
+        cs.extend(range(rstart + pos, rstart + m.start()))
+        ce.extend(range(rstart + pos + 1, rstart + m.start() + 1))
+        n_rep = len(rep) - keep
+        out.extend(rep[:n_rep])
+        cs.extend([rstart + m.start()] * n_rep)
+        ce.extend([rstart + ent_end] * n_rep)
         pos = ent_end
-    for k in range(pos, len(raw)):
-        out.append(raw[k]), cs.append(rstart + k), ce.append(rstart + k + 1)
+    out.extend(raw[pos:])
+    cs.extend(range(rstart + pos, rstart + len(raw)))
+    ce.extend(range(rstart + pos + 1, rstart + len(raw) + 1))
     return "".join(out), tuple(cs), tuple(ce)
 
 
@@ -115,74 +121,9 @@ class HtmlView:
         self._vstarts = [s.vstart for s in self.segments]
 
 
-def html_view(raw: str) -> HtmlView:
-    parser = _Visible(raw)
-    try:
-        parser.feed(raw)
-        parser.close()
-    except Exception:  # html.parser is lenient; anything it still rejects leaves what it parsed
-        pass
-    events = parser.events
-    parts: list[str] = []
-    segments: list[Segment] = []
-    headings: list[tuple[int, int, int, str]] = []  # (vstart, vend, level, title)
-    title_parts: list[str] = []
-    skip: list[str] = []
-    in_title = False
-    heading: tuple[int, int] | None = None  # (level, vstart)
-    vlen = 0
-    pending_break = False
-    for n, (pos, kind, payload) in enumerate(events):
-        if kind == "start":
-            tag = str(payload)
-            if tag == "body" or ("head" in skip and tag not in _HEAD_TAGS):
-                skip = [t for t in skip if t != "head"]  # <head> ends at <body> or at the first body tag
-            if tag in _SKIP_TAGS and tag not in _VOID:
-                skip.append(tag)
-            in_title = in_title or tag == "title"
-            if tag in _BLOCK_TAGS:
-                pending_break = True
-            if len(tag) == 2 and tag[0] == "h" and tag[1] in "123456" and not skip:
-                heading = (int(tag[1]), vlen)
-                heading_parts: list[str] = []
-        elif kind == "end":
-            tag = str(payload)
-            if tag in skip:
-                del skip[len(skip) - 1 - skip[::-1].index(tag) :]
-            if tag == "title":
-                in_title = False
-            if tag in _BLOCK_TAGS:
-                pending_break = True
-            if heading is not None and tag == f"h{heading[0]}":
-                text = normalize_whitespace("".join(heading_parts))
-                if text:
-                    headings.append((heading[1], vlen, heading[0], text))
-                heading = None
-        elif kind == "data":
-            rend = events[n + 1][0] if n + 1 < len(events) else len(raw)
-            if in_title:
-                title_parts.append(str(payload))
-            if skip or in_title:
-                continue
-            chunk_raw = raw[pos:rend]
-            text, cs, ce = _segment_map(chunk_raw, pos)
-            if text != payload:  # unexpected parser behaviour: map the whole node coarsely
-                text = str(payload)
-                cs = tuple([pos] * len(text))
-                ce = tuple([rend] * len(text))
-            if not text:
-                continue
-            if pending_break and vlen:
-                parts.append("\n\n")
-                vlen += 2
-            pending_break = False
-            parts.append(text)
-            if heading is not None:
-                heading_parts.append(text)
-            segments.append(Segment(vlen, vlen + len(text), pos, rend, cs, ce))
-            vlen += len(text)
-    view = "".join(parts)
-    blocks = []
+def _blocks(view: str, headings: list[tuple[int, int, int, str]]) -> list[Block]:
+    """The view's text blocks, each inside a heading tagged with it (heading blocks merged)."""
+    blocks: list[Block] = []
     hi = 0  # headings and blocks both run in view order: one merge-like pass
     for b in text_blocks(view):
         while hi < len(headings) and max(headings[hi][1], headings[hi][0] + 1) <= b.start:
@@ -194,8 +135,93 @@ def html_view(raw: str) -> HtmlView:
             blocks[-1] = Block(blocks[-1].start, b.end, "heading", h[2], h[3])
         else:
             blocks.append(Block(b.start, b.end, "heading", h[2], h[3]))
-    title = normalize_whitespace("".join(title_parts)) or None
-    return HtmlView(view, segments, blocks, title)
+    return blocks
+
+
+class _Walk:
+    """One pass over the parser's events: visible text segments, headings and the <title>."""
+
+    def __init__(self, raw: str, events: list[tuple[int, str, object]]) -> None:
+        self.raw, self.events = raw, events
+        self.parts: list[str] = []
+        self.segments: list[Segment] = []
+        self.headings: list[tuple[int, int, int, str]] = []  # (vstart, vend, level, title)
+        self.title_parts: list[str] = []
+        self.heading_parts: list[str] = []
+        self.skip: list[str] = []
+        self.in_title = False
+        self.heading: tuple[int, int] | None = None  # (level, vstart)
+        self.vlen = 0
+        self.pending_break = False
+
+    def start(self, tag: str) -> None:
+        if tag == "body" or ("head" in self.skip and tag not in _HEAD_TAGS):
+            self.skip = [t for t in self.skip if t != "head"]  # <head> ends at <body> or at the first body tag
+        if tag in _SKIP_TAGS and tag not in _VOID:
+            self.skip.append(tag)
+        self.in_title = self.in_title or tag == "title"
+        if tag in _BLOCK_TAGS:
+            self.pending_break = True
+        if len(tag) == 2 and tag[0] == "h" and tag[1] in "123456" and not self.skip:
+            self.heading = (int(tag[1]), self.vlen)
+            self.heading_parts = []
+
+    def end(self, tag: str) -> None:
+        if tag in self.skip:
+            del self.skip[len(self.skip) - 1 - self.skip[::-1].index(tag) :]
+        if tag == "title":
+            self.in_title = False
+        if tag in _BLOCK_TAGS:
+            self.pending_break = True
+        if self.heading is not None and tag == f"h{self.heading[0]}":
+            text = normalize_whitespace("".join(self.heading_parts))
+            if text:
+                self.headings.append((self.heading[1], self.vlen, self.heading[0], text))
+            self.heading = None
+
+    def data(self, n: int, pos: int, payload: str) -> None:
+        rend = self.events[n + 1][0] if n + 1 < len(self.events) else len(self.raw)
+        if self.in_title:
+            self.title_parts.append(payload)
+        if self.skip or self.in_title:
+            return
+        text, cs, ce = _segment_map(self.raw[pos:rend], pos)
+        if text != payload:  # unexpected parser behaviour: map the whole node coarsely
+            text = payload
+            cs = tuple([pos] * len(text))
+            ce = tuple([rend] * len(text))
+        if not text:
+            return
+        if self.pending_break and self.vlen:
+            self.parts.append("\n\n")
+            self.vlen += 2
+        self.pending_break = False
+        self.parts.append(text)
+        if self.heading is not None:
+            self.heading_parts.append(text)
+        self.segments.append(Segment(self.vlen, self.vlen + len(text), pos, rend, cs, ce))
+        self.vlen += len(text)
+
+
+def html_view(raw: str) -> HtmlView:
+    """Visible text of an HTML page with a map back to raw offsets, its headings and <title>."""
+    parser = _Visible(raw)
+    try:
+        parser.feed(raw)
+        parser.close()
+    except Exception:  # html.parser is lenient; anything it still rejects leaves what it parsed
+        pass
+    w = _Walk(raw, parser.events)
+    for n, (pos, kind, payload) in enumerate(parser.events):
+        if kind == "start":
+            w.start(str(payload))
+        elif kind == "end":
+            w.end(str(payload))
+        elif kind == "data":
+            w.data(n, pos, str(payload))
+    view = "".join(w.parts)
+    title = normalize_whitespace("".join(w.title_parts)) or None
+    return HtmlView(view, w.segments, _blocks(view, w.headings), title)
 
 
 def html_title(raw: str) -> str | None:

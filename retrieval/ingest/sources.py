@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import os
 import posixpath
 import re
@@ -20,6 +19,8 @@ from pathlib import Path
 import pathspec
 
 from retrieval.errors import InvalidInputError
+from retrieval.ingest.fsread import SWAPPED, escapes, open_nonblocking, read_error, read_regular
+from retrieval.ingest.jsonl import jsonl_documents
 from retrieval.types import Skip, SourceDocument
 
 ALWAYS_SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "__pycache__", "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox"})
@@ -60,7 +61,6 @@ _MAGIC = [
     (b"\x93NUMPY", "numpy array"), (b"RIFF", "RIFF media file"), (b"OggS", "Ogg media file"), (b"ID3", "MP3 audio"),
     (b"\xd0\xcf\x11\xe0", "MS Office (OLE) document"), (b"\xca\xfe\xba\xbe", "Java class / Mach-O binary"), (b"MZ", "Windows executable"),
 ]
-_MALFORMED_LINES_REPORTED = 10
 
 
 def file_hash(path: str | Path) -> str:
@@ -114,16 +114,6 @@ def _decode(data: bytes) -> tuple[str | None, str | None]:
     return (text[1:] if text.startswith("\ufeff") else text), None
 
 
-def _too_large(size: int, limit: int) -> str:
-    return f"file is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB limit; split it or raise --max-file-mb"
-
-
-def _read_error(exc: OSError) -> str:
-    if isinstance(exc, PermissionError):
-        return "permission denied; make the file readable (chmod +r) or exclude it"
-    return f"cannot read file: {exc.strerror or exc}"
-
-
 _TITLE = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
 
 
@@ -134,93 +124,36 @@ def _html_title(text: str) -> str | None:
     return title or None
 
 
-def _jsonl_documents(source: str, data: bytes, max_record_bytes: int) -> Iterator[SourceDocument | Skip]:
-    """One SourceDocument per BEIR record; line_offset is the record's 0-based line index."""
-    bad = 0
-    for index, raw in enumerate(data.split(b"\n")):
-        line = raw.rstrip(b"\r")
-        if not line.strip():
-            continue
-        problem = None
-        record = None
-        if len(line) > max_record_bytes:
-            problem = f"record is {len(line) / 1e6:.1f} MB, over the {max_record_bytes / 1e6:g} MB limit"
-        else:
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                problem = f"invalid UTF-8 at byte {exc.start} of the line"
-            except json.JSONDecodeError as exc:
-                problem = f"invalid JSON ({exc.msg} at column {exc.colno})"
-        if record is not None and not problem:
-            if not isinstance(record, dict):
-                problem = "not a JSON object"
-            elif not isinstance(record.get("text"), str):
-                problem = 'no string "text" field (BEIR records look like {"_id": ..., "title": ..., "text": ...})'
-            elif record.get("_id", record.get("id")) is None:
-                problem = 'no "_id" field (BEIR records look like {"_id": ..., "title": ..., "text": ...})'
-        if problem:
-            bad += 1
-            if bad <= _MALFORMED_LINES_REPORTED:
-                yield Skip(source, f"line {index + 1}: {problem}; fix or remove the line")
-            continue
-        title = record.get("title")
-        title = title.strip() or None if isinstance(title, str) else None
-        text = record["text"]
-        metadata: dict = {"line": index + 1}
-        if not text.strip() and title:  # a record with only a title: index the title as its text
-            text, title, metadata["text_from"] = title, None, "title"
-        yield SourceDocument(
-            source=source,
-            text=text,
-            kind="jsonl",
-            content_hash=hashlib.sha256(line).hexdigest(),
-            doc_id=str(record.get("_id", record.get("id"))),
-            title=title,
-            line_offset=index,
-            metadata=metadata,
-        )
-    if bad > _MALFORMED_LINES_REPORTED:
-        yield Skip(source, f"{bad - _MALFORMED_LINES_REPORTED} more malformed lines not listed; check the file with `jq -c . FILE`")
-
-
-def load_file(path: str | Path, source: str, max_file_bytes: int = 20_000_000) -> Iterator[SourceDocument | Skip]:
+def load_file(
+    path: str | Path, source: str, max_file_bytes: int = 20_000_000, *, dir_fd: int | None = None, follow: bool = True,
+    full_path: str | None = None, confine: Sequence[str] | None = None,
+) -> Iterator[SourceDocument | Skip]:
     """Read one file into SourceDocuments (a JSONL file gives one per record) or a Skip.
 
     JSONL files are records, not one document, so for them the size limit applies per record.
+    `path` is relative to `dir_fd` when given; `follow=False` refuses a symlink there; with
+    `confine` (real folders) a file whose real path lies outside them is never read.
     """
     kind, language = kind_of(source)
     ext = posixpath.splitext(source)[1].lower()
     if ext in NON_TEXT_EXT:
         yield Skip(source, f"unsupported format ({NON_TEXT_EXT[ext]}, {ext}); convert it to text first or exclude it")
         return
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        yield Skip(source, "broken symbolic link or file vanished during the walk")
-        return
-    except OSError as exc:
-        yield Skip(source, _read_error(exc))
-        return
-    if st.st_size > max_file_bytes and kind != "jsonl":
-        yield Skip(source, _too_large(st.st_size, max_file_bytes))
-        return
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        yield Skip(source, _read_error(exc))
+    data = read_regular(os.fspath(path), source, dir_fd=dir_fd, follow=follow, full_path=full_path or os.fspath(path),
+                         max_bytes=None if kind == "jsonl" else max_file_bytes, confine=confine)
+    if isinstance(data, Skip):
+        yield data
         return
     if kind == "jsonl":
         reason = _binary_reason(data[:8192])
         if reason:
             yield Skip(source, reason)
         else:
-            yield from _jsonl_documents(source, data, max_file_bytes)
+            yield from jsonl_documents(source, data, max_file_bytes)
         return
     text, reason = _decode(data)
-    if reason:
-        yield Skip(source, reason)
+    if reason or text is None:
+        yield Skip(source, reason or "cannot decode")
         return
     metadata = {"language": language} if language else {}
     title = _html_title(text) if kind == "html" else None
@@ -237,12 +170,13 @@ class _Ignores:
             raise InvalidInputError(f"bad --exclude pattern: {exc}", "use gitignore syntax, e.g. --exclude '*.log' --exclude 'build/'") from exc
 
     @staticmethod
-    def load(directory: str) -> pathspec.GitIgnoreSpec | None:
-        try:
-            with open(os.path.join(directory, ".gitignore"), encoding="utf-8", errors="replace") as fh:
-                return pathspec.GitIgnoreSpec.from_lines(fh.read().splitlines())
-        except OSError:
+    def load(dir_fd: int) -> pathspec.GitIgnoreSpec | None:
+        data = read_regular(".gitignore", ".gitignore", dir_fd=dir_fd, follow=True, full_path=".gitignore", max_bytes=1 << 24,
+                             confine=None)
+        if isinstance(data, Skip):
             return None
+        try:
+            return pathspec.GitIgnoreSpec.from_lines(data.decode("utf-8", errors="replace").splitlines())
         except Exception:  # a malformed .gitignore must not stop indexing
             return None
 
@@ -273,64 +207,97 @@ def _join(root: str, rel: str) -> str:
     return rel if root == "." else posixpath.join(root, rel)
 
 
-def _walk(root_path: str, root: str, ignores: _Ignores, max_file_bytes: int) -> Iterator[SourceDocument | Skip]:
-    seen_dirs: set[tuple[int, int]] = set()
-    match_source = not ignores.root_matches(root)
-    stack: list[tuple[str, pathspec.GitIgnoreSpec]] = []
+def _list_dir(dir_fd: int) -> list[os.DirEntry]:
+    """The entries of an open folder, sorted by name (a seam for the swap-race tests)."""
+    return sorted(os.scandir(dir_fd), key=lambda e: e.name)
 
-    def visit(directory: str, rel: str) -> Iterator[SourceDocument | Skip]:
+
+class _Walk:
+    """One walk by folder descriptors: every entry is opened relative to its folder's descriptor, and
+    an entry the listing showed as no link is opened with O_NOFOLLOW, so swapping a file or folder
+    for a link mid-walk never leads outside. Links seen in the listing are followed (checked
+    against `confine` when given)."""
+
+    def __init__(self, root: str, ignores: _Ignores, max_file_bytes: int, confine: Sequence[str] | None) -> None:
+        self.root, self.ignores, self.max_file_bytes, self.confine = root, ignores, max_file_bytes, confine
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.match_source = not ignores.root_matches(root)
+        self.stack: list[tuple[str, pathspec.GitIgnoreSpec]] = []
+
+    def enter(self, name: str, parent_fd: int | None, directory: str, rel: str, follow: bool) -> Iterator[SourceDocument | Skip]:
+        shown = _join(self.root, rel) or self.root
         try:
-            st = os.stat(directory)
+            fd = open_nonblocking(name, parent_fd, follow=follow, directory=True)
         except OSError as exc:
-            yield Skip(_join(root, rel) or root, _read_error(exc))
+            reason = read_error(exc)
+            yield Skip(shown, reason if reason == SWAPPED else f"cannot list folder: {reason}")
             return
+        try:
+            escaped = escapes(fd, directory, self.confine) if follow and self.confine is not None else None
+            if escaped:
+                yield Skip(shown, escaped)
+            else:
+                yield from self.visit(fd, directory, rel)
+        finally:
+            os.close(fd)
+
+    def visit(self, dir_fd: int, directory: str, rel: str) -> Iterator[SourceDocument | Skip]:
+        st = os.fstat(dir_fd)
         key = (st.st_dev, st.st_ino)
-        if key in seen_dirs:
+        if key in self.seen_dirs:
             return  # a symlink back to a folder already walked: a loop or a second name
-        seen_dirs.add(key)
-        spec = _Ignores.load(directory)
+        self.seen_dirs.add(key)
+        spec = _Ignores.load(dir_fd)
         if spec is not None:
-            stack.append((rel, spec))
+            self.stack.append((rel, spec))
         try:
             try:
-                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+                entries = _list_dir(dir_fd)
             except OSError as exc:
-                yield Skip(_join(root, rel), f"cannot list folder: {_read_error(exc)}")
+                yield Skip(_join(self.root, rel), f"cannot list folder: {read_error(exc)}")
                 return
             for entry in entries:
-                child_rel = posixpath.join(rel, entry.name) if rel else entry.name
-                source = _join(root, child_rel)
-                try:
-                    is_dir = entry.is_dir()  # follows symlinks
-                    is_file = entry.is_file()
-                except OSError:
-                    is_dir = is_file = False
-                if is_dir:
-                    if entry.name in ALWAYS_SKIP_DIRS or ignores.ignored(child_rel, match_source and source, True, stack):
-                        continue
-                    yield from visit(entry.path, child_rel)
-                elif entry.name in ALWAYS_SKIP_FILES or ignores.ignored(child_rel, match_source and source, False, stack):
-                    continue
-                elif is_file:
-                    yield from load_file(entry.path, source, max_file_bytes)
-                elif entry.is_symlink():
-                    yield Skip(source, "broken symbolic link; fix or remove it")
-                # sockets, fifos and devices are not documents: passed over on purpose
+                yield from self.child(entry, dir_fd, directory, rel)
         finally:
             if spec is not None:
-                stack.pop()
+                self.stack.pop()
 
-    yield from visit(root_path, "")
+    def child(self, entry: os.DirEntry, dir_fd: int, directory: str, rel: str) -> Iterator[SourceDocument | Skip]:
+        child_rel = posixpath.join(rel, entry.name) if rel else entry.name
+        source = _join(self.root, child_rel)
+        full = os.path.join(directory, entry.name)
+        try:
+            is_link = entry.is_symlink()
+            is_dir = entry.is_dir()  # follows symlinks
+            is_file = entry.is_file()
+        except OSError:
+            is_link, is_dir, is_file = False, False, False
+        shown = source if self.match_source else None
+        if is_dir:
+            if entry.name not in ALWAYS_SKIP_DIRS and not self.ignores.ignored(child_rel, shown, True, self.stack):
+                yield from self.enter(entry.name, dir_fd, full, child_rel, follow=is_link)
+        elif entry.name in ALWAYS_SKIP_FILES or self.ignores.ignored(child_rel, shown, False, self.stack):
+            return
+        elif is_file:
+            yield from load_file(entry.name, source, self.max_file_bytes, dir_fd=dir_fd, follow=is_link, full_path=full,
+                                 confine=self.confine)
+        elif is_link:
+            yield Skip(source, "broken symbolic link; fix or remove it")
+        # sockets, fifos and devices met in a walk are not documents: passed over on purpose
 
 
 def iter_sources(
-    paths: Sequence[str | Path], exclude: Sequence[str] = (), max_file_bytes: int = 20_000_000
+    paths: Sequence[str | Path], exclude: Sequence[str] = (), max_file_bytes: int = 20_000_000,
+    confine_to: Sequence[str | Path] | None = None,
 ) -> Iterator[SourceDocument | Skip]:
     """Yield a SourceDocument for every indexable file under `paths`, a Skip for every file passed over.
 
     `source` is the path as given (normalised, forward slashes) joined with the walked relative
     path, never resolved through symlinks, so it is stable across runs from the same directory.
     Every path is checked before anything is yielded: a missing one raises InvalidInputError.
+    `confine_to` (the MCP server's allowed roots): no file whose real path is outside them is read,
+    even one swapped for a symlink after the caller checked the tree. Without it links are followed
+    wherever they point (the CLI: the user owns the tree).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -346,14 +313,15 @@ def iter_sources(
             kind = "broken symbolic link" if text and os.path.islink(text) else "path not found"
             raise InvalidInputError(f"{kind}: {text!r}", f"check the spelling; relative paths start at {os.getcwd()}")
         roots.append((text, posixpath.normpath(text.replace(os.sep, "/"))))
+    confine = None if confine_to is None else [os.path.realpath(os.fspath(r)) for r in confine_to]
     emitted: set[str] = set()
     for path, root in roots:
         if os.path.isdir(path):
-            items = _walk(path, root, ignores, max_file_bytes)
+            items = _Walk(root, ignores, max_file_bytes, confine).enter(path, None, path, "", follow=True)
         elif ignores.ignored(posixpath.basename(root), root, False, []):
             continue  # a file named explicitly but excluded by --exclude
         else:
-            items = load_file(path, root, max_file_bytes)
+            items = load_file(path, root, max_file_bytes, confine=confine)
         current: set[str] = set()
         for item in items:
             if item.source in emitted:

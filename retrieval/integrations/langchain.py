@@ -134,7 +134,7 @@ class KnnragVectorStore(VectorStore):
 
     def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
                                       filter: dict | None = None, **kwargs: Any) -> list[Document]:
-        fusion = self.store.fusion.with_(depth=max(fetch_k, k))
+        fusion = self.store.fusion_for(self.store.collection(self.collection)).with_(depth=max(fetch_k, k))
         hits = self.store.search(query, k=k, mode=kwargs.get("mode", self.mode), filters=filter, collection=self.collection,
                                  mmr=True, mmr_lambda=lambda_mult, fusion=fusion)
         return [_doc(h) for h in hits]

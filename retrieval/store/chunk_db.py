@@ -93,7 +93,7 @@ def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
 
 def generation(conn: sqlite3.Connection) -> int:
     try:
-        return int(get_meta(conn, "generation", "0"))
+        return int(get_meta(conn, "generation", "0") or 0)
     except sqlite3.DatabaseError as e:
         raise CorruptStoreError(f"cannot read the collection database: {e}", "re-index into a new store") from e
 
@@ -158,7 +158,8 @@ def filter_ids(conn: sqlite3.Connection, filters: dict | None) -> np.ndarray | N
     kind, doc_id (value or list), tags (all must match); any other key matches metadata[key]."""
     if not filters:
         return None
-    where, args = [], []
+    where: list[str] = []
+    args: list[str | int | float] = []
     for key, val in filters.items():
         vals = list(val) if isinstance(val, (list, tuple, set)) else [val]
         if not vals:

@@ -33,15 +33,28 @@ from retrieval.store import search as _search
 from retrieval.store.collection import Changes, Collection
 from retrieval.store.collection import create as create_collection
 from retrieval.store.durable import WriterLock, atomic_write_json, read_json, write_error
-from retrieval.store.indexing import IndexReport, run_index
+from retrieval.store.indexing import IndexOptions, IndexReport, run_index, text_rows
 from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_manifest, new_store_manifest
-from retrieval.store.search import MAX_K, MODES, Hit
+from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DocStore", "Hit", "IndexReport", "FusionConfig", "MAX_K", "MODES"]
+__all__ = ["DocStore", "Hit", "IndexReport", "FusionConfig", "SearchRequest", "MAX_K", "MODES"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def _request(request: SearchRequest | None, settings: dict[str, Any]) -> SearchRequest:
+    """A SearchRequest from either a request or its fields as keywords (not both)."""
+    if request is not None and not isinstance(request, SearchRequest):
+        raise InvalidInputError(f"expected a SearchRequest, got {type(request).__name__}", "pass settings as keywords, e.g. k=10")
+    unknown = sorted(set(settings) - set(SearchRequest.__dataclass_fields__))
+    if unknown:
+        raise InvalidInputError(f"unknown search setting(s) {', '.join(unknown)}",
+                                f"use {', '.join(SearchRequest.__dataclass_fields__)}")
+    if request is None:
+        return SearchRequest(**settings)
+    return request.with_(**settings) if settings else request
 
 
 def _check_name(name: str) -> str:
@@ -195,7 +208,8 @@ class DocStore:
 
     def embedder_for(self, c: Collection):
         """The collection's embedder, loaded on first use and checked against the manifest."""
-        emb = self._load_embedder(self._embedder_arg if self._embedder_arg is not None else (c.manifest["embedder"].get("spec") or c.manifest["embedder"]["model_id"]))
+        built = c.manifest["embedder"]
+        emb = self._load_embedder(self._embedder_arg if self._embedder_arg is not None else (built.get("spec") or built["model_id"]))
         self._check_embedder(c, emb)
         return emb
 
@@ -222,9 +236,28 @@ class DocStore:
             paths = [paths]
         with self._writing(collection, index_factory) as (c, conn):
             emb = self.embedder_for(c)
-            return run_index(c, conn, emb, [os.fspath(p) for p in paths], exclude=exclude, tags=tags, progress=progress,
-                             show_progress=show_progress, force=force, near_dup_threshold=near_dup_threshold,
-                             max_file_bytes=max_file_bytes, limit_threads=self._threads)
+            opts = IndexOptions(exclude=tuple(exclude), tags=tuple(tags), force=force, near_dup_threshold=near_dup_threshold,
+                                max_file_bytes=max_file_bytes, show_progress=show_progress)
+            rep = run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads)
+        kept = c.manifest.get("fusion") or {}
+        if kept.get("at_chunks") and rep.chunks_added and c.info()["chunks"] >= kept.get("regrow", 2.0) * kept["at_chunks"]:
+            from retrieval.store.calibrate import CalibrationConfig
+
+            log.info("collection %s grew past %s x its calibration size: re-calibrating its fusion", c.name, kept["regrow"])
+            self.calibrate_fusion(collection, CalibrationConfig(seed=kept.get("seed", 0), regrow=kept.get("regrow", 2.0)))
+        return rep
+
+    def calibrate_fusion(self, collection: str = "default", config: Any = None) -> dict:
+        """Tune the collection's hybrid fusion on pseudo-queries from its own text (see
+        retrieval/store/calibrate.py) and record the outcome in its manifest ("fusion"); searches
+        use the calibrated fusion only when it beat the default on those queries."""
+        from retrieval.store import calibrate
+
+        entry = calibrate.run(self, self.collection(collection), config or calibrate.CalibrationConfig())
+        with self._writing(collection) as (c, _):
+            c.manifest["fusion"] = entry
+            atomic_write_json(c.dir / "manifest.json", c.manifest)
+        return entry
 
     def add_texts(
         self, texts: Sequence[str], metadatas: Sequence[dict] | None = None, ids: Sequence[str] | None = None, *,
@@ -242,22 +275,9 @@ class DocStore:
             raise InvalidInputError("every text must be a string", "convert your documents to str first")
         if not texts:
             return []
-        from retrieval.ingest.preprocess import content_hash, normalize_whitespace
-
         with self._writing(collection, index_factory) as (c, conn):
             emb = self.embedder_for(c)
-            rows = []
-            for i, t in enumerate(texts):
-                md = dict(metadatas[i]) if metadatas is not None and metadatas[i] else {}
-                tags = md.pop("tags", []) or []
-                it = normalize_whitespace(t)
-                rows.append({
-                    "ext_id": str(ids[i]) if ids is not None and ids[i] is not None else None, "source": str(md.get("source", "")), "text": t,
-                    "index_text": it, "start_char": 0, "end_char": len(t), "start_line": 1, "end_line": t.count("\n") + 1,
-                    "heading": str(md.get("heading", "")), "kind": str(md.get("kind", "text")),
-                    "doc_id": None if md.get("doc_id") is None else str(md["doc_id"]), "metadata": md,
-                    "content_hash": content_hash(it), "tags": [str(x) for x in (tags if isinstance(tags, (list, tuple)) else [tags])],
-                })
+            rows = text_rows(texts, metadatas, ids)
             replaced = list(chunk_db.resolve_ids(conn, [r["ext_id"] for r in rows if r["ext_id"]]).values()) if ids is not None else []
             xb = emb.embed([r["index_text"] for r in rows])  # (n, D)
             tok = c.tokenizer()
@@ -283,62 +303,56 @@ class DocStore:
             return {"removed_chunks": len(rm), "removed_sources": len(set(src_rows))}
 
     # ----------------------------------------------------------------- reads
-    def search(
-        self, query: str, *, k: int = 10, mode: str = "hybrid", filters: dict | None = None, collection: str = "default",
-        mmr: bool = False, mmr_lambda: float = 0.5, min_score: float | None = None, fusion: FusionConfig | None = None,
-    ) -> list[Hit]:
-        """Top-k chunks for `query`. Filters (source glob, kind, tags, doc_id, metadata keys) apply
-        before ranking; hybrid fuses dense and BM25 scores (see FusionConfig)."""
-        return self.search_batch([query], k=k, mode=mode, filters=filters, collection=collection, mmr=mmr,
-                                 mmr_lambda=mmr_lambda, min_score=min_score, fusion=fusion, _single=True)[0]
+    def search(self, query: str, request: SearchRequest | None = None, **settings: Any) -> list[Hit]:
+        """Top-k chunks for `query`. Settings: a SearchRequest, or its fields as keywords (k, mode,
+        filters, collection, mmr, mmr_lambda, min_score, fusion). Filters (source glob, kind, tags,
+        doc_id, metadata keys) apply before ranking; hybrid fuses dense and BM25 scores."""
+        return self._run([query], _request(request, settings), single=True)[0]
 
-    def search_batch(
-        self, queries: Sequence[str], *, k: int = 10, mode: str = "hybrid", filters: dict | None = None,
-        collection: str = "default", mmr: bool = False, mmr_lambda: float = 0.5, min_score: float | None = None,
-        fusion: FusionConfig | None = None, _single: bool = False,
-    ) -> list[list[Hit]]:
-        """Many queries at once; the queries are embedded in one batch."""
-        queries = [_search.validate(q, k, mode, filters) for q in queries]
-        if not 0.0 <= mmr_lambda <= 1.0:
-            raise InvalidInputError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}", "1 = pure relevance, 0 = pure diversity")
-        cfg = fusion or self.fusion
-        c = self.collection(collection)
-        single = _single or len(queries) == 1
+    def search_batch(self, queries: Sequence[str], request: SearchRequest | None = None, **settings: Any) -> list[list[Hit]]:
+        """Many queries with the same settings; the queries are embedded in one batch."""
+        return self._run(list(queries), _request(request, settings), single=len(queries) == 1)
+
+    def search_by_vector(self, vector: Sequence[float], request: SearchRequest | None = None, **settings: Any) -> list[Hit]:
+        """Dense search with a query vector you embedded yourself (same model as the collection)."""
+        req = _request(request, settings).with_(mode="dense")
+        c = self.collection(req.collection)
+        xq = np.asarray(vector, dtype=np.float32).reshape(1, -1)  # (1, D)
+        if xq.shape[1] != c.dim:
+            raise MismatchError(f"query vector has dimension {xq.shape[1]}, collection {req.collection!r} has {c.dim}",
+                                f"embed the query with {c.manifest['embedder']['model_id']}")
+        with c.reading() as (conn, snap):
+            return _search.search_one(self._scope(c, conn, snap, req), req, "", xq)
+
+    def fusion_for(self, c: Collection, req: SearchRequest | None = None) -> FusionConfig:
+        """The fusion in force: the request's, else the one the collection calibrated and kept
+        (manifest "fusion"), else the store's default."""
+        if req is not None and req.fusion is not None:
+            return req.fusion
+        kept = c.manifest.get("fusion")
+        if kept and kept.get("config"):
+            return FusionConfig(**{k: v for k, v in kept["config"].items() if k in FusionConfig.__dataclass_fields__})
+        return self.fusion
+
+    def _scope(self, c: Collection, conn: Any, snap: Any, req: SearchRequest) -> _search.Scope:
+        return _search.Scope(c, conn, snap, chunk_db.filter_ids(conn, dict(req.filters) if req.filters is not None else None),
+                             self.fusion_for(c, req), _search.has_doc_ids(conn, snap))
+
+    def _run(self, queries: list[str], req: SearchRequest, single: bool, xq: np.ndarray | None = None) -> list[list[Hit]]:
+        queries = [_search.clean_query(q) for q in queries]
+        c = self.collection(req.collection)
         # One query: everything on one BLAS thread. Two-thread BLAS calls on a 2-core box fight
         # onnxruntime's spinning workers both ways (measured: embed 8.3 + scan 3.0 ms vs 4.8 + 1.5 ms).
         with self._threads(1) if single else nullcontext():
-            xq = None
-            if mode != "bm25" or mmr:
+            if xq is None and (req.mode != "bm25" or req.mmr):
                 emb = self.embedder_for(c)
                 if single:
                     xq = np.asarray(emb.embed_query(queries[0]), np.float32).reshape(1, -1)  # (1, D)
                 else:
                     xq = np.asarray(emb.embed(queries), np.float32)  # (nq, D)
             with c.reading() as (conn, snap):
-                allowed = chunk_db.filter_ids(conn, filters)
-                docs = _search.has_doc_ids(conn, snap)
-                return [
-                    _search.search_one(c, conn, snap, q, None if xq is None else xq[i : i + 1], k=k, mode=mode,
-                                       allowed=allowed, mmr=mmr, mmr_lambda=mmr_lambda, min_score=min_score, cfg=cfg,
-                                       has_doc_ids=docs)
-                    for i, q in enumerate(queries)
-                ]
-
-    def search_by_vector(
-        self, vector: Sequence[float], *, k: int = 10, filters: dict | None = None, collection: str = "default",
-        mmr: bool = False, mmr_lambda: float = 0.5, min_score: float | None = None,
-    ) -> list[Hit]:
-        """Dense search with a query vector you embedded yourself (same model as the collection)."""
-        _search.validate("vector", k, "dense", filters)
-        c = self.collection(collection)
-        xq = np.asarray(vector, dtype=np.float32).reshape(1, -1)  # (1, D)
-        if xq.shape[1] != c.dim:
-            raise MismatchError(f"query vector has dimension {xq.shape[1]}, collection {collection!r} has {c.dim}",
-                                f"embed the query with {c.manifest['embedder']['model_id']}")
-        with c.reading() as (conn, snap):
-            return _search.search_one(c, conn, snap, "", xq, k=k, mode="dense", allowed=chunk_db.filter_ids(conn, filters),
-                                      mmr=mmr, mmr_lambda=mmr_lambda, min_score=min_score, cfg=self.fusion,
-                                      has_doc_ids=_search.has_doc_ids(conn, snap))
+                sc = self._scope(c, conn, snap, req)
+                return [_search.search_one(sc, req, q, None if xq is None else xq[i : i + 1]) for i, q in enumerate(queries)]
 
     @contextmanager
     def _threads(self, n: int) -> Iterator[None]:
@@ -370,9 +384,15 @@ class DocStore:
         """Check that vectors, rows and BM25 entries of the committed state agree (CorruptStoreError if not)."""
         return self.collection(collection).verify()
 
+    def _info(self, name: str) -> dict:
+        c = self.collection(name)
+        kept = c.manifest.get("fusion") or {}
+        return {**c.info(), "fusion": {"source": kept.get("source", "default"), **asdict(self.fusion_for(c)),
+                                       "calibration": kept or None}}
+
     def stats(self, collection: str | None = None) -> dict:
         if collection is not None:
-            return self.collection(collection).info()
-        cols = [self.collection(n).info() for n in self._names()]
+            return self._info(collection)
+        cols = [self._info(n) for n in self._names()]
         return {"store": str(self.path), "collections": cols, "chunks": sum(c["chunks"] for c in cols),
                 "disk_bytes": sum(c["disk_bytes"] for c in cols), "read_only": self.read_only}

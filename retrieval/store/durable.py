@@ -44,7 +44,7 @@ def fsync_file(path: str | os.PathLike) -> None:
 
 def fsync_tree(path: Path) -> None:
     """fsync every file below `path`, then every directory bottom-up (a finished generation)."""
-    for root, dirs, files in os.walk(path, topdown=False):
+    for root, _dirs, files in os.walk(path, topdown=False):
         for f in files:
             fsync_file(os.path.join(root, f))
         fsync_dir(root)
@@ -114,6 +114,26 @@ def write_error(path: str | os.PathLike, e: OSError) -> StoreWriteError:
     if e.errno == errno.ENOSPC:
         return StoreWriteError(f"no space left on device while writing {path}", "free disk space and re-run; the last committed state is intact")
     return StoreWriteError(f"cannot write {path}: {e}", "check the path and permissions; the last committed state is intact")
+
+
+def generation_write_error(gdir: Path, e: OSError | RuntimeError) -> StoreWriteError:
+    """A failed generation write; FAISS reports a full disk as a RuntimeError naming ENOSPC's text."""
+    if isinstance(e, OSError):
+        return write_error(gdir, e)
+    text = str(e).splitlines()[-1][:300] if str(e) else type(e).__name__
+    if "No space left" in str(e) or "ENOSPC" in str(e):
+        return StoreWriteError(f"no space left on device while writing {gdir}", "free disk space and re-run; the last committed state is intact")
+    return StoreWriteError(f"cannot write {gdir}: {text}", "check free disk space and permissions; the last committed state is intact")
+
+
+def db_write_error(db: Path, e: Exception) -> StoreWriteError:
+    """A failed SQLite commit: SQLITE_FULL (sqlite3 names it in sqlite_errorname) is a full disk."""
+    name = getattr(e, "sqlite_errorname", "")
+    if name == "SQLITE_FULL" or getattr(e, "errno", None) == errno.ENOSPC:
+        return StoreWriteError(f"no space left on device while committing to {db}: {e} ({name or 'ENOSPC'})",
+                               "free disk space and re-run; the last committed state is intact")
+    return StoreWriteError(f"cannot commit to {db}: {e}" + (f" ({name})" if name else ""),
+                           "the last committed state is intact; check disk space and permissions")
 
 
 # --------------------------------------------------------------------------- writer lock

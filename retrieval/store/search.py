@@ -7,9 +7,10 @@ BM25-only candidates, the full BM25 score array for dense-only ones) before they
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -18,51 +19,72 @@ from retrieval.index import fusion, vector_index
 from retrieval.index.fusion import FusionConfig
 from retrieval.store import chunk_db
 from retrieval.store.collection import Collection, Snapshot
+from retrieval.types import Hit
+
+__all__ = ["MAX_K", "MODES", "Hit", "SearchRequest", "Scope", "clean_query", "search_one", "get_hits", "has_doc_ids"]
 
 MODES = ("dense", "bm25", "hybrid")
 MAX_K = 10_000
 
 
 @dataclass(frozen=True)
-class Hit:
-    """One search result; field names are fixed (other tools parse them)."""
+class SearchRequest:
+    """The settings of one search, validated once at the edge (CLI, MCP, Python API) and carried
+    unchanged down to `search_one`.
 
-    id: str
-    score: float
-    scores: dict[str, float]
-    text: str
-    source: str
-    start_char: int | None
-    end_char: int | None
-    start_line: int | None
-    end_line: int | None
-    heading: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    doc_id: str | None = None
+    min_score is on the scale of `Hit.score` for the mode: dense cosine in [-1, 1], bm25 raw
+    Lucene BM25 (>= 0), hybrid fused score in [0, 1]. fusion=None: the collection's own fusion
+    (calibrated, when it recorded one) else the store's default."""
+
+    k: int = 10
+    mode: str = "hybrid"
+    filters: Mapping[str, Any] | None = None
     collection: str = "default"
+    mmr: bool = False
+    mmr_lambda: float = 0.5
+    min_score: float | None = None
+    fusion: FusionConfig | None = None
 
-    def to_dict(self) -> dict:
-        return {
-            "id": self.id, "score": self.score, "scores": dict(self.scores), "text": self.text, "source": self.source,
-            "start_char": self.start_char, "end_char": self.end_char, "start_line": self.start_line,
-            "end_line": self.end_line, "heading": self.heading, "metadata": dict(self.metadata),
-            "doc_id": self.doc_id, "collection": self.collection,
-        }
+    def __post_init__(self) -> None:
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise InvalidInputError(f"k must be an integer, got {k!r}", "use e.g. -k 10")
+        if k <= 0:
+            raise InvalidInputError(f"k must be >= 1, got {k}", "use e.g. -k 10")
+        if k > MAX_K:
+            raise InvalidInputError(f"k={k} is above the maximum of {MAX_K}", f"ask for at most {MAX_K} results per query")
+        if self.mode not in MODES:
+            raise InvalidInputError(f"unknown search mode {self.mode!r}", f"use one of {', '.join(MODES)}")
+        if self.filters is not None and not isinstance(self.filters, Mapping):
+            raise InvalidInputError("filters must be a dict like {'kind': 'markdown'}", "keys: source, kind, tags, doc_id or a metadata key")
+        if isinstance(self.mmr_lambda, bool) or not isinstance(self.mmr_lambda, (int, float)) or not 0.0 <= self.mmr_lambda <= 1.0:
+            raise InvalidInputError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}", "1 = pure relevance, 0 = pure diversity")
+        ms = self.min_score
+        if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms)):
+            raise InvalidInputError(f"min_score must be a finite number, got {ms!r}",
+                                    "dense: a cosine in [-1, 1]; bm25: a BM25 score >= 0; hybrid: a fused score in [0, 1]")
+        if self.fusion is not None and not isinstance(self.fusion, FusionConfig):
+            raise InvalidInputError("fusion must be a FusionConfig", "build one with FusionConfig(alpha=..., norm=...)")
+
+    def with_(self, **kw: Any) -> SearchRequest:
+        return replace(self, **kw)
 
 
-def validate(query: str, k: int, mode: str, filters: dict | None) -> str:
+class Scope(NamedTuple):
+    """What every query of one request shares: the snapshot read, the filter's allowed ids and
+    the fusion in force."""
+
+    coll: Collection
+    conn: Any
+    snap: Snapshot
+    allowed: np.ndarray | None  # chunk ids the filters allow; None = all
+    fusion: FusionConfig
+    has_doc_ids: bool
+
+
+def clean_query(query: str) -> str:
     if not isinstance(query, str) or not query.strip():
         raise InvalidInputError("the query is empty", "pass some words to search for")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise InvalidInputError(f"k must be an integer, got {k!r}", "use e.g. -k 10")
-    if k <= 0:
-        raise InvalidInputError(f"k must be >= 1, got {k}", "use e.g. -k 10")
-    if k > MAX_K:
-        raise InvalidInputError(f"k={k} is above the maximum of {MAX_K}", f"ask for at most {MAX_K} results per query")
-    if mode not in MODES:
-        raise InvalidInputError(f"unknown search mode {mode!r}", f"use one of {', '.join(MODES)}")
-    if filters is not None and not isinstance(filters, dict):
-        raise InvalidInputError("filters must be a dict like {'kind': 'markdown'}", "keys: source, kind, tags, doc_id or a metadata key")
     return query.strip()
 
 
@@ -107,25 +129,31 @@ def _dense(coll: Collection, conn, snap: Snapshot, xq: np.ndarray, depth: int, a
     return D[0][ok], I[0][ok]
 
 
-def search_one(
-    coll: Collection, conn, snap: Snapshot, query: str, xq: np.ndarray | None, *, k: int, mode: str,
-    allowed: np.ndarray | None, mmr: bool, mmr_lambda: float, min_score: float | None, cfg: FusionConfig,
-    has_doc_ids: bool,
-) -> list[Hit]:
-    agg = cfg.doc_agg == "max" and has_doc_ids
-    depth = k if (mode != "hybrid" and not agg and not mmr) else max(cfg.depth, 3 * k)
+class _Cands(NamedTuple):
+    ids: np.ndarray  # (n,) chunk ids
+    dense: np.ndarray | None  # (n,) cosine, None when the mode did not use it
+    bm25: np.ndarray | None  # (n,) BM25
+
+
+def _candidates(sc: Scope, query: str, xq: np.ndarray | None, mode: str, depth: int) -> _Cands:
+    """Top `depth` of each mode used; in hybrid every candidate gets both scores exactly."""
+    coll, conn, snap = sc.coll, sc.conn, sc.snap
     dense_s = bm25_s = None
     ids = np.zeros(0, np.int64)
     if mode in ("dense", "hybrid"):
-        dense_s, ids = _dense(coll, conn, snap, xq, depth, allowed)
-    if mode in ("bm25", "hybrid") and snap.bm25 is not None:
+        assert xq is not None, "dense and hybrid searches need the query's embedding"
+        dense_s, ids = _dense(coll, conn, snap, xq, depth, sc.allowed)
+    if mode == "bm25" or (mode == "hybrid" and snap.bm25 is not None):
+        if snap.bm25 is None:
+            return _Cands(ids, None, None)
         toks = coll.tokenizer()(query)
         if mode == "bm25":
-            bm25_s, ids = snap.bm25.top_k(toks, depth, allowed)
+            bm25_s, ids = snap.bm25.top_k(toks, depth, sc.allowed)
         else:
             full = snap.bm25.scores(toks)  # (D,)
-            b_s, b_ids = snap.bm25.top_k(toks, depth, allowed)
+            _, b_ids = snap.bm25.top_k(toks, depth, sc.allowed)
             extra = np.setdiff1d(b_ids, ids)
+            assert xq is not None and dense_s is not None
             if len(extra):  # BM25-only candidates: exact cosine from the stored vectors
                 xe = vectors_of(coll, conn, snap, extra)  # (e, D)
                 dense_s = np.concatenate([dense_s, (xe @ xq.reshape(-1)).astype(np.float32)])
@@ -134,41 +162,54 @@ def search_one(
             pos = np.clip(pos, 0, max(len(snap.bm25.ids) - 1, 0))
             found = snap.bm25.ids[pos] == ids if len(snap.bm25.ids) else np.zeros(len(ids), bool)
             bm25_s = np.where(found, full[pos] if len(full) else 0.0, 0.0).astype(np.float32)
-    elif mode == "bm25":
-        return []
-    if len(ids) == 0:
-        return []
+    return _Cands(ids, dense_s, bm25_s)
+
+
+def _rank_score(c: _Cands, mode: str, cfg: FusionConfig) -> np.ndarray:
+    """The score that ranks: the mode's own, or the fused one in [0, 1]. (n,)"""
     if mode == "hybrid":
-        score = fusion.fuse(dense_s, bm25_s, cfg) if bm25_s is not None else dense_s.astype(np.float64)
-    else:
-        score = (dense_s if mode == "dense" else bm25_s).astype(np.float64)
-    per_mode = {"dense": dense_s, "bm25": bm25_s}
+        assert c.dense is not None
+        bm = c.bm25 if c.bm25 is not None else np.zeros(len(c.ids), np.float32)
+        return fusion.fuse(c.dense, bm, cfg)
+    own = c.dense if mode == "dense" else c.bm25
+    assert own is not None
+    return own.astype(np.float64)
+
+
+def _by_doc(sc: Scope, c: _Cands, score: np.ndarray, mode: str) -> tuple[_Cands, np.ndarray]:
+    """One candidate per doc_id: its best chunk, with the max of each mode over the doc's chunks."""
+    rows_doc = dict(zip(c.ids.tolist(), _doc_ids(sc.conn, sc.snap, c.ids)))
+    keys = [rows_doc[i] if rows_doc[i] is not None else ("#", i) for i in c.ids.tolist()]
+    present = [m for m in ("dense", "bm25") if getattr(c, m) is not None]
+    rep, maxes = fusion.aggregate_max(keys, *[getattr(c, m) for m in present], by=score)
+    got = dict(zip(present, maxes))
+    agg = _Cands(c.ids[rep], got.get("dense"), got.get("bm25"))
+    return agg, _rank_score(agg, mode, sc.fusion)
+
+
+def search_one(sc: Scope, req: SearchRequest, query: str, xq: np.ndarray | None) -> list[Hit]:
+    """The top req.k hits of one query (xq (1, D) its embedding; None in bm25 mode without MMR)."""
+    k, mode, cfg = req.k, req.mode, sc.fusion
+    agg = cfg.doc_agg == "max" and sc.has_doc_ids
+    depth = k if (mode != "hybrid" and not agg and not req.mmr) else max(cfg.depth, 3 * k)
+    c = _candidates(sc, query, xq, mode, depth)
+    if len(c.ids) == 0 or (mode == "bm25" and c.bm25 is None):
+        return []
+    score = _rank_score(c, mode, cfg)
     if agg:
-        rows_doc = dict(zip(ids.tolist(), _doc_ids(conn, snap, ids)))
-        keys = [rows_doc[i] if rows_doc[i] is not None else ("#", i) for i in ids.tolist()]
-        present = [m for m in ("dense", "bm25") if per_mode[m] is not None]
-        rep, maxes = fusion.aggregate_max(keys, *[per_mode[m] for m in present], by=score)
-        ids = ids[rep]
-        for m, mx in zip(present, maxes):
-            per_mode[m] = mx
-        if mode == "hybrid" and per_mode["bm25"] is not None:
-            score = fusion.fuse(per_mode["dense"], per_mode["bm25"], cfg)
-        else:
-            score = per_mode[present[0]]
+        c, score = _by_doc(sc, c, score, mode)
     order = np.argsort(-score, kind="stable")
-    if mmr and len(order) > 1:
+    if req.mmr and len(order) > 1:
         cand = order[: max(cfg.depth, 3 * k)]
-        xc = vectors_of(coll, conn, snap, ids[cand])  # (c, D)
-        order = cand[fusion.mmr(xq.reshape(-1) if xq is not None else None, xc, score[cand], k, mmr_lambda)]
-    if min_score is not None:
-        order = order[score[order] >= min_score]
+        xc = vectors_of(sc.coll, sc.conn, sc.snap, c.ids[cand])  # (c, D)
+        order = cand[fusion.mmr(xq.reshape(-1) if xq is not None else None, xc, score[cand], k, req.mmr_lambda)]
+    if req.min_score is not None:
+        order = order[score[order] >= req.min_score]
     order = order[:k]
-    rows = chunk_db.fetch_rows(conn, ids[order].tolist())
-    hits = []
-    for j in order:
-        scores = {m: float(per_mode[m][j]) for m in ("dense", "bm25") if per_mode[m] is not None}
-        hits.append(make_hit(rows[int(ids[j])], float(score[j]), scores, coll.name))
-    return hits
+    rows = chunk_db.fetch_rows(sc.conn, c.ids[order].tolist())
+    per_mode = {m: getattr(c, m) for m in ("dense", "bm25") if getattr(c, m) is not None}
+    return [make_hit(rows[int(c.ids[j])], float(score[j]), {m: float(v[j]) for m, v in per_mode.items()}, sc.coll.name)
+            for j in order]
 
 
 def _flat_view(snap: Snapshot):

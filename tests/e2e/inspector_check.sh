@@ -55,7 +55,8 @@ inspect() { node "$CLI" --cli "$@" 2>&1 || true; }
 # ---- stdio: the Inspector launches the server itself
 SERVE=("$KNNRAG" serve --store "$WORK/store" --embedder "$EMBEDDER" --allow-root "$WORK/docs")
 out=$(inspect "${SERVE[@]}" --method tools/list)
-for t in search ask index_paths delete list_collections stats knn_next_tokens knn_generate perplexity; do
+for t in search ask index_paths delete list_collections stats knn_next_tokens knn_generate perplexity \
+         add_texts create_collection drop_collection get_chunks chunk_context start_indexing index_status cancel_indexing; do
   check "stdio tools/list has $t" "$out" "\"name\": \"$t\""
 done
 check "stdio tools/list has output schemas" "$out" '"outputSchema"'
@@ -69,6 +70,25 @@ out=$(inspect "${SERVE[@]}" --method tools/call --tool-name index_paths --tool-a
 check "stdio index_paths /etc refused" "$out" 'outside the allowed roots'
 out=$(inspect "${SERVE[@]}" --method resources/templates/list)
 check "stdio chunk resource template" "$out" 'chunk://{collection}/{id}'
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name search --tool-arg query=x --tool-arg k=5000)
+check "stdio search k over the limit: caller-facing error" "$out" 'over the limit of'
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name create_collection --tool-arg name=insp)
+check "stdio create_collection" "$out" '"dim": 64'
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name add_texts --tool-arg 'texts=["alpha beta gamma","delta epsilon"]' \
+      --tool-arg 'ids=["a1","a2"]' --tool-arg collection=insp)
+check "stdio add_texts" "$out" '"added": 2'
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name get_chunks --tool-arg 'ids=["a1","zz"]' --tool-arg collection=insp)
+check "stdio get_chunks" "$out" 'alpha beta gamma'
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name chunk_context --tool-arg id=a2 --tool-arg collection=insp)
+check "stdio chunk_context" "$out" 'delta epsilon'
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name search --tool-arg query=alpha --tool-arg collection=insp)
+check "stdio search carries resource_link items" "$out" '"resource_link"'
+inspect "${SERVE[@]}" --method tools/call --tool-name index_paths --tool-arg "paths=[\"$WORK/docs\"]" \
+  --tool-arg collection=delc >/dev/null
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name delete --tool-arg 'sources=["deploy.md"]' --tool-arg collection=delc)
+check "stdio delete with a path relative to the root" "$out" '"removed_sources": 1'
+out=$(inspect "${SERVE[@]}" --method tools/call --tool-name drop_collection --tool-arg name=insp)
+check "stdio drop_collection" "$out" '"chunks": 2'
 
 # ---- streamable HTTP: we start the server, the Inspector connects by URL
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -86,6 +106,17 @@ out=$(inspect "$URL" --transport http --method tools/call --tool-name search --t
 check "http search finds deploy.md" "$out" 'deploy.md'
 out=$(inspect "$URL" --transport http --method tools/call --tool-name stats)
 check "http stats" "$out" '"stats"'
+out=$(inspect "$URL" --transport http --method tools/call --tool-name start_indexing --tool-arg "paths=[\"$WORK/docs\"]" \
+      --tool-arg collection=bg)
+check "http start_indexing" "$out" '"job_id": "job-1"'
+for _ in $(seq 1 60); do
+  out=$(inspect "$URL" --transport http --method tools/call --tool-name index_status --tool-arg job_id=job-1)
+  grep -q '"state": "done"' <<<"$out" && break
+  sleep 0.5
+done
+check "http index_status reaches done" "$out" '"percent": 100'
+out=$(inspect "$URL" --transport http --method tools/call --tool-name cancel_indexing --tool-arg job_id=job-1)
+check "http cancel_indexing (of a finished job)" "$out" '"job_id": "job-1"'
 
 echo "inspector: $PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

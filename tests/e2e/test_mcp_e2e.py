@@ -178,6 +178,8 @@ async def test_http_end_to_end_with_token_and_checks(tmp_path, root):
         assert post(mcp_url, INIT, Host="evil.example:80", **auth)[0] == 421  # DNS rebinding
         assert post(mcp_url, INIT, Origin="http://evil.example", **auth)[0] == 403
         assert post(mcp_url, INIT, Origin=f"http://localhost:{srv.port}", **auth)[0] == 200
+        assert post(mcp_url, INIT, Origin="http://localhost:3000", **auth)[0] == 403  # another local page
+        assert post(mcp_url, INIT, Host="127.0.0.1:80@evil.com", **auth)[0] == 421
         huge = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "ping", "params": {"pad": "x" * 100_000}}).encode()
         assert post(mcp_url, huge, **auth)[0] == 413
         with urllib.request.urlopen(srv.url + "/healthz", timeout=5) as r:  # open for the container healthcheck
@@ -209,6 +211,14 @@ def test_serve_refuses_bad_arguments(tmp_path):
     short = subprocess.run(knnrag() + ["serve", "--store", str(tmp_path / "s"), "--transport", "http", "--json"],
                            capture_output=True, text=True, timeout=60, env={**os.environ, "KNNRAG_MCP_TOKEN": "short"})
     assert short.returncode == 2 and "shorter than 16" in json.loads(short.stdout)["error"]
+    env = {k: v for k, v in os.environ.items() if k != "KNNRAG_MCP_TOKEN"}
+    wide = subprocess.run(knnrag() + ["serve", "--store", str(tmp_path / "s"), "--transport", "http", "--host", "0.0.0.0",
+                                      "--json"], capture_output=True, text=True, timeout=60, env=env)
+    err = json.loads(wide.stdout)
+    assert wide.returncode == 2 and "without a bearer token" in err["error"] and "--allow-unauthenticated" in err["hint"]
+    nan = subprocess.run(knnrag() + ["serve", "--store", str(tmp_path / "s"), "--min-score", "nan", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert nan.returncode == 2 and "finite" in json.loads(nan.stdout)["error"]
 
 
 def test_independent_client_mcp_inspector_cli():

@@ -13,12 +13,14 @@ from mcp import Client
 from mcp_server import schemas as S  # noqa: E402
 from mcp_server.server import ServerConfig, ServerState, build_server  # noqa: E402
 from mcp_server.tool_support import MAX_QUERY_CHARS, bound_hits  # noqa: E402
+from mcp_server.tools import MAX_SEARCH_K
 from tests.support.docs import write_docs
 from tests.support.tiny_lm import make_tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOOLS = {"search", "ask", "index_paths", "delete", "list_collections", "stats", "knn_next_tokens", "knn_generate",
-         "perplexity"}
+         "perplexity", "add_texts", "create_collection", "drop_collection", "get_chunks", "chunk_context",
+         "start_indexing", "index_status", "cancel_indexing"}
 pytestmark = pytest.mark.anyio
 
 
@@ -82,7 +84,7 @@ async def test_tools_are_typed_bounded_annotated(env):
         assert t.output_schema and t.output_schema.get("type") == "object", t.name
         assert t.description and t.annotations is not None
     props = tools["search"].input_schema["properties"]
-    assert props["k"]["minimum"] == 1 and props["k"]["maximum"] == 100
+    assert props["k"]["minimum"] == 1 and props["k"]["maximum"] == MAX_SEARCH_K
     assert props["query"]["maxLength"] == MAX_QUERY_CHARS and props["query"]["description"]
     assert tools["search"].annotations.read_only_hint is True
     assert tools["delete"].annotations.destructive_hint is True and tools["delete"].annotations.read_only_hint is False
@@ -139,7 +141,7 @@ async def test_search_modes_and_filters(env, indexed):
 async def test_results_are_bounded_and_say_so(env, indexed):
     res = await call(env, "search", {"query": "the", "k": 10}, max_result_chars=1500)
     out = res.structured_content
-    assert out["truncated"] and "omitted" in out["note"] and out["returned"] >= 1
+    assert out["truncated"] and "next pages" in out["note"] and out["returned"] >= 1 and out["next_cursor"]
     hits = [S.HitOut(id=str(i), uri="u", score=1.0, source="s", start_line=1, end_line=2, start_char=0, end_char=9,
                      text="x" * 4000, text_truncated=True, collection="c") for i in range(30)]
     kept, truncated, note = bound_hits(hits, 40_000)

@@ -160,6 +160,22 @@ def test_markdown_heading_paths_and_prefix():
     assert chunks[0].start_line == 1 and chunks[1].start_line == 5 and chunks[2].end_line == 11
 
 
+def test_heading_anchors_left_out_of_paths_and_embedded_text():
+    """MkDocs attr_list anchors (the FastAPI docs write `## Path parameters { #path-parameters }`)."""
+    text = ("# Tutorial { #tutorial }\n\nIntro text of the tutorial, long enough.\n\n"
+            "## Path parameters { #path-parameters }\n\nDeclare them with curly braces {item_id} in the path.\n\n"
+            "Setext title {: #setext .big }\n------------------------------\n\nBody of the setext section here.\n\n"
+            "## Keep {braces} in titles\n\nA title with braces that are no anchor stays as it is.\n")
+    chunks = chunk_document(doc(text), minilm_spans)
+    assert [c.heading for c in chunks] == ["Tutorial", "Tutorial > Path parameters", "Tutorial > Setext title",
+                                           "Tutorial > Keep {braces} in titles"]
+    assert all("#path-parameters" not in c.index_text and "#tutorial" not in c.index_text and "#setext" not in c.index_text
+               for c in chunks)
+    assert chunks[1].index_text == "Tutorial\n## Path parameters Declare them with curly braces {item_id} in the path."
+    assert chunks[1].text.startswith("## Path parameters { #path-parameters }")  # the cited text stays exact
+    assert all(text[c.start_char:c.end_char] == c.text for c in chunks)
+
+
 def test_lone_heading_joins_next_section():
     text = "# Title\n\n## Sub\n\nThe body of the sub section is here.\n"
     chunks = chunk_document(doc(text), minilm_spans)
@@ -262,13 +278,15 @@ def test_config_validation():
 def test_tokenizer_probe():
     assert tokenizer_is_exact(minilm_spans)
     assert tokenizer_is_exact(regex_spans)
-    char_pairs = lambda t: [(i, min(i + 2, len(t))) for i in range(0, len(t), 2)]  # context dependent
+    def char_pairs(t):
+        return [(i, min(i + 2, len(t))) for i in range(0, len(t), 2)]  # context dependent
     assert not tokenizer_is_exact(char_pairs)
 
 
 def test_inexact_tokenizer_still_fits_budget():
     """A tokenizer whose counts depend on context (pairs of characters) is verified chunk by chunk."""
-    pairs = lambda t: [(i, min(i + 2, len(t))) for i in range(0, len(t), 2)]
+    def pairs(t):
+        return [(i, min(i + 2, len(t))) for i in range(0, len(t), 2)]
     text = "\n\n".join("word " * (i % 17 + 1) + "end." for i in range(60))
     cfg = ChunkerConfig(max_tokens=40, overlap_tokens=6)
     d = doc(text, "text")

@@ -140,6 +140,8 @@ def test_stats_collections_delete(tmp_path, corpus):
         (["index", "docs", "--store", "store", "--index-factory", "Bogus99"], "InvalidInputError", "factory"),
         (["delete", "--store", "store", "--id", "424242"], "NotFoundError", "nothing matched"),
         (["search", "--queries", "nofile.jsonl", "--store", "store"], "InvalidInputError", "queries file"),
+        (["search", "rivers", "--store", "store", "--min-score", "nan"], "InvalidInputError", "finite"),
+        (["search", "rivers", "--store", "store", "--min-score", "inf", "--mode", "bm25"], "InvalidInputError", "finite"),
     ],
 )
 def test_errors_are_one_json_object(built, args, type_, needle):

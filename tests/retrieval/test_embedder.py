@@ -108,3 +108,32 @@ def test_token_budget_batches_cover_every_row_once(minilm):
         prev_T = T
         seen += list(idx)
     assert sorted(seen) == list(range(len(texts)))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["read-only file system", "cache path is a file"])
+def test_onnx_graph_in_memory_when_the_cache_is_not_writable(tmp_path, monkeypatch, how):
+    """Docker with a read-only root file system (or a root-owned cache): the first search or index
+    crashed with OSError: Read-only file system: '.../onnx'. Now the graph is built in memory."""
+    import errno
+
+    from retrieval.embed import onnx_bert
+    from retrieval.embed.embedder import TransformerEmbedder, bundled_model_dir
+
+    if how == "read-only file system":
+        monkeypatch.setenv("KNNRAG_CACHE", str(tmp_path))
+
+        def read_only(*a, **kw):
+            raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "onnx"))
+
+        monkeypatch.setattr(onnx_bert.tempfile, "mkstemp", read_only)
+    else:
+        (tmp_path / "cache").write_text("not a folder")
+        monkeypatch.setenv("KNNRAG_CACHE", str(tmp_path / "cache"))
+    emb = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="onnx")
+    texts = [f"rivers and mountains number {i}" for i in range(12)]
+    a = emb.embed(texts)  # > SMALL_BATCH: onnxruntime, from the in-memory graph
+    q = emb.embed_query(texts[0])  # the first search of a server
+    assert emb._onnx_model is not None and not list(tmp_path.rglob("*.onnx"))
+    ref = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="torch").embed(texts[:2])
+    assert ((a[:2] * ref).sum(1) > 0.9999).all() and float(q @ a[0]) > 0.9999

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from retrieval.errors import InvalidInputError
-from retrieval.ingest import sources as sources_mod
+from retrieval.ingest import fsread
 from retrieval.ingest.sources import file_hash, iter_sources, kind_of
 from retrieval.types import Skip, SourceDocument
 
@@ -42,7 +42,8 @@ def test_walk_formats_sources_and_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     docs, skips = collect(["docs/"])
     assert not skips
-    assert [d.source for d in docs] == ["docs/NOTES", "docs/a.rst", "docs/b.md", "docs/conf.toml", "docs/d.txt", "docs/sub/c.py", "docs/sub/page.html"]
+    assert [d.source for d in docs] == [
+        "docs/NOTES", "docs/a.rst", "docs/b.md", "docs/conf.toml", "docs/d.txt", "docs/sub/c.py", "docs/sub/page.html"]
     kinds = {d.source: d.kind for d in docs}
     assert kinds == {
         "docs/NOTES": "text", "docs/a.rst": "rst", "docs/b.md": "markdown", "docs/conf.toml": "code",
@@ -159,14 +160,14 @@ def test_too_large_file_skipped_cheaply(tmp_path):
 def test_unreadable_file_skipped(tmp_path, monkeypatch):
     target = write(tmp_path / "secret.md", "x")
     write(tmp_path / "ok.md", "y")
-    real_open = open
+    real_open = fsread.open_nonblocking
 
-    def fake_open(path, *a, **kw):
-        if str(path) == str(target):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *a, **kw)
+    def fake_open(name, dir_fd, **kw):
+        if name == target.name:
+            raise PermissionError(13, "Permission denied", name)
+        return real_open(name, dir_fd, **kw)
 
-    monkeypatch.setattr(sources_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(fsread, "open_nonblocking", fake_open)
     docs, skips = collect([tmp_path])
     assert [d.source.rsplit("/", 1)[1] for d in docs] == ["ok.md"]
     assert skips[0].source.endswith("secret.md") and "permission denied" in skips[0].reason
@@ -200,15 +201,16 @@ def test_jsonl_records(tmp_path):
         json.dumps(["list"]),
         json.dumps({"_id": "d4", "title": "Last", "text": "Gamma."}),
         json.dumps({"_id": "d5", "title": "Only a title", "text": ""}),
+        json.dumps({"_id": "d6", "title": "Title, no text key"}),
     ]
     raw = ("\r\n".join(lines) + "\n").encode()
     write(tmp_path / "corpus.jsonl", raw)
     docs, skips = collect([tmp_path / "corpus.jsonl"])
     assert [(d.doc_id, d.title, d.text, d.line_offset) for d in docs] == [
         ("d1", "First", "Alpha text.", 0), ("7", None, "Beta\nline two.", 2), ("d4", "Last", "Gamma.", 6),
-        ("d5", None, "Only a title", 7),
+        ("d5", None, "Only a title", 7), ("d6", None, "Title, no text key", 8),
     ]
-    assert docs[-1].metadata == {"line": 8, "text_from": "title"} and docs[0].metadata == {"line": 1}
+    assert docs[-1].metadata == {"line": 9, "text_from": "title"} and docs[0].metadata == {"line": 1}
     assert all(d.kind == "jsonl" and d.source == f"{tmp_path}/corpus.jsonl" for d in docs)
     assert docs[0].content_hash == hashlib.sha256(lines[0].encode()).hexdigest()
     assert [s.reason.split(":")[0] for s in skips] == ["line 4", "line 5", "line 6"]

@@ -1,0 +1,119 @@
+"""Collection administration and chunk neighbourhoods, as free functions over DocStore's public API.
+
+Used by the MCP tools (create_collection, drop_collection, chunk_context) and usable from Python:
+
+    from retrieval.store import admin
+    admin.create_collection(store, "notes", embedder="hash-64")
+    before, hit, after = admin.chunk_context(store, "12", before=1, after=1, collection="notes")
+    admin.drop_collection(store, "notes")
+
+Every write takes the store's WriterLock, like DocStore's own writes, so it is safe against a
+concurrent index run in another process.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from retrieval.errors import InvalidInputError, NotFoundError
+from retrieval.store import chunk_db
+from retrieval.store.collection import create
+from retrieval.store.durable import WriterLock, fsync_dir, write_error
+from retrieval.store.manifest import new_collection_manifest
+from retrieval.store.search import Hit, make_hit
+
+MAX_NEIGHBOURS = 20
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # the rule DocStore applies to collection names
+
+
+def _exists(store: Any, name: str) -> bool:
+    return (store.path / name / "manifest.json").exists()
+
+
+def create_collection(store: Any, name: str, *, embedder: str | None = None, index_factory: str = "auto") -> dict:
+    """Create an empty collection embedded with `embedder` (a load_embedder spec; None = MiniLM).
+
+    Mirrors what DocStore does when a first write names a new collection, so a collection made
+    here and one made by `index_paths` have the same manifest.
+    """
+    from retrieval.embed.embedder import content_budget, load_embedder
+    from retrieval.index.bm25_index import BM25Config
+    from retrieval.index.vector_index import IndexConfig, validate_factory
+    from retrieval.ingest.chunking import ChunkerConfig
+    if not isinstance(name, str) or not NAME.match(name):
+        raise InvalidInputError(f"invalid collection name {name!r}",
+                                "use letters, digits, '-' and '_' (at most 64), e.g. 'docs'")
+    if store.read_only:
+        raise InvalidInputError(f"the store {store.path} is read-only", "open it writable to create collections")
+    if _exists(store, name):
+        raise InvalidInputError(f"collection {name!r} already exists", "pick another name, or drop it first")
+    emb = load_embedder(embedder)
+    validate_factory(index_factory, emb.dim)
+    manifest = new_collection_manifest(
+        name, {"model_id": emb.model_id, "spec": embedder, "dim": int(emb.dim), "max_tokens": int(emb.max_tokens)},
+        asdict(ChunkerConfig(max_tokens=content_budget(emb))), IndexConfig(factory=index_factory).to_dict(),
+        BM25Config().to_dict())
+    with WriterLock(store.path):
+        if _exists(store, name):  # created by another writer meanwhile
+            raise InvalidInputError(f"collection {name!r} already exists", "pick another name, or drop it first")
+        create(store.path, name, manifest)
+    return {"name": name, "embedder": emb.model_id, "dim": int(emb.dim)}
+
+
+def drop_collection(store: Any, name: str) -> dict:
+    """Delete a collection and everything in it; returns what it held.
+
+    The folder is first renamed to a hidden name in one atomic step (readers that open the store
+    afterwards no longer see it, a crash leaves no half-deleted collection), then removed. Open
+    handles are released with `store.close()`: the store reopens the other collections on their
+    next use. The caller must keep its own readers off the store while this runs (the MCP server
+    holds its exclusive gate).
+    """
+    info = store.collection(name).info()  # NotFoundError names the collections there are
+    if store.read_only:
+        raise InvalidInputError(f"the store {store.path} is read-only", "open it writable to drop collections")
+    trash = store.path / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
+    with WriterLock(store.path):
+        if not _exists(store, name):
+            raise NotFoundError(f"collection {name!r} was dropped meanwhile", "call list_collections")
+        store.close()
+        try:
+            os.rename(store.path / name, trash)
+            fsync_dir(store.path)
+        except OSError as e:
+            raise write_error(store.path, e) from e
+    shutil.rmtree(trash, ignore_errors=True)
+    return {"name": name, "chunks": int(info["chunks"]), "sources": int(info["sources"])}
+
+
+def chunk_context(store: Any, chunk_id: str, *, before: int = 1, after: int = 1,
+                  collection: str = "default") -> tuple[list[Hit], Hit, list[Hit]]:
+    """The chunk `chunk_id` with up to `before` / `after` neighbours from the same document, in
+    reading order (line, then character offset). Chunks added with add_texts and no source have
+    no neighbours: they are unrelated texts."""
+    for what, n in (("before", before), ("after", after)):
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NEIGHBOURS:
+            raise InvalidInputError(f"{what}={n!r} must be an integer from 0 to {MAX_NEIGHBOURS}",
+                                    "ask for fewer neighbours, or call again from the last one")
+    coll = store.collection(collection)
+    with coll.reading() as (conn, _snap):
+        rid = chunk_db.resolve_ids(conn, [str(chunk_id)]).get(str(chunk_id))
+        if rid is None:
+            raise NotFoundError(f"no chunk {chunk_id!r} in collection {collection!r}",
+                                "use an id from a search hit of this collection")
+        row = chunk_db.fetch_rows(conn, [rid])[rid]
+        source, doc_id = row[3], row[10]
+        if not source:
+            return [], make_hit(row, 0.0, {}, collection), []
+        sql = "SELECT id FROM chunks WHERE source = ? AND doc_id IS ? ORDER BY start_line, start_char, id"
+        order = [r[0] for r in conn.execute(sql, (source, doc_id))]
+        at = order.index(rid)
+        ids = order[max(0, at - before): at + after + 1]
+        rows = chunk_db.fetch_rows(conn, ids)
+        hits = [make_hit(rows[i], 0.0, {}, collection) for i in ids]
+    pos = ids.index(rid)
+    return hits[:pos], hits[pos], hits[pos + 1:]

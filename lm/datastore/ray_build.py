@@ -257,6 +257,9 @@ def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: Buil
         tag = f"{fp}-{state.windows_done:07d}"
         kwargs = {"lm_spec": lm_spec, "key_layer": lm.key_layer, "model_id": lm.model_id, "out": str(out.resolve()),
                   "tag": tag, "threads": rc.cpus_per_worker, "crash_marker": rc.crash_marker}
+        if len(tasks) < rc.workers:  # one task per shard of config.shard_tokens entries: no more actors than tasks
+            log.warning("%d task(s) of <= %d entries for %d workers: starting %d", len(tasks), config.shard_tokens, rc.workers, len(tasks))
+            rc = replace(rc, workers=len(tasks))
         rows = [encode_task(t, b, plan, toks) for t, b in enumerate(tasks)]
         state = _commit_in_order(store, _dataset(ray, rows, rc, kwargs, progress), tasks, plan, state, config, report, bar)
     else:

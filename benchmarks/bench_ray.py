@@ -62,22 +62,36 @@ def bench_build(tmp: Path, args) -> dict:
     lm = load_lm(None)
     # shards of tokens/8 entries: 8 tasks, so 2 actors both work (the default 8192 would give one task here)
     cfg = BuildConfig(max_tokens=args.tokens, calibrate=False, holdout=0.0, index_factory="Flat", shard_tokens=max(128, args.tokens // 8))
-    torch.set_num_threads(args.cores)
     res: dict = {}
-    one = build_datastore(lm, [str(corpus)], tmp / "one", cfg, progress=False)
-    res["one_process"] = {"tokens_per_s": one.store_tokens_per_s, "forward_tokens_per_s": one.forward_tokens_per_s,
-                          "entries": one.entries_added, "loop_seconds": one.loop_seconds}
-    out(f"build one process ({args.cores} threads): {one.store_tokens_per_s} tokens/s ({one.entries_added} entries, {one.loop_seconds} s)")
+
+    def one_process(tag: str, threads: int = args.cores):
+        torch.set_num_threads(threads)
+        one = build_datastore(lm, [str(corpus)], tmp / f"one-{tag}", cfg, progress=False)
+        res[f"one_process_{tag}"] = {"tokens_per_s": one.store_tokens_per_s, "forward_tokens_per_s": one.forward_tokens_per_s,
+                                     "entries": one.entries_added, "loop_seconds": one.loop_seconds}
+        out(f"build one process ({threads} threads, {tag}): {one.store_tokens_per_s} tokens/s ({one.entries_added} entries, "
+            f"{one.loop_seconds} s)")
+        return one
+
+    first = one_process("before")
     torch.set_num_threads(1)  # the driver only tokenizes and commits while the actors run
     connect("local", num_cpus=args.cores)
+    runs = {}
     for workers in (1, 2):
         rc = RayBuildConfig("local", workers=workers, cpus_per_worker=max(1, args.cores // workers))
-        rep = build_datastore_ray(lm, [str(corpus)], tmp / f"ray{workers}", cfg, rc, progress=False)
+        runs[workers] = build_datastore_ray(lm, [str(corpus)], tmp / f"ray{workers}", cfg, rc, progress=False), rc
+    # one process again after the Ray runs: the machine's load drifts, so the ratios use the mean of both
+    last = one_process("after")
+    one_process("1thread", 1)  # on an oversubscribed machine torch's 2-thread barriers can cost more than the 2nd core gives
+    one_tps = (first.store_tokens_per_s + last.store_tokens_per_s) / 2
+    one_fwd = (first.forward_tokens_per_s + last.forward_tokens_per_s) / 2
+    res["one_process"] = {"tokens_per_s": round(one_tps, 1), "forward_tokens_per_s": round(one_fwd, 1)}
+    for workers, (rep, rc) in runs.items():
         fwd = rep.forward_tokens / max(rep.forward_seconds / workers, 1e-9)  # actors run concurrently: seconds summed over them
         res[f"ray_{workers}"] = {"tokens_per_s": rep.store_tokens_per_s, "forward_tokens_per_s": round(fwd, 1),
                                  "entries": rep.entries_added, "loop_seconds": rep.loop_seconds,
-                                 "ratio": round(rep.store_tokens_per_s / max(one.store_tokens_per_s, 1e-9), 3),
-                                 "forward_ratio": round(fwd / max(one.forward_tokens_per_s, 1e-9), 3)}
+                                 "ratio": round(rep.store_tokens_per_s / max(one_tps, 1e-9), 3),
+                                 "forward_ratio": round(fwd / max(one_fwd, 1e-9), 3)}
         r = res[f"ray_{workers}"]
         out(f"build ray {workers} worker(s) x {rc.cpus_per_worker} CPU: {r['tokens_per_s']} tokens/s = {r['ratio']}x one process "
             f"(forward only {r['forward_tokens_per_s']} tokens/s = {r['forward_ratio']}x; {r['loop_seconds']} s)")
@@ -147,10 +161,10 @@ def extrapolate(b: dict, s: dict, args) -> list[str]:
     for n in (1, 4, 16, 64):
         tps = per_core * args.cores * n
         lines.append(f"build, {n} machine(s) x {args.cores} cores: ~{tps:,.0f} entries/s -> 1B entries in {1e9 / tps / 86400:,.1f} days")
-    flat = s["flat"]
-    best = min(flat["one_ms_per_token"], flat["one_1thread_ms_per_token"] * 2 / args.cores)
-    fan = max(0.0, flat["shards2_ms_per_token"] - best / 2)  # what splitting did not buy: the fan-out
-    lines.append(f"search fan-out overhead: ~{fan:.4f} ms/token per query batch (2 shards, measured)")
+    for r in s.values():  # what sharding added at equal cores, against the faster one-index setting
+        extra = r["shards2_ms_per_token"] - min(r["one_ms_per_token"], r["one_1thread_ms_per_token"])
+        lines.append(f"search {r['factory']}: 2 shards cost {extra:+.4f} ms/token against one index at equal cores "
+                     f"({extra * args.queries:+.1f} ms per {args.queries}-query batch: the Ray round trips and merge)")
     return lines
 
 
@@ -163,6 +177,7 @@ def main() -> int:
     ap.add_argument("--ivf", default="IVF512,PQ288x4fs", help="approximate index of the search benchmark")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--data", default=str(DATA), help="WikiText-2 folder")
     args = ap.parse_args()
@@ -172,8 +187,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_ray") as t:
         tmp = Path(t)
         b = {} if args.skip_build else bench_build(tmp, args)
-        s = bench_search(tmp, args)
-    lines = extrapolate(b, s, args) if b else []
+        s = {} if args.skip_search else bench_search(tmp, args)
+    lines = extrapolate(b, s, args) if b and s else []
     for line in lines:
         out(line)
     if args.json:

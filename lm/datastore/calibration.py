@@ -36,7 +36,7 @@ class Calibration:
     heldout_tokens: int
     base_ppl: float  # base LM on the slice
     knn_ppl: float  # chosen fixed setting on the slice (in sample)
-    cv_ppl: float  # fixed setting chosen on one fold, scored on the other (what to expect)
+    cv_ppl: float  # fixed setting chosen on one fold, scored on the other (measured even when lambda is 0)
     source: str = "heldout"  # "heldout": the build's slice; "text": files passed to `datastore calibrate`
     lambda_fn: LambdaFn | None = None  # per-token lambda, kept only when it beat the fixed lambda
     lambda_fn_cv_ppl: float | None = None  # its cross-validated perplexity (reported even when dropped)
@@ -53,15 +53,16 @@ class Calibration:
         if self.lambda_ > 0 or self.lambda_fn is not None:
             return None
         return (f"kNN does not help this corpus with this LM: on {self.heldout_tokens} held-out tokens the best setting "
-                f"changed perplexity by {-100 * self.gain:+.2f}% ({self.base_ppl:.2f} -> {self.cv_ppl:.2f}), so lambda = 0 "
-                f"(the base LM); pass --lambda to force kNN")
+                f"changed perplexity by {-100 * self.gain:+.2f}% cross-validated ({self.base_ppl:.2f} -> {self.cv_ppl:.2f}, "
+                f"not a significant gain), so lambda = 0 (the base LM); pass --lambda to force kNN")
 
     def describe(self) -> str:
         fn = ""
         if self.lambda_fn_cv_ppl is not None:
             fn = f"; per-token lambda {'kept' if self.lambda_fn else 'dropped'} (ppl {self.lambda_fn_cv_ppl:.3f})"
+        used = self.cv_ppl if self.lambda_ > 0 else self.base_ppl
         return (f"k={self.k} temperature={self.temperature:.4g} lambda={self.lambda_:g} on {self.heldout_tokens} "
-                f"{self.source} tokens: ppl {self.base_ppl:.3f} -> {self.cv_ppl:.3f} ({100 * self.gain:+.2f}% "
+                f"{self.source} tokens: ppl {self.base_ppl:.3f} -> {used:.3f} (best setting {-100 * self.gain:+.2f}% "
                 f"cross-validated){fn}")
 
     def to_json(self) -> dict:
@@ -141,7 +142,7 @@ def choose(base_lp: np.ndarray, D: np.ndarray, hit: np.ndarray, values: np.ndarr
     knn_nll = float(ch.all[ki, ti, li]) if helps else base_nll
     cal = Calibration(k=int(ks[ki]), temperature=float(Ts[ti]), lambda_=lam, heldout_tokens=n,
                       base_ppl=round(math.exp(base_nll), 4), knn_ppl=round(math.exp(knn_nll), 4),
-                      cv_ppl=round(math.exp(float(cv.mean()) if helps else base_nll), 4), source=source)
+                      cv_ppl=round(math.exp(float(cv.mean())), 4), source=source)
     if not fit_per_token:
         return cal
     ref = cv if helps else -base_lp  # (n,) what the fixed choice gives each token, cross-validated

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lm.datastore.build import BuildConfig, BuildReport, _fingerprint, _finish, _start, check_config, load_documents, open_or_create, tokenize_corpus
-from lm.datastore.build_steps import BuildState, DocTokens, PlannedWindow, plan_stats, plan_targets
+from lm.datastore.build_steps import BuildState, DocTokens, PlannedWindow, batches, plan_stats, plan_targets
 from lm.datastore.decontaminate import eval_ngrams
 from lm.windows import Window
 from retrieval.errors import InvalidInputError, MismatchError, StoreWriteError
@@ -50,14 +50,13 @@ class RayBuildConfig:
                                     "pass --workers 2")
 
 
-def plan_tasks(plan: Sequence[PlannedWindow], start: int, batch_size: int, shard_tokens: int) -> list[list[list[int]]]:
-    """The windows still to run, as tasks of batches of plan indices, cut where _run_plan flushes a shard."""
-    todo = [i for i in range(start, len(plan)) if plan[i].targets.size]
+def plan_tasks(plan: Sequence[PlannedWindow], start: int, batch_size: int, shard_tokens: int, batch_tokens: int) -> list[list[list[int]]]:
+    """The windows still to run, as tasks of batches of plan indices: the very batches of _run_plan
+    (build_steps.batches), cut where it flushes a shard."""
     tasks: list[list[list[int]]] = []
     cur: list[list[int]] = []
     pending = 0
-    for a in range(0, len(todo), batch_size):
-        batch = todo[a:a + batch_size]
+    for batch in batches(plan, start, batch_size, batch_tokens):
         cur.append(batch)
         pending += sum(int(plan[i].targets.size) for i in batch)
         if pending >= shard_tokens:
@@ -221,6 +220,9 @@ def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: Buil
     from retrieval.ray_support import connect
 
     t_start = time.perf_counter()
+    if config.kv_cache:
+        raise InvalidInputError("--kv-cache and --ray do not combine: the cache follows each document window by window in one process",
+                                "drop --kv-cache to build on Ray, or drop --ray")
     window, stride = check_config(lm, config, corpus)
     out = Path(out)
     store = open_or_create(lm, out, config, lm_spec)
@@ -244,7 +246,7 @@ def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: Buil
     plan = plan_targets(toks, window, stride, scope=config.decontaminate_scope, ngram=config.ngram, max_tokens=config.max_tokens)
     if not plan:
         raise InvalidInputError("the corpus is shorter than two tokens", "pass more text")
-    tasks = plan_tasks(plan, state.windows_done, config.batch_size, config.shard_tokens)
+    tasks = plan_tasks(plan, state.windows_done, config.batch_size, config.shard_tokens, config.batch_tokens)
     total = plan_stats(plan).entries
     bar = tqdm(total=total, initial=min(state.entries, total), unit="tok", unit_scale=True, file=sys.stderr,
                disable=not progress, desc="datastore (ray)", dynamic_ncols=True)
@@ -255,6 +257,9 @@ def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: Buil
         tag = f"{fp}-{state.windows_done:07d}"
         kwargs = {"lm_spec": lm_spec, "key_layer": lm.key_layer, "model_id": lm.model_id, "out": str(out.resolve()),
                   "tag": tag, "threads": rc.cpus_per_worker, "crash_marker": rc.crash_marker}
+        if len(tasks) < rc.workers:  # one task per shard of config.shard_tokens entries: no more actors than tasks
+            log.warning("%d task(s) of <= %d entries for %d workers: starting %d", len(tasks), config.shard_tokens, rc.workers, len(tasks))
+            rc = replace(rc, workers=len(tasks))
         rows = [encode_task(t, b, plan, toks) for t, b in enumerate(tasks)]
         state = _commit_in_order(store, _dataset(ray, rows, rc, kwargs, progress), tasks, plan, state, config, report, bar)
     else:

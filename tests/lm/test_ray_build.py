@@ -14,7 +14,7 @@ from tests.support.tiny_lm import CORPUS, make_tiny_lm
 
 OTHER = ("Volcanic islands form where magma rises through the crust. Basalt cools into columns, and "
          "new land appears in the sea within months; seabirds arrive first, then mosses and ferns. ") * 4
-CFG = BuildConfig(window=48, stride=32, shard_tokens=60, calibrate=False)
+CFG = BuildConfig(window=48, stride=32, batch_size=2, shard_tokens=60, calibrate=False)  # several tasks of a few batches
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,6 @@ def test_cli_build_with_ray(ray, tiny, tmp_path, capsys):
     _same(tmp_path / "one", tmp_path / "ray")
     assert main([*base, "--out", str(tmp_path / "bad"), "--ray", "local", "--workers", "0"]) == 2
     assert json.loads(capsys.readouterr().out)["type"] == "InvalidInputError"
+    assert main([*base, "--out", str(tmp_path / "kv"), "--ray", "local", "--kv-cache"]) == 2
+    err = json.loads(capsys.readouterr().out)
+    assert err["type"] == "InvalidInputError" and "kv-cache" in err["error"]

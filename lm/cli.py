@@ -49,8 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--ngram", type=int, default=13, help="n-gram length for --decontaminate (default 13)")
     b.add_argument("--window", type=int, default=None, help="tokens per window (default min(max length, 1024))")
     b.add_argument("--stride", type=int, default=None, help="new tokens per window (default 3/4 window)")
-    b.add_argument("--batch-size", type=int, default=16,
-                   help="at most N windows per forward pass (and at most 2048 padded tokens; short documents share one)")
+    b.add_argument("--batch-size", type=int, default=2, help="windows per forward pass")
     b.add_argument("--holdout", type=float, default=0.05,
                    help="fraction of the corpus kept out of the datastore to calibrate on (document tails; default 0.05, 0 = none)")
     b.add_argument("--kv-cache", action="store_true",

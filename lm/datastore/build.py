@@ -45,8 +45,9 @@ NEAR_DUP_CHARS = 200_000  # MinHash looks at a document's first 200k characters 
 class BuildConfig:
     window: int | None = None  # tokens per forward; default min(model max length, 1024)
     stride: int | None = None  # default 3/4 window: >= window/4 tokens of context, >= 0.9x forward speed
-    batch_size: int = 16  # at most this many windows per forward ...
-    batch_tokens: int = 2048  # ... and this many (padded) tokens: 2 full 1024-token windows, or 8 abstracts
+    batch_size: int = 2  # windows per forward (ray_build.plan_tasks cuts its tasks the same way)
+    batch_tokens: int | None = None  # also cap the padded tokens per forward (then raise batch_size): opt-in,
+    # since packing 250-token abstracts 8 at a time was not measurably faster on the shared 2-core CPU
     shard_tokens: int = 8192  # entries per committed shard (the resume granularity)
     max_tokens: int | None = None  # cap on entries added by this build
     near_dup_threshold: float = 0.9

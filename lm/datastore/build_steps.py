@@ -138,10 +138,9 @@ def plan_stats(plan: Sequence[PlannedWindow], upto: int | None = None) -> PlanSt
                      sum(p.dropped for p in part), sum(int(p.targets.size) for p in part))
 
 
-def batches(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_tokens: int) -> list[list[int]]:
+def batches(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_tokens: int | None = None) -> list[list[int]]:
     """Plan indices from `start` with targets, grouped into forwards of at most `max_windows`
-    windows and `max_tokens` padded tokens: short documents (abstracts, small files) share a
-    forward instead of paying one each."""
+    windows (and, when given, `max_tokens` padded tokens, so short documents can share a forward)."""
     out: list[list[int]] = []
     cur: list[int] = []
     longest = 0
@@ -149,7 +148,7 @@ def batches(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_tok
         n = plan[i].window.end - plan[i].window.begin
         if not plan[i].targets.size:
             continue
-        if cur and (len(cur) >= max_windows or (len(cur) + 1) * max(longest, n) > max_tokens):
+        if cur and (len(cur) >= max_windows or (max_tokens is not None and (len(cur) + 1) * max(longest, n) > max_tokens)):
             out.append(cur)
             cur, longest = [], 0
         cur.append(i)

@@ -195,7 +195,7 @@ def cmd_calibrate(args) -> int:
     texts = _read_texts(args.text) if args.text else None
     store = TokenStore.open(args.dir)
     lm = load_lm(args.model if args.model is not None else store.manifest.get("lm_spec"))
-    store = TokenStore.open(args.dir, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash)
+    store = TokenStore.open(args.dir, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash, vocab_size=lm.vocab_size)
     cal = calibrate_store(lm, store, texts, fit_per_token=not args.no_per_token)
     raw = cal.to_json() if cal is not None else store.manifest.get("calibration")
     if args.json:

@@ -76,7 +76,8 @@ class KNNLM:
         lm = model if isinstance(model, LoadedLM) else load_lm(model if model is not None else spec)
         store = None
         if datastore is not None:
-            store = TokenStore.open(datastore, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash)
+            store = TokenStore.open(datastore, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash,
+                                     vocab_size=lm.vocab_size)
             if store.manifest["key_layer"] != lm.key_layer:
                 from retrieval.errors import MismatchError
 

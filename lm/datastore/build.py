@@ -157,7 +157,7 @@ def check_config(lm, config: BuildConfig, corpus: Sequence[str]) -> tuple[int, i
 
 def open_or_create(lm, out: Path, config: BuildConfig, lm_spec: str | None) -> TokenStore:
     if (out / "manifest.json").exists():
-        store = TokenStore.open(out, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash)
+        store = TokenStore.open(out, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash, vocab_size=lm.vocab_size)
         if store.manifest["key_layer"] != lm.key_layer:
             raise MismatchError(f"datastore {out} uses key layer {store.manifest['key_layer']}, not {lm.key_layer}",
                                 f"pass --key-layer {store.manifest['key_layer']}")

@@ -388,6 +388,7 @@ def main() -> None:
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--only-tune", action="store_true", help="tuning only (no CLI runs, no peers)")
     p.add_argument("--calibrate", action="store_true", help="also score a self-calibrated copy of each collection")
+    p.add_argument("--only-calibrate", action="store_true", help="only the self-calibrated copies (implies --skip-tune)")
     p.add_argument("--k1b", default="", metavar="K1,B;K1,B", help=f"BM25 grid (default: {K1B})")
     p.add_argument("--alphas", default="", metavar="A,A", help=f"convex fusion alphas (default: {ALPHAS})")
     p.add_argument("--norms", default="tmm,minmax,zscore", help="normalisations to sweep")
@@ -407,15 +408,17 @@ def main() -> None:
     for n in names if not a.only_tune else []:
         qs = _queries(DATA[n], TEST_QRELS)
         bm = match_bm25_defaults(stores[n], n)
-        r = res["datasets"][n] = {"bm25_params": bm, "ours": ours_cli(work, n, stores[n], qs, TEST_QRELS)}
-        if a.calibrate:
+        r = res["datasets"][n] = {"bm25_params": bm}
+        if not a.only_calibrate:
+            r["ours"] = ours_cli(work, n, stores[n], qs, TEST_QRELS)
+        if a.calibrate or a.only_calibrate:
             r["calibrated"] = calibrated(work, n, stores[n], qs, TEST_QRELS)
-        if not a.skip_peers:
+        if not a.skip_peers and not a.only_calibrate:
             r["peers"] = peers(work, n, qs, TEST_QRELS)
         print(json.dumps({n: r}), file=sys.stderr)
     if a.title_only:
         res["title_weight"] = title_check({n: Tuner(work, n, stores[n]) for n in names}, a.title_only)
-    elif not a.skip_tune:
+    elif not a.skip_tune and not a.only_calibrate:
         res["tuning"] = tune({n: Tuner(work, n, stores[n]) for n in names})
     text = json.dumps(res, indent=1, default=str)
     print(text)
@@ -427,6 +430,8 @@ def main() -> None:
 def table(res: dict) -> str:
     lines = ["| dataset | ours dense | ours BM25 | ours hybrid | bm25s | MiniLM flat | peer RRF k=60 |", "|---|---|---|---|---|---|---|"]
     for n, r in res["datasets"].items():
+        if "ours" not in r:
+            continue
         o, pe = r["ours"], r.get("peers", {})
         cells = [o["dense"], o["bm25"], o["hybrid"], pe.get("bm25s"), pe.get("minilm_flat"), pe.get("rrf60")]
         lines.append(f"| {n} | " + " | ".join(f"{c['ndcg@10']:.4f} / {c['recall@100']:.4f}" if c else "-" for c in cells) + " |")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = next((d / "shared" for d in ROOT.parents if (d / "shared" / "tools" / "ndcg.py").exists()), ROOT.parent / "shared")
 
 
 def _rss_mb() -> float:
@@ -316,7 +316,7 @@ def main() -> None:
     if a.limit:
         a.corpus = f"{a.work}/corpus.jsonl"
         with open(Path(a.data) / "corpus.jsonl") as src, open(a.corpus, "w") as dst:
-            for i, line in zip(range(a.limit), src):
+            for _, line in zip(range(a.limit), src):
                 dst.write(line)
     res: dict = {}
     saved = Path(a.work) / "builds.json"
@@ -352,7 +352,7 @@ def main() -> None:
 def report(res: dict, a) -> None:
     ob, oq = res["ours_build"], res["ours_query"]
     lines = [f"## SciFact retrieval ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `python benchmarks/bench_scifact.py{' --limit %d' % a.limit if a.limit else ''}`"
+             f"Command: `python benchmarks/bench_scifact.py{f' --limit {a.limit}' if a.limit else ''}`"
              f"{' --skip-langchain' if a.skip_langchain else ''}; same bundled MiniLM, same chunks ({ob['chunks']}), 2-core CPU.", ""]
     lc = res.get("langchain")
     lines += ["| measure | knnrag | LangChain FAISS | ratio (ours / LangChain) |", "|---|---|---|---|"]

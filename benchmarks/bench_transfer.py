@@ -82,6 +82,45 @@ def build(work: Path, name: str) -> Path:
     return store
 
 
+def record_tokens(conn, tok, data: Path, weight: int):
+    """BM25 tokens of every chunk as `index_paths` makes them with BM25Config(title_weight=weight)
+    (retrieval/store/indexing.py `_record_bm25_texts`: one BM25 document per record, the title
+    counted `weight` times), from the chunk rows and the corpus records. Returns (ids, tokens)."""
+    import numpy as np
+
+    from retrieval.store import indexing
+    from retrieval.types import Chunk, SourceDocument
+
+    recs = {}
+    for ln in (data / "corpus.jsonl").read_text().splitlines():
+        if ln.strip():
+            r = json.loads(ln)
+            recs[str(r["_id"])] = r
+    by_doc: dict[str, list] = {}
+    for cid, doc_id, it in conn.execute("SELECT id, doc_id, index_text FROM chunks ORDER BY id"):
+        by_doc.setdefault(doc_id, []).append((cid, it))
+    ids, texts = [], []
+    for doc_id, chunks in by_doc.items():
+        r = recs[doc_id]
+        title, text = (r.get("title") or "").strip() or None, r.get("text") or ""
+        if not text.strip() and title:  # as retrieval/ingest/sources.py reads a title-only record
+            text, title = title, None
+        doc = SourceDocument("", text, "jsonl", "", doc_id, title)
+        kept = [Chunk("", "", 0, 0, 1, 1, "", "jsonl", it, doc_id) for _, it in chunks]
+        ids += [cid for cid, _ in chunks]
+        texts += indexing._record_bm25_texts(doc, kept, weight)
+    order = np.argsort(ids)
+    return np.asarray(ids, np.int64)[order], [tok(texts[i]) for i in order]
+
+
+def bm25_index_update(ids, tokens, cfg):
+    import numpy as np
+
+    from retrieval.index import bm25_index
+
+    return bm25_index.update(None, np.zeros(0, np.int64), ids, tokens, cfg)
+
+
 def match_bm25_defaults(store: Path, name: str) -> dict:
     """Give a reused store the BM25 k1/b of today's defaults, as a fresh build would have them:
     the saved postings re-scored (bm25_index.rescore is exact, O(nnz)) and the manifest updated."""
@@ -91,13 +130,23 @@ def match_bm25_defaults(store: Path, name: str) -> dict:
     coll = store / name
     manifest = json.loads((coll / "manifest.json").read_text())
     want = BM25Config()
-    if (manifest["bm25"]["k1"], manifest["bm25"]["b"]) != (want.k1, want.b):
+    have = manifest["bm25"]
+    if (have["k1"], have["b"], have.get("title_weight", 1)) != (want.k1, want.b, want.title_weight):
+        import sqlite3
+
+        conn = sqlite3.connect(coll / "chunks.sqlite")
+        if have.get("title_weight", 1) != want.title_weight:  # re-tokenised as index_paths would
+            ids, tokens = record_tokens(conn, bm25_index.tokenizer_for(want), DATA[name], want.title_weight)
         for gdir in sorted(coll.glob("gen-*")):
-            idx = bm25_index.load(gdir / "bm25", mmap=False)
-            bm25_index.save(bm25_index.rescore(idx, replace(idx.config, k1=want.k1, b=want.b)), gdir / "bm25")
-        manifest["bm25"].update(k1=want.k1, b=want.b)
+            if have.get("title_weight", 1) != want.title_weight:
+                new = bm25_index_update(ids, tokens, want)
+            else:
+                idx = bm25_index.load(gdir / "bm25", mmap=False)
+                new = bm25_index.rescore(idx, replace(idx.config, k1=want.k1, b=want.b))
+            bm25_index.save(new, gdir / "bm25")
+        manifest["bm25"].update(want.to_dict())
         (coll / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return {"k1": want.k1, "b": want.b}
+    return want.to_dict()
 
 
 def calibrated(work: Path, name: str, store: Path, qs: list[tuple[str, str]], qrels: str) -> dict:
@@ -217,39 +266,9 @@ class Tuner:
             snap.bm25 = bm25_index.rescore(self.built, replace(self.built.config, k1=k1, b=b))
 
     def use_title_weight(self, weight: int, k1: float, b: float) -> None:
-        """BM25 postings rebuilt as `index_paths` builds them with BM25Config(title_weight=weight)
-        (retrieval/store/indexing.py: one BM25 document per record, the title counted `weight` times)."""
-        import numpy as np
-
-        from retrieval.index import bm25_index
-        from retrieval.store import indexing
-        from retrieval.types import Chunk, SourceDocument
-
-        recs = {}
-        for ln in (self.data / "corpus.jsonl").read_text().splitlines():
-            if ln.strip():
-                r = json.loads(ln)
-                recs[str(r["_id"])] = r
         with self.coll.reading() as (conn, snap):
-            rows = conn.execute("SELECT id, doc_id, index_text FROM chunks ORDER BY id").fetchall()
-            by_doc: dict[str, list] = {}
-            for cid, doc_id, it in rows:
-                by_doc.setdefault(doc_id, []).append((cid, it))
-            ids, texts = [], []
-            for doc_id, chunks in by_doc.items():
-                r = recs[doc_id]
-                title, text = (r.get("title") or "").strip() or None, r.get("text") or ""
-                if not text.strip() and title:  # as retrieval/ingest/sources.py reads a title-only record
-                    text, title = title, None
-                doc = SourceDocument("", text, "jsonl", "", doc_id, title)
-                kept = [Chunk("", "", 0, 0, 1, 1, "", "jsonl", it, doc_id) for _, it in chunks]
-                ids += [cid for cid, _ in chunks]
-                texts += indexing._record_bm25_texts(doc, kept, weight)
-            tok = self.coll.tokenizer()
-            order = np.argsort(ids)
-            cfg = replace(self.built.config, k1=k1, b=b)
-            snap.bm25 = bm25_index.update(None, np.zeros(0, np.int64), np.asarray(ids, np.int64)[order],
-                                          [tok(texts[i]) for i in order], cfg)
+            ids, tokens = record_tokens(conn, self.coll.tokenizer(), self.data, weight)
+            snap.bm25 = bm25_index_update(ids, tokens, replace(self.built.config, k1=k1, b=b))
 
     def ndcg(self, mode: str, fusion=None) -> float:
         hits = self.store.search_batch([t for _, t in self.qs], k=100, mode=mode, collection=self.name, fusion=fusion)
@@ -318,7 +337,8 @@ def tune(tuners: dict[str, Tuner]) -> dict:
     k1, b = out["bm25_alone"]["chosen"]
     for t in tuners.values():
         t.use_bm25(k1, b)
-    grid = {("rrf", 60, 0.5): FusionConfig(method="rrf", rrf_k=60, alpha=0.5)}
+    grid = {("rrf", 60, 0.5): FusionConfig(method="rrf", rrf_k=60, alpha=0.5),
+            ("zscore", 0.55): FusionConfig(method="convex", norm="zscore", alpha=0.55)}  # the old default
     for norm in NORMS:
         for al in ALPHAS:
             grid[(norm, al)] = FusionConfig(method="convex", norm=norm, alpha=al)
@@ -368,6 +388,7 @@ def main() -> None:
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--only-tune", action="store_true", help="tuning only (no CLI runs, no peers)")
     p.add_argument("--calibrate", action="store_true", help="also score a self-calibrated copy of each collection")
+    p.add_argument("--only-calibrate", action="store_true", help="only the self-calibrated copies (implies --skip-tune)")
     p.add_argument("--k1b", default="", metavar="K1,B;K1,B", help=f"BM25 grid (default: {K1B})")
     p.add_argument("--alphas", default="", metavar="A,A", help=f"convex fusion alphas (default: {ALPHAS})")
     p.add_argument("--norms", default="tmm,minmax,zscore", help="normalisations to sweep")
@@ -387,15 +408,17 @@ def main() -> None:
     for n in names if not a.only_tune else []:
         qs = _queries(DATA[n], TEST_QRELS)
         bm = match_bm25_defaults(stores[n], n)
-        r = res["datasets"][n] = {"bm25_params": bm, "ours": ours_cli(work, n, stores[n], qs, TEST_QRELS)}
-        if a.calibrate:
+        r = res["datasets"][n] = {"bm25_params": bm}
+        if not a.only_calibrate:
+            r["ours"] = ours_cli(work, n, stores[n], qs, TEST_QRELS)
+        if a.calibrate or a.only_calibrate:
             r["calibrated"] = calibrated(work, n, stores[n], qs, TEST_QRELS)
-        if not a.skip_peers:
+        if not a.skip_peers and not a.only_calibrate:
             r["peers"] = peers(work, n, qs, TEST_QRELS)
         print(json.dumps({n: r}), file=sys.stderr)
     if a.title_only:
         res["title_weight"] = title_check({n: Tuner(work, n, stores[n]) for n in names}, a.title_only)
-    elif not a.skip_tune:
+    elif not a.skip_tune and not a.only_calibrate:
         res["tuning"] = tune({n: Tuner(work, n, stores[n]) for n in names})
     text = json.dumps(res, indent=1, default=str)
     print(text)
@@ -407,6 +430,8 @@ def main() -> None:
 def table(res: dict) -> str:
     lines = ["| dataset | ours dense | ours BM25 | ours hybrid | bm25s | MiniLM flat | peer RRF k=60 |", "|---|---|---|---|---|---|---|"]
     for n, r in res["datasets"].items():
+        if "ours" not in r:
+            continue
         o, pe = r["ours"], r.get("peers", {})
         cells = [o["dense"], o["bm25"], o["hybrid"], pe.get("bm25s"), pe.get("minilm_flat"), pe.get("rrf60")]
         lines.append(f"| {n} | " + " | ".join(f"{c['ndcg@10']:.4f} / {c['recall@100']:.4f}" if c else "-" for c in cells) + " |")

@@ -37,7 +37,7 @@ def _registrars() -> list[Registrar]:
         try:
             found[ep.name] = ep.load()
         except ImportError as e:  # a stale or broken plugin must not take the other commands down
-            logging.getLogger(__name__).warning("skipping knnrag command plugin %r: %s", ep.name, e)
+            logging.getLogger(__name__).debug("skipping knnrag command plugin %r: %s", ep.name, e)
     return list(found.values())
 
 

@@ -71,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_args(cal)
     cal.add_argument("--queries-n", type=int, default=300, metavar="N", help="pseudo-queries to sample (default 300)")
     cal.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    cal.add_argument("--apply", action="store_true",
+                     help="put the winner in force (off by default: on SciFact and CACM it lost to the default fusion)")
     cal.set_defaults(func=cmd_calibrate)
 
     d = sub.add_parser("delete", help="delete chunks by source path (file, folder or glob) or by chunk id")
@@ -271,14 +273,15 @@ def cmd_calibrate(args) -> int:
     from retrieval.store.docstore import DocStore
 
     with DocStore.open(Path(args.store), create=False) as store:
-        entry = store.calibrate_fusion(args.collection, CalibrationConfig(n_queries=args.queries_n, seed=args.seed))
+        entry = store.calibrate_fusion(args.collection, CalibrationConfig(n_queries=args.queries_n, seed=args.seed,
+                                                                                apply=args.apply))
         if args.json:
             _emit(entry)
         else:
             b = entry["best"]
             sys.stdout.write(f"{args.collection}: {entry['pseudo_queries']} pseudo-queries {entry['kinds']}; best "
                              f"{b['method']} {b['norm']} alpha={b['alpha']} MRR@10 {entry['pseudo_mrr10']:.4f} vs default "
-                             f"{entry['default_mrr10']:.4f}: {'kept' if entry['source'] == 'calibrated' else 'default kept'}\n")
+                             f"{entry['default_mrr10']:.4f}: {'applied' if entry['applied'] else 'recorded, default fusion kept'}\n")
     return 0
 
 

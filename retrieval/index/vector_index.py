@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,7 +187,7 @@ def search(
     if index is None or index.ntotal == 0 or k <= 0:
         return np.full((nq, max(k, 0)), -np.inf, np.float32), np.full((nq, max(k, 0)), -1, np.int64)
     sel = None
-    keep = []  # the selectors hold pointers into these arrays
+    keep: list[Any] = []  # the selectors hold pointers into these arrays
     if allowed is not None:
         allowed = np.ascontiguousarray(allowed, dtype=np.int64)
         keep.append(allowed)

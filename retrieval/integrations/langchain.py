@@ -20,7 +20,7 @@ from langchain_core.vectorstores import VectorStore
 
 from retrieval.errors import InvalidInputError
 from retrieval.store.docstore import DocStore
-from retrieval.store.search import Hit
+from retrieval.types import Hit
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 

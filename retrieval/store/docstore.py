@@ -240,17 +240,17 @@ class DocStore:
                                 max_file_bytes=max_file_bytes, show_progress=show_progress)
             rep = run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads)
         kept = c.manifest.get("fusion") or {}
-        if kept.get("at_chunks") and rep.chunks_added and c.info()["chunks"] >= kept.get("regrow", 2.0) * kept["at_chunks"]:
+        if kept.get("applied") and rep.chunks_added and c.info()["chunks"] >= kept.get("regrow", 2.0) * kept["at_chunks"]:
             from retrieval.store.calibrate import CalibrationConfig
 
             log.info("collection %s grew past %s x its calibration size: re-calibrating its fusion", c.name, kept["regrow"])
-            self.calibrate_fusion(collection, CalibrationConfig(seed=kept.get("seed", 0), regrow=kept.get("regrow", 2.0)))
+            self.calibrate_fusion(collection, CalibrationConfig(seed=kept.get("seed", 0), regrow=kept.get("regrow", 2.0), apply=True))
         return rep
 
     def calibrate_fusion(self, collection: str = "default", config: Any = None) -> dict:
         """Tune the collection's hybrid fusion on pseudo-queries from its own text (see
-        retrieval/store/calibrate.py) and record the outcome in its manifest ("fusion"); searches
-        use the calibrated fusion only when it beat the default on those queries."""
+        retrieval/store/calibrate.py) and record the outcome in its manifest ("fusion"). Searches use
+        it only with config.apply and when it beat the default there: it lost on SciFact and CACM."""
         from retrieval.store import calibrate
 
         entry = calibrate.run(self, self.collection(collection), config or calibrate.CalibrationConfig())

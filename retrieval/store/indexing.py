@@ -196,6 +196,8 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
     near = NearDupFilter(threshold=opts.near_dup_threshold) if opts.near_dup_threshold and scan.todo else None
     new_chunks: list[Chunk] = []
     bm25_texts: list[str] = []  # what BM25 indexes for each kept chunk
+    # collections built before title weights counted titles once: keep them consistent
+    tw = int(coll.manifest.get("bm25", {}).get("title_weight", 1))
     upserts: list[dict] = []
     bar.stage("chunking", len(scan.todo), "file")
     for group in scan.todo:
@@ -208,10 +210,10 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
                 got = _record_chunks(chunks, pre)
                 if chunks and not got:
                     rep.emptied.append({"source": doc.source, "doc_id": doc.doc_id, "reason": _why(before, pre.to_dict())})
-                bm25_texts += _record_bm25_texts(doc, got, coll.bm25_config.title_weight)
+                bm25_texts += _record_bm25_texts(doc, got, tw)
             else:
                 got = preprocess_chunks(chunks, pre, seen_hashes=stay_hashes, near_dup=near)
-                bm25_texts += [_titled(c.index_text, doc.title, coll.bm25_config.title_weight) for c in got]
+                bm25_texts += [_titled(c.index_text, doc.title, tw) for c in got]
             made += len(chunks)
             kept += got
         src = group[0].source

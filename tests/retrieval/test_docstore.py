@@ -191,3 +191,17 @@ def test_bm25_scores_a_record_as_one_document(tmp_path):
         hits = s.search("zanzibar lighthouse", k=3, mode="bm25")
         assert hits[0].doc_id == "long" and "Zanzibar" not in hits[0].text
         assert s.search("zanzibar lighthouse", k=3, mode="hybrid")[0].doc_id == "long"
+
+
+def test_title_tokens_count_title_weight_times(tmp_path):
+    rng = np.random.default_rng(8)
+    recs = [{"_id": "titled", "title": "Quokka field notes", "text": f"{text_of(rng, 30).capitalize()}."},
+            {"_id": "body", "title": "Other notes", "text": f"A quokka. {text_of(rng, 5).capitalize()}."}]
+    recs += [{"_id": f"r{i}", "title": f"Note {i}", "text": f"{text_of(rng, 20).capitalize()}."} for i in range(10)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with DocStore.open(tmp_path / "s", embedder="hash-64") as s:
+        s.index_paths([tmp_path / "c.jsonl"])
+        assert s.collection("default").manifest["bm25"]["title_weight"] == 3
+        hits = s.search("quokka", k=2, mode="bm25")
+        # once each, the short body would win on length; the title counts three times
+        assert [h.doc_id for h in hits] == ["titled", "body"] and hits[0].score > hits[1].score

@@ -270,7 +270,9 @@ def test_calibration_records_its_choice_and_reruns_when_the_collection_grows(tmp
         (docs / f"d{i}.md").write_text(f"# {text_of(rng, 4)}\n\n{text_of(rng, 12).capitalize()}. {text_of(rng, 10).capitalize()}.\n")
     with DocStore.open(tmp_path / "s", embedder="hash-64") as s:
         s.index_paths([docs])
-        entry = s.calibrate_fusion("default", calibrate.CalibrationConfig(n_queries=20, regrow=1.5))
+        measured = s.calibrate_fusion("default", calibrate.CalibrationConfig(n_queries=20))
+        assert not measured["applied"] and s.fusion_for(s.collection("default")) == s.fusion  # off unless asked for
+        entry = s.calibrate_fusion("default", calibrate.CalibrationConfig(n_queries=20, regrow=1.5, apply=True))
         assert entry["pseudo_queries"] >= 10 and sum(entry["kinds"].values()) == entry["pseudo_queries"]
         assert entry["at_chunks"] == s.stats("default")["chunks"]
         assert 0.0 <= entry["default_mrr10"] <= entry["pseudo_mrr10"] <= 1.0

@@ -64,7 +64,7 @@ def start_index_job(state: Any, paths: list[str], collection: str) -> Job:
             state.jobs.mark_running(job)
             store = state.store()
             rep = store.index_paths([str(p) for p in resolved], collection=collection, exclude=patterns,
-                                    progress=job.report)
+                                    progress=job.report, confine_to=state.config.allow_roots)
         return _index_out(collection, [str(p) for p in resolved], exclude, rep)
 
     args = {"what": what, "collection": collection, "paths": [str(p) for p in resolved], "files_hint": files,

@@ -43,6 +43,7 @@ class IndexOptions:
     near_dup_threshold: float | None = 0.9  # MinHash Jaccard; None disables
     max_file_bytes: int = 20_000_000
     show_progress: bool = False
+    confine_to: tuple[str, ...] | None = None  # real folders no read may leave (the MCP server's allowed roots)
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0:
@@ -161,7 +162,7 @@ def _scan(coll: Collection, conn, paths: Sequence[str], opts: IndexOptions, rep:
         bar.update(1)
 
     group: list[SourceDocument] = []
-    for item in iter_sources(paths, exclude=opts.exclude, max_file_bytes=opts.max_file_bytes):
+    for item in iter_sources(paths, exclude=opts.exclude, max_file_bytes=opts.max_file_bytes, confine_to=opts.confine_to):
         if isinstance(item, Skip):
             rep.skipped.append({"source": item.source, "reason": item.reason})
             continue

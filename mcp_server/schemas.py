@@ -157,6 +157,9 @@ class StatsOut(BaseModel):
     collection: str | None = Field(description="the collection asked about, or null for the whole store")
     store: str = Field(description="store folder")
     stats: dict[str, Any]
+    datastore: dict[str, Any] | None = Field(
+        default=None, description="the kNN-LM token datastore of --datastore: entries, index and its calibration "
+                                  "(chosen k, temperature, lambda, held-out size and measured gain); null without one")
 
 
 class TokenProbOut(BaseModel):

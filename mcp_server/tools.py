@@ -208,8 +208,17 @@ def _register_stats(server: Any) -> None:
                     T.require_collection(store, collection)
                 return store.stats(collection)
 
+        def datastore_info() -> dict | None:
+            if state.config.datastore is None:
+                return None
+            from lm.datastore.token_store import TokenStore
+
+            return TokenStore.open(state.config.datastore).info()  # no LM load: the manifest and mmap'd arrays
+
         d = await T.run(work)
-        return T.result(S.StatsOut(collection=collection, store=str(state.config.store), stats=T.jsonable(d)))
+        ds = await T.run(datastore_info)
+        return T.result(S.StatsOut(collection=collection, store=str(state.config.store), stats=T.jsonable(d),
+                                   datastore=T.jsonable(ds) if ds is not None else None))
 
 
 def _register_chunk_resource(server: Any) -> None:

@@ -364,3 +364,6 @@ async def test_knn_tools_with_a_datastore(env, indexed, lm_dir, tmp_path):
         assert gen["datastore"] is True and gen["lambda_"] == 0.5
         ans = (await c.call_tool("ask", {"question": "How are path parameters declared in the route?"})).structured_content
         assert ans["grounded"] and ans["used_knn"] is True
+        st = (await c.call_tool("stats")).structured_content
+        assert st["datastore"]["count"] > 0 and "calibration" in st["datastore"]
+    assert (await call(env, "stats")).structured_content["datastore"] is None

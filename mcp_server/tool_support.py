@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server import schemas as S
 from retrieval.errors import KnnragError, NotFoundError
-from retrieval.store.search import Hit
+from retrieval.types import Hit, chunk_uri
 
 log = logging.getLogger("knnrag.mcp")
 
@@ -121,7 +121,7 @@ def hit(h: Hit) -> S.HitOut:
     text = h.text or ""
     coll = h.collection or "default"
     return S.HitOut(
-        id=str(h.id), uri=f"chunk://{coll}/{h.id}", score=float(h.score or 0.0),
+        id=str(h.id), uri=chunk_uri(coll, h.id), score=float(h.score or 0.0),
         scores={k: float(v) for k, v in (h.scores or {}).items() if v is not None},
         source=str(h.source), start_line=int(h.start_line or 0), end_line=int(h.end_line or 0),
         start_char=int(h.start_char or 0), end_char=int(h.end_char or 0), heading=h.heading or None,

@@ -50,7 +50,7 @@ class RayBuildConfig:
                                     "pass --workers 2")
 
 
-def plan_tasks(plan: Sequence[PlannedWindow], start: int, batch_size: int, shard_tokens: int, batch_tokens: int) -> list[list[list[int]]]:
+def plan_tasks(plan: Sequence[PlannedWindow], start: int, batch_size: int, shard_tokens: int, batch_tokens: int | None) -> list[list[list[int]]]:
     """The windows still to run, as tasks of batches of plan indices: the very batches of _run_plan
     (build_steps.batches), cut where it flushes a shard."""
     tasks: list[list[list[int]]] = []

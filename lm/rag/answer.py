@@ -45,7 +45,7 @@ class RagConfig:
     min_score: float = 0.25  # dense cosine below which a hit is not relevant
     min_bm25: float = 1.0  # used only for hits without a dense score (bm25 mode)
     max_new_tokens: int = 256
-    context_tokens: int | None = None  # None = min(LM context, 2048): CPU prefill cost grows with it
+    context_tokens: int | None = None  # None = min(LM context, 1024): CPU prefill delays the first token
     max_source_tokens: int = 512  # one long chunk must not crowd out the others
     lambda_: float | None = None
     temperature: float | None = None
@@ -247,7 +247,7 @@ def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any
         knnlm = knnlm()
     lm = lm if lm is not None else knnlm.lm
     tok = lm.tokenizer
-    context = cfg.context_tokens or min(int(getattr(lm, "max_length", 2048) or 2048), 2048)
+    context = cfg.context_tokens or min(int(getattr(lm, "max_length", 1024) or 1024), 1024)
     budget = context - cfg.max_new_tokens
     if budget < 64:
         raise InvalidInputError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for sources in a "
@@ -255,8 +255,17 @@ def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any
     prompt, used, n_prompt = fit_sources(question, relevant, tok, budget, cfg.max_source_tokens)
     log.info("rag: %d relevant hits, %d in a %d-token prompt", len(relevant), len(used), n_prompt)
     stream = EchoCutStream(on_token) if on_token else None
-    raw = knnlm.generate(prompt, max_new_tokens=cfg.max_new_tokens, lambda_=cfg.lambda_,
-                         temperature=cfg.temperature, chat=False, on_token=stream)
+    from lm.knnlm import KNNLM
+
+    if isinstance(knnlm, KNNLM):  # with the repetition guards (a no-repeat n-gram, a stop on a repeated sentence)
+        from lm.generate import generate
+
+        raw = generate(knnlm, prompt, knnlm._cfg(lambda_=cfg.lambda_, temperature=cfg.temperature),
+                       max_new_tokens=cfg.max_new_tokens, chat=False, on_token=stream,
+                       no_repeat_ngram_size=cfg.no_repeat_ngram, stop_on_repeat=True)
+    else:
+        raw = knnlm.generate(prompt, max_new_tokens=cfg.max_new_tokens, lambda_=cfg.lambda_,
+                             temperature=cfg.temperature, chat=False, on_token=stream)
     if stream:
         stream.close()
     text = cut_echo(raw).strip()

@@ -11,8 +11,8 @@ from lm.rag import answer as rag
 from lm.rag.spans import Span, answer_type, phrases, sentences, snap, trim, words
 
 DOCS = {
-    "rivers.md": "# Rivers\n\nThe Rhine rises in the Swiss Alps.\nIt flows north for 1,230 km and empties into the North Sea "
-                 "near Rotterdam.\n\nThe Danube is longer than the Rhine.\n",
+    "rivers.md": "# Rivers\n\nThe Rhine rises in the Swiss Alps.\nThe Rhine is 1,230 km long and empties into the North Sea "
+                 "near Rotterdam.\n\nThe Danube flows to the Black Sea.\n",
     "kitchen.md": "# Recipes\n\nOur team lunch is on Fridays. Bring a plate.\n",
     "server.md": "# Server\n\nStart the HTTP transport with the serve command and the --transport http flag. "
                  "The default port is 8000.\n",
@@ -114,3 +114,19 @@ def test_auto_mode_sizes_the_model_without_loading_it(tmp_path):
     assert modes.resolve("generate", None, None) == "generate" and modes.resolve("extractive", str(tmp_path / "big"), None) == "extractive"
     with pytest.raises(Exception, match="answer mode"):
         rag.RagConfig(answer_mode="poetry")
+
+
+def test_generation_stops_on_a_repeated_sentence(tmp_path):
+    import torch
+
+    from lm.generate import repeat_stopper
+    from lm.models import load_lm
+    from tests.support.tiny_lm import make_tiny_lm
+
+    tok = load_lm(str(make_tiny_lm(tmp_path / "lm", vocab="word"))).tokenizer
+    prompt = tok("Run the server", add_special_tokens=False)["input_ids"]
+    once = tok("the value is passed to the function . Use several worker processes .", add_special_tokens=False)["input_ids"]
+    again = tok("the value is passed to the function . Use", add_special_tokens=False)["input_ids"]
+    stop = repeat_stopper(tok, len(prompt))
+    assert not bool(stop(torch.tensor([prompt + once]), None)[0])
+    assert bool(stop(torch.tensor([prompt + once + again]), None)[0])

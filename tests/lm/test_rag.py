@@ -94,7 +94,7 @@ def test_answer_with_citations_mapped_to_lines(store, knnlm, tiny_lm):
                      config=cfg, on_token=pieces.append)
     assert res.citations and res.mode == "generate"
     assert res.grounded == any(c["cited"] for c in res.citations)
-    assert res.prompt_tokens <= min(tiny_lm.max_length, 2048) - cfg.max_new_tokens
+    assert res.prompt_tokens <= min(tiny_lm.max_length, 1024) - cfg.max_new_tokens
     first = res.citations[0]
     assert first["n"] == 1 and first["source"].endswith("routing.md")
     assert (first["start_line"], first["end_line"]) == (1, 4)

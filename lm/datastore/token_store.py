@@ -232,7 +232,39 @@ class TokenStore:
             sh[kind], sh[f"{kind}_bytes"] = name, (self.path / name).stat().st_size
         self._staged.append(sh)
 
-    def commit(self, *, build: dict | None | str = "keep", index: dict | None | str = "keep") -> None:
+    # ---- tombstones: entries removed from search (deleted or changed documents) ------------------
+    @property
+    def dead(self) -> np.ndarray:
+        """(t,) sorted int64 ids of tombstoned entries; token_index.search never returns them."""
+        t = self.manifest.get("tombstones")
+        if not t:
+            return np.zeros(0, dtype=np.int64)
+        if getattr(self, "_dead", None) is None or self._dead_name != t["file"]:
+            self._dead = self._load_npy(t["file"], t.get("bytes"), int(t["count"]), (), "int64")
+            self._dead_name = t["file"]
+        return self._dead
+
+    def tombstone_docs(self, docs: np.ndarray) -> int:
+        """Tombstone every entry whose provenance is one of these document indices; returns how many."""
+        docs = np.asarray(docs, dtype=np.int64)
+        hit = [np.flatnonzero(np.isin(np.asarray(p[:, 0]), docs)) + int(self._offsets[i]) for i, p in enumerate(self._prov)]
+        ids = np.concatenate(hit) if hit else np.zeros(0, dtype=np.int64)
+        before = len(self.dead)
+        dead = np.union1d(self.dead, ids).astype(np.int64)
+        if len(dead) == before:
+            return 0
+        name = self._name("tombstones", "npy")
+        write_npy(self.path / name, dead)
+        self.commit(tombstones={"file": name, "count": int(len(dead)), "bytes": (self.path / name).stat().st_size})
+        return int(len(dead) - before)
+
+    def tombstone_sources(self, sources: list[str]) -> int:
+        """Tombstone the entries of every stored document from these sources (deleted or changed files)."""
+        want = set(sources)
+        return self.tombstone_docs(np.asarray([d["doc"] for d in self.docs() if d["source"] in want], dtype=np.int64))
+
+    def commit(self, *, build: dict | None | str = "keep", index: dict | None | str = "keep",
+               tombstones: dict | None | str = "keep") -> None:
         """Publish staged shards/docs (and a new index entry) by atomically replacing manifest.json."""
         m = dict(self.manifest)
         m["shards"] = m["shards"] + self._staged
@@ -244,6 +276,8 @@ class TokenStore:
             m["build"] = build
         if index != "keep":
             m["index"] = index
+        if tombstones != "keep":
+            m["tombstones"] = tombstones
         try:
             fsync_dir(self.path)  # the staged shards' names are durable before the manifest names them
         except OSError as e:
@@ -261,8 +295,10 @@ class TokenStore:
         live |= {d["file"] for d in self.manifest["docs"]}
         if self.manifest.get("index") and self.manifest["index"].get("file"):
             live.add(self.manifest["index"]["file"])
+        if self.manifest.get("tombstones"):
+            live.add(self.manifest["tombstones"]["file"])
         for f in self.path.iterdir():
-            if f.is_file() and f.name not in live and f.name.split("-")[0] in ("keys", "values", "prov", "docs", "index"):
+            if f.is_file() and f.name not in live and f.name.split("-")[0] in ("keys", "values", "prov", "docs", "index", "tombstones"):
                 try:
                     f.unlink()
                 except OSError:

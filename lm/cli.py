@@ -81,6 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _knn_options(x)
     x.set_defaults(func=cmd_explain)
 
+    from lm.knn_index import register as register_knn_index
+
+    register_knn_index(sub)  # `index --knn` and `stats` with the kNN half (retrieval never imports lm)
+
 
 def _config(args):
     from lm.knnlm import KNNConfig

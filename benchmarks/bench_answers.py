@@ -77,7 +77,7 @@ def run_mode(store, questions, collection: str, cfg, knnlm) -> list[dict]:
         t0 = time.perf_counter()
         first: list[float] = []
         res = answer(q["question"], store=store, knnlm=knnlm, collection=collection, config=cfg,
-                     on_token=lambda piece: first.append(time.perf_counter() - t0) if not first else None)
+                     on_token=lambda piece, first=first, t0=t0: first.append(time.perf_counter() - t0) if not first else None)
         dt = time.perf_counter() - t0
         cited = [c["source"] for c in res.citations if c["cited"]]
         out.append({"id": q["id"], "impossible": q["impossible"], "held_out": int(q["file"][6:9]) % 2 == 1,

@@ -165,7 +165,7 @@ def search_params(dead: np.ndarray, nprobe: int | None, ivf: bool) -> Any:
     if not len(dead) and not (ivf and nprobe):
         return None
     sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(dead, dtype=np.int64))) if len(dead) else None
-    params = faiss.SearchParametersIVF() if ivf else faiss.SearchParameters()
+    params: Any = faiss.SearchParametersIVF() if ivf else faiss.SearchParameters()
     if sel is not None:
         params.sel = sel
         params._keep = sel  # the selector must outlive the call

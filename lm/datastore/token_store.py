@@ -48,6 +48,8 @@ class TokenStore:
         self._docs: list[dict] | None = None
         self._staged: list[dict] = []
         self._staged_docs: list[str] = []
+        self._dead: np.ndarray | None = None
+        self._dead_name: str | None = None
         self._load_arrays()
 
     # ---- create / open -------------------------------------------------------------------------
@@ -143,7 +145,8 @@ class TokenStore:
         return {
             "path": str(self.path), "format_version": m["format_version"], "lm_id": m["lm_id"], "lm_spec": m.get("lm_spec"),
             "tokenizer_hash": m["tokenizer_hash"], "key_layer": m["key_layer"], "dim": m["dim"], "dtype": m["dtype"],
-            "count": m["count"], "metric": m["metric"], "index_factory": idx.get("factory") or resolve_factory(m["index_factory"], m["count"], m["dim"]),
+            "count": m["count"], "tombstoned": int((m.get("tombstones") or {}).get("count", 0)), "metric": m["metric"],
+            "index_factory": idx.get("factory") or resolve_factory(m["index_factory"], m["count"], m["dim"]),
             "index_ntotal": idx.get("ntotal", 0), "shards": len(m["shards"]), "documents": m.get("doc_count", 0),
             "generation": m["generation"], "build": m.get("build"),
             "bytes": sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()),
@@ -239,7 +242,7 @@ class TokenStore:
         t = self.manifest.get("tombstones")
         if not t:
             return np.zeros(0, dtype=np.int64)
-        if getattr(self, "_dead", None) is None or self._dead_name != t["file"]:
+        if self._dead is None or self._dead_name != t["file"]:
             self._dead = self._load_npy(t["file"], t.get("bytes"), int(t["count"]), (), "int64")
             self._dead_name = t["file"]
         return self._dead

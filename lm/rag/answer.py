@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lm.rag.citations import EchoCutStream, attribute, cut_echo, extract_citations
+from lm.rag.modes import GENERATE_MIN_PARAMS  # noqa: F401  (re-exported: the answer-mode size rule)
 from retrieval.errors import InvalidInputError
 
-GENERATE_MIN_PARAMS = 1_000_000_000  # below this, "auto" extracts (SmolLM2-135M wrote 1 right answer in 5)
 ANSWER_MODES = ("auto", "extractive", "generate")
 
 log = logging.getLogger("knnrag.rag")
@@ -206,7 +206,7 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
     one, called only when the answer is generated (so extraction and abstention never load the LM).
     `lm`: its LoadedLM (default: knnlm.lm), whose tokenizer measures the prompt.
     """
-    from lm.rag import abstain, modes
+    from lm.rag import abstain, modes  # noqa: I001
     from lm.rag.evidence import gather, term_stats
     from lm.rag.extract import best_span
 
@@ -217,7 +217,7 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
             for h in store.search(question, k=cfg.k, mode=cfg.mode, collection=collection)]
     relevant = [h for h in hits if relevance(h, cfg)]
     if not relevant:
-        dense = [float((h.get("scores") or {}).get("dense")) for h in hits if (h.get("scores") or {}).get("dense") is not None]
+        dense = [float(d) for h in hits if (d := (h.get("scores") or {}).get("dense")) is not None]
         best = f"best relevance {max(dense):.2f} < threshold {cfg.min_score:.2f}" if dense else "nothing was retrieved"
         return _abstain(question, collection, knnlm, lm, best, on_token)
     emb = store.embedder_for(store.collection(collection))

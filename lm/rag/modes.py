@@ -13,6 +13,8 @@ from typing import Any
 
 log = logging.getLogger("knnrag.rag")
 
+GENERATE_MIN_PARAMS = 1_000_000_000  # below this, "auto" extracts (SmolLM2-135M wrote 1 right answer in 5)
+
 
 def params_from_config(cfg: dict) -> int | None:
     """Parameter count of a decoder-only transformer from its config (within ~10%: embeddings,
@@ -54,8 +56,6 @@ def loaded_params(obj: Any) -> int | None:
 
 def resolve(mode: str, spec: str | None, lm: Any) -> str:
     """extractive | generate for RagConfig.answer_mode (auto decides by size, see GENERATE_MIN_PARAMS)."""
-    from lm.rag.answer import GENERATE_MIN_PARAMS
-
     if mode != "auto":
         return mode
     n = loaded_params(lm)

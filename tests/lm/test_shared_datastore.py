@@ -32,7 +32,7 @@ def lm_dir(tmp_path_factory):
 
 def _neighbour_sources(store_dir, lm_dir, ctx):
     from lm.knn_index import PREFIX, datastore_dir
-    from lm.knnlm import KNNConfig, KNNLM
+    from lm.knnlm import KNNLM, KNNConfig
     from retrieval.store.docstore import DocStore
 
     knn = KNNLM.load(str(lm_dir), datastore_dir(store_dir, "default"), KNNConfig(k=8))

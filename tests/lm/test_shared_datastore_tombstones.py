@@ -51,7 +51,7 @@ def test_tombstoned_entries_are_masked_inside_the_search(tmp_path, factory, rera
 
 def test_deleted_file_never_comes_back_from_explain(tmp_path):
     from lm.datastore.build import BuildConfig, build_datastore
-    from lm.knnlm import KNNConfig, KNNLM
+    from lm.knnlm import KNNLM, KNNConfig
     from lm.models import load_lm
 
     lm = load_lm(str(make_tiny_lm(tmp_path / "lm", "llama")))

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from lm.rag.citations import EchoCutStream, attribute, cut_echo, extract_citations
 from lm.rag.modes import GENERATE_MIN_PARAMS  # noqa: F401  (re-exported: the answer-mode size rule)
 from retrieval.errors import InvalidInputError
@@ -221,7 +223,9 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
         best = f"best relevance {max(dense):.2f} < threshold {cfg.min_score:.2f}" if dense else "nothing was retrieved"
         return _abstain(question, collection, knnlm, lm, best, on_token)
     emb = store.embedder_for(store.collection(collection))
-    ev = gather(question, relevant, lambda texts: emb.embed(texts), term_stats(store, collection))
+    # one query-path embedding per sentence: the numpy BERT fast path never imports torch (a fresh
+    # process paid 15-28 s for torch + the torch model under load; the numpy path ~30 ms a sentence)
+    ev = gather(question, relevant, lambda texts: np.stack([emb.embed_query(t) for t in texts]), term_stats(store, collection))
     ex = best_span(ev)
     if ex is None:
         return _abstain(question, collection, knnlm, lm, "no retrieved sentence", on_token)

@@ -90,6 +90,44 @@ def run_mode(store, questions, collection: str, cfg, knnlm) -> list[dict]:
     return out
 
 
+def compare_scorers(store, questions, n: int) -> dict:
+    """Span scorers on the same top sentence: the text-feature scorer (the default) against the
+    LM's log p(span | question, sentence) and its PMI against log p(span | sentence)."""
+    import numpy as np
+
+    from lm.models import load_lm
+    from lm.rag.evidence import gather, term_stats
+    from lm.rag.extract import PhraseWeights, phrase_score
+    from lm.rag.lm_scorer import span_log_probs
+    from lm.rag.spans import answer_type, content_terms, phrase_features, phrases, trim
+
+    lm = load_lm(None)
+    emb = store.embedder_for(store.collection("rhine"))
+    stats = term_stats(store, "rhine")
+    tot = {"text_features": 0.0, "lm_conditional": 0.0, "lm_pmi": 0.0, "text_plus_0.3_lm": 0.0}
+    secs = []
+    for q in questions[:n]:
+        hits = [h.to_dict() for h in store.search(q["question"], k=5, collection="rhine")]
+        ev = gather(q["question"], hits, lambda t: np.stack([emb.embed_query(x) for x in t]), stats)
+        s = ev.sentences[0]
+        text, qt, kind = hits[s.hit]["text"], set(content_terms(q["question"])), answer_type(q["question"])
+        cands: dict[str, float] = {}
+        for p in phrases(text, s.span):
+            sc = phrase_score(phrase_features(q["question"], s.span, p, qt, kind), PhraseWeights())
+            t = trim(text, p, qt).text
+            cands[t] = max(sc, cands.get(t, -1e9))
+        top = sorted(cands, key=lambda c: -cands[c])[:16]
+        h = np.array([cands[c] for c in top])
+        t0 = time.perf_counter()
+        cond = span_log_probs(lm, s.span.text, q["question"], top)
+        pmi = cond - span_log_probs(lm, s.span.text, None, top)
+        secs.append(time.perf_counter() - t0)
+        for name, sc in (("text_features", h), ("lm_conditional", cond), ("lm_pmi", pmi), ("text_plus_0.3_lm", h + 0.3 * cond)):
+            tot[name] += f1(top[int(np.argmax(sc))], q["answers"])
+    k = max(1, min(n, len(questions)))
+    return {"n": k, **{name: round(v / k, 3) for name, v in tot.items()}, "lm_seconds_per_question": round(statistics.median(secs), 2)}
+
+
 def summarise(rows: list[dict], off: list[dict]) -> dict:
     ans = [r for r in rows if not r["impossible"]]
     imp = [r for r in rows if r["impossible"]]
@@ -112,6 +150,8 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=2, help="use every Nth squad2-rhine question (CPU time)")
     ap.add_argument("--off-topic", type=int, default=60, help="off-topic questions per other store")
     ap.add_argument("--generate-sample", type=int, default=3, help="questions for generate / baseline (~1 min each here)")
+    ap.add_argument("--scorers", type=int, default=0, help="also compare span scorers (text features vs LM) on N questions")
+    ap.add_argument("--only-scorers", action="store_true", help="run only the span-scorer comparison")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from lm.knnlm import KNNLM
@@ -131,6 +171,13 @@ def main() -> int:
 
     report: dict = {"questions": len(sub)}
     with DocStore.open(store_path, read_only=True) as s:
+        if args.scorers:
+            held = [q for q in qs if not q["impossible"] and int(q["file"][6:9]) % 2 == 1][::3]
+            report["scorers"] = compare_scorers(s, held, args.scorers)
+            print(json.dumps(report["scorers"]), file=sys.stderr)
+            if args.only_scorers:
+                print(json.dumps(report, indent=1))
+                return 0
         cfg = RagConfig()
         rows = run_mode(s, sub, "rhine", cfg, loader)
         off = [r for c, part in (("projdocs", qs[0::7]), ("cacm", qs[3::7]))

@@ -130,3 +130,25 @@ def test_generation_stops_on_a_repeated_sentence(tmp_path):
     stop = repeat_stopper(tok, len(prompt))
     assert not bool(stop(torch.tensor([prompt + once]), None)[0])
     assert bool(stop(torch.tensor([prompt + once + again]), None)[0])
+
+
+def test_lm_span_scores_match_a_full_forward(tmp_path):
+    """The KV-cache batch scorer equals log p computed from one plain forward per candidate."""
+    import torch
+
+    from lm.models import load_lm
+    from lm.rag import lm_scorer
+    from tests.support.tiny_lm import make_tiny_lm
+
+    lm = load_lm(str(make_tiny_lm(tmp_path / "lm", vocab="word")))
+    tok = lm.tokenizer
+    sent, q, cands = "The value is passed to the function as an argument .", "What is passed ?", ["The value", "function", "an argument ."]
+    got = lm_scorer.span_log_probs(lm, sent, q, cands)
+    prompt = lm_scorer._prompt_ids(tok, sent, q)[0].tolist()
+    for c, g in zip(cands, got):
+        ids = prompt + tok(c, add_special_tokens=False)["input_ids"] + [lm_scorer._end_id(tok)]
+        with torch.inference_mode():
+            lp = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)  # (T, V)
+        want = sum(float(lp[i - 1, ids[i]]) for i in range(len(prompt), len(ids)))
+        assert abs(want - float(g)) < 1e-3
+    assert lm_scorer.score_spans(lm, sent, q, cands).shape == (3,)

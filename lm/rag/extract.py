@@ -48,6 +48,9 @@ def best_span(ev: Evidence, weights: PhraseWeights = PhraseWeights(), max_words:
         return None
     q_terms = set(content_terms(ev.question))
     kind = answer_type(ev.question)
+    if kind == "explain":  # "How do I ...?" is answered by a sentence, not a phrase
+        s = ev.sentences[0]
+        return Extract(s, s.span, s.score, 0.0)
     best: Extract | None = None
     for s in ev.sentences[: weights.sentences]:
         text = ev.hits[s.hit].get("text") or ""

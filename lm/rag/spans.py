@@ -35,6 +35,8 @@ def sentences(text: str, min_chars: int = 12) -> list[Span]:
         pos = b
         if e <= s:
             continue
+        if text.startswith("#", s) and "\n" not in text[s:e]:  # a markdown heading is no answer
+            continue
         if pending is not None:
             s = pending
             pending = None
@@ -89,8 +91,10 @@ def content_terms(text: str) -> list[str]:
 
 
 def answer_type(question: str) -> str:
-    """Coarse expected answer type from the wh-phrase: number, date, person, place or thing."""
+    """Coarse expected answer type from the wh-phrase: explain, number, date, person, place or thing."""
     q = question.lower()
+    if re.search(r"^(how (do|can|should|to|would)|why)\b", q):
+        return "explain"  # a procedure or a reason: the whole sentence is the answer
     if re.search(r"\b(what|which) (year|century|decade|date|month|day|time|period)\b|^when\b|\bwhen (did|was|is|were|does)\b", q):
         return "date"
     if re.search(r"\bhow (many|much|long|far|high|tall|large|big|wide|deep|old|fast|often)\b|\b(what|which) (percentage|percent|number|amount)\b", q):

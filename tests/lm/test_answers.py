@@ -61,7 +61,8 @@ def test_trim_snap_and_answer_types():
     assert got is not None and text[got.start:got.end] == got.text and "Cologne" in got.text
     assert snap(text, s, "zzz") is None
     assert [answer_type(x) for x in ("When was it built?", "How many people live there?", "Who wrote it?",
-                                     "Where does it end?", "What is it?")] == ["date", "number", "person", "place", "thing"]
+                                     "Where does it end?", "What is it?", "How do I run it?")] == [
+        "date", "number", "person", "place", "thing", "explain"]
 
 
 def test_extractive_answer_is_a_span_of_the_cited_chunk(store):
@@ -87,6 +88,13 @@ def test_off_topic_question_abstains_without_loading_the_lm(store):
     assert res.grounded is False and res.mode == "abstain" and res.answer_span is None
     assert res.confidence is not None and res.confidence < abstain.THRESHOLD
     assert "".join(pieces) == res.answer and "not guess" in res.answer
+
+
+def test_how_to_questions_get_the_whole_sentence(store):
+    res = rag.answer("How do I start the HTTP transport?", store=store, knnlm=MustNotLoad(),
+                     config=rag.RagConfig(min_score=0.0, abstain_threshold=0.0))
+    assert res.mode == "extractive" and res.answer == res.answer_span["sentence"]
+    assert res.answer.startswith("Start the HTTP transport")
 
 
 def test_abstention_score_orders_evidence():

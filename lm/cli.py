@@ -102,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.set_defaults(func=cmd_explain)
 
     from lm.datastore.verify import register as register_verify  # cheap: numpy-free until it runs
+    from lm.knn_index import register as register_knn_index
+
+    register_knn_index(sub)  # `index --knn` and `stats` with the kNN half (retrieval never imports lm)
 
     register_verify(dsub)
 

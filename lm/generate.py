@@ -79,8 +79,27 @@ def encode_prompt(tok, prompt: str, chat: bool | None):
     return ids
 
 
+def repeat_stopper(tok, prompt_len: int):
+    """StoppingCriteria: stop once the newest finished sentence repeats an earlier one of the
+    answer (a 135M LM otherwise loops until max_new_tokens: 256 tokens in 5 minutes, issue 12)."""
+    import re
+
+    import torch
+    from transformers import StoppingCriteria
+
+    class RepeatedSentence(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw) -> torch.Tensor:
+            text = tok.decode(input_ids[0, prompt_len:], skip_special_tokens=True)
+            done = [s.strip().lower() for s in re.split(r"(?<=[.!?\n])\s+", text)[:-1] if len(s.strip()) > 8]
+            stop = len(done) >= 2 and done[-1] in done[:-1]
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
+
+    return RepeatedSentence()
+
+
 def generate(knnlm, prompt: str, cfg, *, max_new_tokens: int = 64, do_sample: bool = False, top_p: float | None = None,
-             chat: bool | None = None, on_token: Callable[[str], None] | None = None, seed: int | None = None) -> str:
+             chat: bool | None = None, on_token: Callable[[str], None] | None = None, seed: int | None = None,
+             no_repeat_ngram_size: int = 0, stop_on_repeat: bool = False) -> str:
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, TopPLogitsWarper
 
@@ -102,7 +121,10 @@ def generate(knnlm, prompt: str, cfg, *, max_new_tokens: int = 64, do_sample: bo
         torch.manual_seed(seed)
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, top_k=None, top_p=None,
                                temperature=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                               bos_token_id=tok.bos_token_id)
+                               bos_token_id=tok.bos_token_id, no_repeat_ngram_size=no_repeat_ngram_size or None)
+    from transformers import StoppingCriteriaList
+
+    stops = StoppingCriteriaList([repeat_stopper(tok, ids.shape[1])] if stop_on_repeat else [])
     procs = LogitsProcessorList()
     module = resolve_module(lm.model, lm.key_module_path)
     streamer = _streamer(tok, on_token) if on_token else None
@@ -112,5 +134,5 @@ def generate(knnlm, prompt: str, cfg, *, max_new_tokens: int = 64, do_sample: bo
         if do_sample and top_p is not None and top_p < 1.0:
             procs.append(TopPLogitsWarper(top_p))  # after the mix, so kNN can promote tokens into the nucleus
         out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen_cfg,
-                                logits_processor=procs, streamer=streamer)  # (1, L + new)
+                                logits_processor=procs, stopping_criteria=stops, streamer=streamer)  # (1, L + new)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

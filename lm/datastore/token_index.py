@@ -156,31 +156,52 @@ def build_index(store, factory: str | None = None, *, train_size: int = 100_000,
     store._index = index
     return entry
 
+def search_params(dead: np.ndarray, nprobe: int | None, ivf: bool) -> Any:
+    """FAISS search parameters whose selector skips tombstoned entries *inside* the search, so a
+    deleted document's entries can never be among the k neighbours (filtering after the search
+    would return fewer than k, or none, and leak nothing only by luck)."""
+    import faiss
+
+    if not len(dead) and not (ivf and nprobe):
+        return None
+    sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(dead, dtype=np.int64))) if len(dead) else None
+    params: Any = faiss.SearchParametersIVF() if ivf else faiss.SearchParameters()
+    if sel is not None:
+        params.sel = sel
+        params._keep = sel  # the selector must outlive the call
+    if ivf and nprobe:
+        params.nprobe = int(nprobe)
+    return params
+
+
 def search(store, xq: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False, rerank: int = 0) -> Neighbours:
-    """k nearest stored keys of each query, one batched FAISS call.
+    """k nearest live stored keys of each query, one batched FAISS call.
 
     xq: (n, dim) float32. exact=True forces Flat search. rerank=R > 0 fetches R*k candidates
-    from the approximate index and re-ranks them by exact distance to the fp16 keys.
+    from the approximate index and re-ranks them by exact distance to the fp16 keys. Tombstoned
+    entries (store.dead) are excluded by an IDSelector inside the search.
     """
+    import faiss
+
+    dead = store.dead
+    live = store.count - len(dead)
     if k < 1:
         raise InvalidInputError(f"k must be >= 1, got {k}", "pass -k 1 or more")
-    if k > store.count:
-        raise InvalidInputError(f"k={k} is larger than the datastore ({store.count} entries)",
-                                f"pass -k {max(1, store.count)} or less, or add more text to the datastore")
+    if k > live:
+        raise InvalidInputError(f"k={k} is larger than the datastore ({live} live entries)",
+                                f"pass -k {max(1, live)} or less, or add more text to the datastore")
     xq = np.ascontiguousarray(xq, dtype=np.float32)  # (n, dim)
     index = None if exact else trained_index(store)
     if index is None:
-        D, I = flat_index(store).search(xq, k)  # (n, k), (n, k)
+        D, I = flat_index(store).search(xq, k, params=search_params(dead, None, False))  # (n, k), (n, k)
         return Neighbours(D, I)
-    if nprobe is not None:
-        import faiss
-
-        try:
-            faiss.extract_index_ivf(index).nprobe = int(nprobe)
-        except RuntimeError:
-            pass  # not an IVF index
-    kk = min(store.count, k * rerank) if rerank else k
-    D, I = index.search(xq, kk)  # (n, kk)
+    try:
+        faiss.extract_index_ivf(index)
+        ivf = True
+    except RuntimeError:
+        ivf = False  # not an IVF index
+    kk = min(live, k * rerank) if rerank else k
+    D, I = index.search(xq, kk, params=search_params(dead, nprobe or (DEFAULT_NPROBE if ivf else None), ivf))  # (n, kk)
     if not rerank:
         return Neighbours(D, I)
     De = exact_distances(store, xq, I)  # (n, kk)

@@ -49,6 +49,8 @@ class TokenStore:
         self._docs: list[dict] | None = None
         self._staged: list[dict] = []
         self._staged_docs: list[str] = []
+        self._dead: np.ndarray | None = None
+        self._dead_name: str | None = None
         self._load_arrays()
 
     # ---- create / open -------------------------------------------------------------------------
@@ -149,7 +151,8 @@ class TokenStore:
         return {
             "path": str(self.path), "format_version": m["format_version"], "lm_id": m["lm_id"], "lm_spec": m.get("lm_spec"),
             "tokenizer_hash": m["tokenizer_hash"], "key_layer": m["key_layer"], "dim": m["dim"], "dtype": m["dtype"],
-            "count": m["count"], "metric": m["metric"], "index_factory": idx.get("factory") or resolve_factory(m["index_factory"], m["count"], m["dim"]),
+            "count": m["count"], "tombstoned": int((m.get("tombstones") or {}).get("count", 0)), "metric": m["metric"],
+            "index_factory": idx.get("factory") or resolve_factory(m["index_factory"], m["count"], m["dim"]),
             "index_ntotal": idx.get("ntotal", 0), "shards": len(m["shards"]), "documents": m.get("doc_count", 0),
             "generation": m["generation"], "build": m.get("build"),
             "calibration": m.get("calibration"),  # None: built before calibration (old defaults apply)
@@ -239,8 +242,39 @@ class TokenStore:
             sh[kind], sh[f"{kind}_bytes"] = name, (self.path / name).stat().st_size
         self._staged.append(sh)
 
+    # ---- tombstones: entries removed from search (deleted or changed documents) ------------------
+    @property
+    def dead(self) -> np.ndarray:
+        """(t,) sorted int64 ids of tombstoned entries; token_index.search never returns them."""
+        t = self.manifest.get("tombstones")
+        if not t:
+            return np.zeros(0, dtype=np.int64)
+        if self._dead is None or self._dead_name != t["file"]:
+            self._dead = self._load_npy(t["file"], t.get("bytes"), int(t["count"]), (), "int64")
+            self._dead_name = t["file"]
+        return self._dead
+
+    def tombstone_docs(self, docs: np.ndarray) -> int:
+        """Tombstone every entry whose provenance is one of these document indices; returns how many."""
+        docs = np.asarray(docs, dtype=np.int64)
+        hit = [np.flatnonzero(np.isin(np.asarray(p[:, 0]), docs)) + int(self._offsets[i]) for i, p in enumerate(self._prov)]
+        ids = np.concatenate(hit) if hit else np.zeros(0, dtype=np.int64)
+        before = len(self.dead)
+        dead = np.union1d(self.dead, ids).astype(np.int64)
+        if len(dead) == before:
+            return 0
+        name = self._name("tombstones", "npy")
+        write_npy(self.path / name, dead)
+        self.commit(tombstones={"file": name, "count": int(len(dead)), "bytes": (self.path / name).stat().st_size})
+        return int(len(dead) - before)
+
+    def tombstone_sources(self, sources: list[str]) -> int:
+        """Tombstone the entries of every stored document from these sources (deleted or changed files)."""
+        want = set(sources)
+        return self.tombstone_docs(np.asarray([d["doc"] for d in self.docs() if d["source"] in want], dtype=np.int64))
+
     def commit(self, *, build: dict | None | str = "keep", index: dict | None | str = "keep",
-               fields: dict | None = None) -> None:
+               tombstones: dict | None | str = "keep", fields: dict | None = None) -> None:
         """Publish staged shards/docs (and a new index entry) by atomically replacing manifest.json.
 
         `fields`: other top-level manifest records to set in the same commit (heldout, calibration)."""
@@ -254,6 +288,8 @@ class TokenStore:
             m["build"] = build
         if index != "keep":
             m["index"] = index
+        if tombstones != "keep":
+            m["tombstones"] = tombstones
         m.update(fields or {})
         try:
             fsync_dir(self.path)  # the staged shards' names are durable before the manifest names them
@@ -273,8 +309,10 @@ class TokenStore:
         live |= {d["file"] for d in self.manifest["docs"]}
         if self.manifest.get("index") and self.manifest["index"].get("file"):
             live.add(self.manifest["index"]["file"])
+        if self.manifest.get("tombstones"):
+            live.add(self.manifest["tombstones"]["file"])
         for f in self.path.iterdir():
-            if f.is_file() and f.name not in live and f.name.split("-")[0] in ("keys", "values", "prov", "docs", "index"):
+            if f.is_file() and f.name not in live and f.name.split("-")[0] in ("keys", "values", "prov", "docs", "index", "tombstones"):
                 try:
                     f.unlink()
                 except OSError:

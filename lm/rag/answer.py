@@ -1,6 +1,13 @@
-"""Grounded answers: hybrid retrieval -> numbered sources that fit the LM context -> generate -> [n] citations.
+"""Grounded answers: retrieval -> an extractive span (default) or generation from numbered sources.
 
-Why each step is shaped this way:
+Modes (RagConfig.answer_mode): "extractive" copies the best short phrase of the retrieved
+sentences (lm.rag.extract) with its exact file, lines and characters, and needs no LM at all;
+"generate" asks the LM to write from numbered sources; "auto" (default) generates only with a
+model of at least GENERATE_MIN_PARAMS parameters (known from --model's config.json or the
+loaded LM) and otherwise extracts, because a 135M LM invents text. In every mode the abstention
+model (lm.rag.abstain) decides first, without the LM, whether the sources hold an answer.
+
+Why the generate steps are shaped this way:
 - Relevance is judged on the dense cosine (a calibrated scale across queries), not on the fused
   rank score; below `min_score` we say we found nothing instead of letting a small LM invent.
 - The prompt is measured with the LM's own tokenizer *after* its chat template is applied, and
@@ -15,8 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from lm.rag.citations import EchoCutStream, attribute, cut_echo, extract_citations
+from lm.rag.modes import GENERATE_MIN_PARAMS  # noqa: F401  (re-exported: the answer-mode size rule)
 from retrieval.errors import InvalidInputError
+
+ANSWER_MODES = ("auto", "extractive", "generate")
 
 log = logging.getLogger("knnrag.rag")
 
@@ -35,12 +47,20 @@ class RagConfig:
     min_score: float = 0.25  # dense cosine below which a hit is not relevant
     min_bm25: float = 1.0  # used only for hits without a dense score (bm25 mode)
     max_new_tokens: int = 256
-    context_tokens: int | None = None  # None = min(LM context, 2048): CPU prefill cost grows with it
+    context_tokens: int | None = None  # None = min(LM context, 1024): CPU prefill delays the first token
     max_source_tokens: int = 512  # one long chunk must not crowd out the others
     lambda_: float | None = None
     temperature: float | None = None
+    answer_mode: str = "auto"  # auto | extractive | generate (see the module docstring)
+    model: str | None = None  # the answering LM's spec, so "auto" can size it without loading it
+    abstain_threshold: float | None = None  # None = lm.rag.abstain.THRESHOLD; 0 never abstains
+    no_repeat_ngram: int = 4  # generate: never repeat a 4-gram (stops the 256-token loops)
 
     def __post_init__(self) -> None:
+        if self.answer_mode not in ANSWER_MODES:
+            raise InvalidInputError(f"unknown answer mode {self.answer_mode!r}", "use auto, extractive or generate")
+        if self.abstain_threshold is not None and not 0.0 <= self.abstain_threshold <= 1.0:
+            raise InvalidInputError(f"abstain threshold {self.abstain_threshold} is outside [0, 1]", "use e.g. 0.5")
         if not 1 <= self.k <= 50:
             raise InvalidInputError(f"k={self.k} is out of range", "use 1 <= k <= 50")
         if not 1 <= self.max_new_tokens <= 4096:
@@ -64,6 +84,9 @@ class RagAnswer:
     attributed: bool = False  # True: the LM cited nothing and markers were added by word overlap
     note: str | None = None
     streamed: bool = False
+    mode: str = "generate"  # the mode that produced the answer: extractive | generate | abstain
+    answer_span: dict[str, Any] | None = None  # extractive: the copied span's file, lines, chars and sentence
+    confidence: float | None = None  # p(answerable) from lm.rag.abstain
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -162,14 +185,33 @@ def not_found_answer(collection: str, best: float | None, cfg: RagConfig) -> str
             "so I will not guess. Try rephrasing, a larger k, or indexing more documents.")
 
 
+def _model_id(lm: Any, knnlm: Any) -> str:
+    return str(getattr(lm, "model_id", None) or getattr(getattr(knnlm, "lm", None), "model_id", None) or "not loaded")
+
+
+def _abstain(question: str, collection: str, knnlm: Any, lm: Any, why: str, on_token: Callable[[str], None] | None,
+             confidence: float | None = None, citations: list | None = None) -> RagAnswer:
+    text = (f"I could not find anything relevant to this question in collection {collection!r} ({why}), "
+            "so I will not guess. Try rephrasing, a larger k, or indexing more documents.")
+    if on_token:
+        on_token(text)
+    return RagAnswer(question, text, False, citations or [], _model_id(lm, knnlm), bool(getattr(knnlm, "has_datastore", False)),
+                     note=f"abstained: {why}; the LM was not called", streamed=on_token is not None, mode="abstain",
+                     confidence=confidence)
+
+
 def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection: str = "default",
            config: RagConfig | None = None, on_token: Callable[[str], None] | None = None) -> RagAnswer:
-    """Answer `question` from `store`.
+    """Answer `question` from `store` (a DocStore).
 
     `knnlm`: a KNNLM (kNN mixing when it has a datastore) or a zero-argument callable returning
-    one, called only when something relevant was retrieved (so a refusal never loads the LM).
+    one, called only when the answer is generated (so extraction and abstention never load the LM).
     `lm`: its LoadedLM (default: knnlm.lm), whose tokenizer measures the prompt.
     """
+    from lm.rag import abstain, modes  # noqa: I001
+    from lm.rag.evidence import gather, term_stats
+    from lm.rag.extract import best_span
+
     cfg = config or RagConfig()
     if not isinstance(question, str) or not question.strip():
         raise InvalidInputError("the question is empty", "ask something")
@@ -177,28 +219,57 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
             for h in store.search(question, k=cfg.k, mode=cfg.mode, collection=collection)]
     relevant = [h for h in hits if relevance(h, cfg)]
     if not relevant:
-        dense = [float((h.get("scores") or {}).get("dense")) for h in hits if (h.get("scores") or {}).get("dense") is not None]
-        text = not_found_answer(collection, max(dense) if dense else None, cfg)
+        dense = [float(d) for h in hits if (d := (h.get("scores") or {}).get("dense")) is not None]
+        best = f"best relevance {max(dense):.2f} < threshold {cfg.min_score:.2f}" if dense else "nothing was retrieved"
+        return _abstain(question, collection, knnlm, lm, best, on_token)
+    emb = store.embedder_for(store.collection(collection))
+    # one query-path embedding per sentence: the numpy BERT fast path never imports torch (a fresh
+    # process paid 15-28 s for torch + the torch model under load; the numpy path ~30 ms a sentence)
+    ev = gather(question, relevant, lambda texts: np.stack([emb.embed_query(t) for t in texts]), term_stats(store, collection))
+    ex = best_span(ev)
+    if ex is None:
+        return _abstain(question, collection, knnlm, lm, "no retrieved sentence", on_token)
+    p = abstain.p_answerable(abstain.features(ev, ex.sentence.hit, ex.type_match))
+    threshold = abstain.THRESHOLD if cfg.abstain_threshold is None else cfg.abstain_threshold
+    if p < threshold:
+        return _abstain(question, collection, knnlm, lm, f"answerable with p={p:.2f} < {threshold:.2f}", on_token, p)
+    if modes.resolve(cfg.answer_mode, cfg.model, knnlm if lm is None else lm) == "extractive":
+        res = extractive_answer(question, ev, ex, _model_id(lm, knnlm), bool(getattr(knnlm, "has_datastore", False)))
+        res.confidence = p
         if on_token:
-            on_token(text)
-        model_id = str(getattr(lm, "model_id", None) or getattr(getattr(knnlm, "lm", None), "model_id", "not loaded"))
-        return RagAnswer(question, text, False, [], model_id, bool(getattr(knnlm, "has_datastore", False)),
-                         note="no retrieved passage passed the relevance threshold; the LM was not called",
-                         streamed=on_token is not None)
+            on_token(res.answer)
+            res.streamed = True
+        return res
+    res = _generate(question, relevant, knnlm, lm, cfg, on_token)
+    res.confidence = p
+    return res
+
+
+def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any, cfg: RagConfig,
+              on_token: Callable[[str], None] | None) -> RagAnswer:
     if callable(knnlm) and not hasattr(knnlm, "generate"):
         knnlm = knnlm()
     lm = lm if lm is not None else knnlm.lm
     tok = lm.tokenizer
-    context = cfg.context_tokens or min(int(getattr(lm, "max_length", 2048) or 2048), 2048)
+    context = cfg.context_tokens or min(int(getattr(lm, "max_length", 1024) or 1024), 1024)
     budget = context - cfg.max_new_tokens
     if budget < 64:
         raise InvalidInputError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for sources in a "
                                 f"{context}-token context", "lower --max-new-tokens or raise --context-tokens")
     prompt, used, n_prompt = fit_sources(question, relevant, tok, budget, cfg.max_source_tokens)
-    log.info("rag: %d/%d hits relevant, %d in a %d-token prompt", len(relevant), len(hits), len(used), n_prompt)
+    log.info("rag: %d relevant hits, %d in a %d-token prompt", len(relevant), len(used), n_prompt)
     stream = EchoCutStream(on_token) if on_token else None
-    raw = knnlm.generate(prompt, max_new_tokens=cfg.max_new_tokens, lambda_=cfg.lambda_,
-                         temperature=cfg.temperature, chat=False, on_token=stream)
+    from lm.knnlm import KNNLM
+
+    if isinstance(knnlm, KNNLM):  # with the repetition guards (a no-repeat n-gram, a stop on a repeated sentence)
+        from lm.generate import generate
+
+        raw = generate(knnlm, prompt, knnlm._cfg(lambda_=cfg.lambda_, temperature=cfg.temperature),
+                       max_new_tokens=cfg.max_new_tokens, chat=False, on_token=stream,
+                       no_repeat_ngram_size=cfg.no_repeat_ngram, stop_on_repeat=True)
+    else:
+        raw = knnlm.generate(prompt, max_new_tokens=cfg.max_new_tokens, lambda_=cfg.lambda_,
+                             temperature=cfg.temperature, chat=False, on_token=stream)
     if stream:
         stream.close()
     text = cut_echo(raw).strip()
@@ -211,20 +282,47 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
         text, valid = attribute(text, [h.get("text") or "" for h in used])
         attributed = bool(valid)
         notes.append("the LM cited no source; markers were attributed by word overlap between answer sentences "
-                     "and sources" if valid else "the LM cited no source and no answer sentence matches one")
+                     "and sources (fallback)" if valid else "the LM cited no source and no answer sentence matches one")
     if invalid:
         notes.append(f"markers {invalid} name no source and were made up by the LM")
     citations = [_citation(i + 1, h, (i + 1) in valid) for i, h in enumerate(used)]
-    return RagAnswer(question, text, True, citations, str(lm.model_id), bool(knnlm.has_datastore),
+    grounded = bool(valid)
+    return RagAnswer(question, text, grounded, citations, str(lm.model_id), bool(knnlm.has_datastore),
                      prompt_tokens=n_prompt, invalid_citations=invalid, attributed=attributed,
-                     note="; ".join(notes) or None, streamed=on_token is not None)
+                     note="; ".join(notes) or None, streamed=on_token is not None, mode="generate")
 
 
 def format_sources(res: RagAnswer) -> str:
     lines = ["Sources:"]
     for c in res.citations:
-        mark = ("  (attributed)" if res.attributed else "") if c["cited"] else "  (not cited)"
-        lines.append(f"  [{c['n']}] {c['source']}:{c['start_line']}-{c['end_line']}{mark}")
+        mark = ("  (attributed by word overlap)" if res.attributed else "") if c["cited"] else "  (not cited)"
+        if c["cited"] and res.answer_span:
+            mark = f"  (answer copied from line {c['start_line']}, characters {c['start_char']}-{c['end_char']})"
+        lines.append(f"  [{c['n']}] {c['source']}:{c.get('chunk_start_line', c['start_line'])}-"
+                     f"{c.get('chunk_end_line', c['end_line'])}{mark}")
     if res.note:
         lines.append(f"note: {res.note}")
     return "\n".join(lines)
+
+
+def extractive_answer(question: str, ev: Any, ex: Any, model_id: str, used_knn: bool) -> RagAnswer:
+    """The copied span as the answer; its chunk is citation [n] with the span's exact lines."""
+    from lm.rag.extract import locate
+
+    hit = ev.hits[ex.sentence.hit]
+    loc = locate(hit, ex.span)
+    text = (hit.get("text") or "")[loc.chunk_start:loc.chunk_end]
+    sent = ex.sentence.span
+    span = {"text": text, "chunk_id": str(hit.get("id")), "source": str(hit.get("source")),
+            "start_line": loc.start_line, "end_line": loc.end_line, "start_char": loc.start_char, "end_char": loc.end_char,
+            "chunk_start": loc.chunk_start, "chunk_end": loc.chunk_end, "sentence": sent.text,
+            "sentence_start": sent.start, "sentence_end": sent.end}
+    citations = []
+    for i, h in enumerate(ev.hits):
+        c = _citation(i + 1, h, i == ex.sentence.hit)
+        if i == ex.sentence.hit:
+            c.update(chunk_start_line=c["start_line"], chunk_end_line=c["end_line"], start_line=loc.start_line,
+                     end_line=loc.end_line, start_char=loc.start_char, end_char=loc.end_char)
+        citations.append(c)
+    return RagAnswer(question, text, True, citations, model_id, used_knn, mode="extractive", answer_span=span,
+                     note=f"extractive: copied from [{ex.sentence.hit + 1}] {loc.start_line}-{loc.end_line}; the LM was not called")

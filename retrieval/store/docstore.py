@@ -231,10 +231,8 @@ class DocStore:
         index_factory: str | None = None, force: bool = False, near_dup_threshold: float | None = 0.9,
         max_file_bytes: int = 20_000_000, confine_to: Sequence[str | os.PathLike] | None = None,
     ) -> IndexReport:
-        """Index files and folders incrementally; returns what was added/updated/removed/skipped.
-
-        `confine_to`: folders no file may be read from outside of, checked on each opened file
-        (a remote caller's allowed roots: a file swapped for a symlink mid-walk is never read)."""
+        """Index files and folders incrementally. `confine_to`: a remote caller's allowed roots, checked
+        on each opened file (one swapped for a symlink mid-walk is never read)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         with self._writing(collection, index_factory) as (c, conn):

@@ -89,11 +89,12 @@ def test_nothing_relevant_says_so_and_does_not_call_the_lm(store, tiny_lm):
 
 def test_answer_with_citations_mapped_to_lines(store, knnlm, tiny_lm):
     pieces: list[str] = []
-    cfg = rag.RagConfig(k=3, max_new_tokens=12, min_score=0.2)
+    cfg = rag.RagConfig(k=3, max_new_tokens=12, min_score=0.2, answer_mode="generate")
     res = rag.answer("How are path parameters declared in the route?", store=store, knnlm=knnlm, lm=tiny_lm,
                      config=cfg, on_token=pieces.append)
-    assert res.grounded and res.citations
-    assert res.prompt_tokens <= min(tiny_lm.max_length, 2048) - cfg.max_new_tokens
+    assert res.citations and res.mode == "generate"
+    assert res.grounded == any(c["cited"] for c in res.citations)
+    assert res.prompt_tokens <= min(tiny_lm.max_length, 1024) - cfg.max_new_tokens
     first = res.citations[0]
     assert first["n"] == 1 and first["source"].endswith("routing.md")
     assert (first["start_line"], first["end_line"]) == (1, 4)
@@ -111,7 +112,9 @@ def test_citation_markers_are_checked(store, tiny_lm, monkeypatch):
             assert "[1] " in prompt and "Question:" in prompt
             return "Curly braces [1], see also [9]."
 
-    res = rag.answer("How are path parameters declared in the route?", store=store, knnlm=Scripted(), lm=tiny_lm)
+    res = rag.answer("How are path parameters declared in the route?", store=store, knnlm=Scripted(), lm=tiny_lm,
+                     config=rag.RagConfig(answer_mode="generate"))
+    assert res.mode == "generate" and res.grounded
     assert [c["n"] for c in res.citations if c["cited"]] == [1]
     assert res.invalid_citations == [9] and "[9]" in res.note
     assert res.used_knn is True
@@ -150,7 +153,7 @@ def test_bundled_models_answer_with_a_citation(tmp_path):
         lm = load_lm(None)
         knn = KNNLM.load(lm, datastore=None)
         res = rag.answer("How are path parameters declared?", store=s, knnlm=knn, lm=lm,
-                         config=rag.RagConfig(k=3, max_new_tokens=48))
+                         config=rag.RagConfig(k=3, max_new_tokens=48, answer_mode="generate"))
         assert res.grounded and res.answer.strip()
         assert any(c["cited"] and c["source"].endswith("routing.md") for c in res.citations), res.to_dict()
         off = rag.answer("What is the boiling point of liquid nitrogen on Mars?", store=s, knnlm=knn, lm=lm)

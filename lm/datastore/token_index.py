@@ -54,7 +54,7 @@ class Gatherer:
 
 
 
-def rerank_keys(store) -> np.ndarray:
+def rerank_keys(store) -> np.ndarray | Gatherer:
     """All keys as one in-RAM fp16 array when they fit in 2 GB (random gathers from many mmap
     shards cost ~10x more); otherwise the mmap-backed gather."""
     if getattr(store, "_dense", None) is not None and len(store._dense) == store.count:
@@ -135,7 +135,8 @@ def build_index(store, factory: str | None = None, *, train_size: int = 100_000,
     else:
         index = faiss.index_factory(store.dim, fac)
         try:  # factory PQ strings train polysemous codes by default: minutes of annealing we never use
-            faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+            ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+            ivf.do_polysemous_training = False
         except (RuntimeError, AttributeError):
             pass
         rng = np.random.default_rng(seed)

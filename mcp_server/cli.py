@@ -51,13 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serve)
 
     a = sub.add_parser("ask", help="answer a question from the store with citations (streams to the terminal)")
-    a.add_argument("question")
-    a.add_argument("--store", required=True)
+    a.add_argument("question", help="the question, in plain words")
+    a.add_argument("--store", required=True, help="store folder (built by `knnrag index`)")
     a.add_argument("--datastore", help="mix kNN-LM from this token datastore into generation")
+    a.add_argument("--mode", choices=("auto", "extractive", "generate"), default="auto",
+                   help="extractive: copy the answer from a source (no LM); generate: the LM writes it; "
+                        "auto (default): generate only with a model of >= 1B parameters")
     a.add_argument("--model", help="answering LM: HF id or local path (default: bundled SmolLM2-135M-Instruct)")
     a.add_argument("-k", type=int, default=5, help="sources to retrieve (default 5)")
-    a.add_argument("--collection", default="default")
-    a.add_argument("--max-new-tokens", type=int, default=256)
+    a.add_argument("--collection", default="default", help="collection to answer from (default `default`)")
+    a.add_argument("--max-new-tokens", type=int, default=256, help="generate: answer length limit (default 256)")
     a.add_argument("--min-score", type=float, help="relevance threshold (dense cosine) below which it refuses")
     a.add_argument("--context-tokens", type=int, help="prompt+answer token budget (default: min(LM context, 2048))")
     a.add_argument("--json", action="store_true", help="print one JSON object (no streaming)")
@@ -122,7 +125,7 @@ def ask(args: argparse.Namespace) -> int:
 
     if not Path(args.store).expanduser().is_dir():
         raise InvalidInputError(f"no store at {args.store}", "build one with `knnrag index PATH --store DIR`")
-    kw = {"k": args.k, "max_new_tokens": args.max_new_tokens}
+    kw = {"k": args.k, "max_new_tokens": args.max_new_tokens, "answer_mode": args.mode, "model": args.model}
     if args.min_score is not None:
         kw["min_score"] = args.min_score
     if args.context_tokens is not None:

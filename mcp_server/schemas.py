@@ -46,18 +46,26 @@ class CitationOut(BaseModel):
     uri: str
     score: float
     heading: str | None = None
+    start_char: int | None = Field(default=None, description="extractive: where the copied answer starts in the file")
+    end_char: int | None = Field(default=None, description="extractive: where the copied answer ends in the file")
+    chunk_start_line: int | None = Field(default=None, description="first line of the whole source chunk")
+    chunk_end_line: int | None = Field(default=None, description="last line of the whole source chunk")
 
 
 class AskOut(BaseModel):
     question: str
     answer: str
-    grounded: bool = Field(description="false when nothing relevant was retrieved: the answer then says so")
+    grounded: bool = Field(description="false when the sources do not hold an answer (an abstention): the answer says so")
     citations: list[CitationOut] = Field(description="the numbered sources the LM was given, [n] -> file and lines")
     model: str = Field(description="the answering LM")
     used_knn: bool = Field(description="whether kNN-LM mixing was used while generating")
     attributed: bool = Field(default=False, description="true: the LM cited nothing and the [n] markers were "
                                                        "added by word overlap with the sources")
     note: str | None = None
+    mode: str = Field(default="generate", description="what produced the answer: extractive, generate or abstain")
+    answer_span: dict[str, Any] | None = Field(
+        default=None, description="extractive: the copied span's source, lines, characters and whole sentence")
+    confidence: float | None = Field(default=None, description="p(answerable) from the abstention model")
 
 
 class SkippedOut(BaseModel):
@@ -79,6 +87,8 @@ class IndexOut(BaseModel):
     skipped_total: int = 0
     dropped: dict[str, int] = Field(default_factory=dict, description="chunks dropped: empty, low_quality, duplicates")
     seconds: float = 0.0
+    knn: dict[str, Any] | None = Field(default=None, description="with knn: true, the collection's kNN-LM datastore "
+                                                                 "update (entries added, entries of removed chunks masked)")
 
 
 class DeleteOut(BaseModel):

@@ -99,9 +99,13 @@ def _register_ask(server: Any) -> None:
         ctx: Context,
         k: Annotated[int, Field(description="sources to retrieve", ge=1, le=20, strict=True)] = 5,
         collection: Collection = "default",
+        mode: Annotated[Literal["auto", "extractive", "generate"],
+                        Field(description="extractive: the answer is copied from a source, with its exact lines and "
+                                          "characters (no LM); generate: the LM writes it from numbered sources; "
+                                          "auto: generate only with a model of >= 1B parameters")] = "auto",
     ) -> Annotated[CallToolResult, S.AskOut]:
-        """Retrieve, then answer with the local LM from numbered sources; [n] maps to file and lines.
-        Says so instead of answering when nothing relevant is found."""
+        """Answer from the collection with exact citations; says so (grounded: false) instead of answering
+        when the sources do not hold an answer."""
         T.text(question, "question", MAX_QUERY_CHARS)
         state = T.state(ctx)
 
@@ -111,7 +115,8 @@ def _register_ask(server: Any) -> None:
             with state.gate.shared():
                 store = state.store()
                 T.require_collection(store, collection)
-                cfg = RagConfig(k=k) if state.config.min_score is None else RagConfig(k=k, min_score=state.config.min_score)
+                extra = {} if state.config.min_score is None else {"min_score": state.config.min_score}
+                cfg = RagConfig(k=k, answer_mode=mode, model=state.config.model, **extra)
                 with state.lm_lock:  # the LM loads only if something relevant was retrieved
                     return answer(question, store=store, knnlm=state.knnlm, collection=collection, config=cfg)
 
@@ -120,7 +125,9 @@ def _register_ask(server: Any) -> None:
         cites = [S.CitationOut(**{f: c[f] for f in S.CitationOut.model_fields if f in c}) for c in d["citations"]]
         return T.result(S.AskOut(question=question[:500], answer=d["answer"][:20_000], grounded=d["grounded"],
                                 citations=cites, model=d["model"], used_knn=d["used_knn"],
-                                attributed=bool(d.get("attributed")), note=d.get("note")))
+                                attributed=bool(d.get("attributed")), note=d.get("note"), mode=d["mode"],
+                                answer_span=T.jsonable(d["answer_span"]) if d.get("answer_span") else None,
+                                confidence=d.get("confidence")))
 
 
 def _register_get_chunks(server: Any) -> None:

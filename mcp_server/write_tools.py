@@ -31,6 +31,8 @@ Paths = Annotated[list[Annotated[str, Field(max_length=4096)]],
                                     "root)", min_length=1, max_length=100)]
 JobId = Annotated[str, Field(description="the job_id that start_indexing or index_paths returned", min_length=1,
                              max_length=64)]
+Knn = Annotated[bool, Field(description="also keep the collection's kNN-LM token datastore in step with its chunks "
+                                       "(each entry's provenance is its chunk; removed chunks are masked)", strict=True)]
 MAX_TEXTS = 1000
 MAX_ADD_TEXT_CHARS = 100_000
 
@@ -46,7 +48,22 @@ def _index_out(collection: str, paths: list[str], exclude: list[tuple[str, str]]
                              "chunks_removed", "seconds") if f in d})
 
 
-def start_index_job(state: Any, paths: list[str], collection: str) -> Job:
+def _sync_knn(state: Any, store: Any, collection: str) -> dict:
+    """The collection's kNN-LM token datastore kept in step with its chunks (lm.knn_index.sync),
+    with the server's LM: new chunks appended, gone ones masked inside the kNN search."""
+    from lm.knn_index import datastore_dir, sync
+
+    with state.lm_lock:
+        return sync(store, collection, state.lm(), datastore_dir(store.path, collection), lm_spec=state.config.model)
+
+
+def _has_knn(store: Any, collection: str) -> bool:
+    from lm.knn_index import datastore_dir
+
+    return (datastore_dir(store.path, collection) / "manifest.json").is_file()
+
+
+def start_index_job(state: Any, paths: list[str], collection: str, knn: bool = False) -> Job:
     """Check the paths (worker thread), then start the job; the job waits its turn for the write lock."""
     roots = state.config.allow_roots
     resolved = [resolve_allowed(p, roots) for p in paths]
@@ -65,7 +82,9 @@ def start_index_job(state: Any, paths: list[str], collection: str) -> Job:
             store = state.store()
             rep = store.index_paths([str(p) for p in resolved], collection=collection, exclude=patterns,
                                     progress=job.report, confine_to=state.config.allow_roots)
-        return _index_out(collection, [str(p) for p in resolved], exclude, rep)
+            knn_rep = _sync_knn(state, store, collection) if knn else None
+        out = _index_out(collection, [str(p) for p in resolved], exclude, rep)
+        return out.model_copy(update={"knn": knn_rep}) if knn_rep is not None else out
 
     args = {"what": what, "collection": collection, "paths": [str(p) for p in resolved], "files_hint": files,
             "max_seconds": state.config.max_write_seconds}
@@ -107,22 +126,22 @@ async def wait_for(job: Job, ctx: Context, seconds: float) -> S.IndexOut:
 
 def _register_index_paths(server: Any) -> None:
     @server.tool(annotations=WRITE, title="Index files under the allowed roots")
-    async def index_paths(paths: Paths, ctx: Context, collection: Collection = "default") -> Annotated[
+    async def index_paths(paths: Paths, ctx: Context, collection: Collection = "default", knn: Knn = False) -> Annotated[
             CallToolResult, S.IndexOut]:
         """Add or refresh files in a collection (unchanged files are skipped by content hash); sends progress.
         For big trees or clients with short timeouts use start_indexing and poll index_status."""
         state = T.state(ctx)
-        job = await T.run(lambda: start_index_job(state, paths, collection))
+        job = await T.run(lambda: start_index_job(state, paths, collection, knn))
         return T.result(await wait_for(job, ctx, state.config.index_wait_seconds))
 
 
 def _register_start_indexing(server: Any) -> None:
     @server.tool(annotations=WRITE, title="Index files in the background")
-    async def start_indexing(paths: Paths, ctx: Context, collection: Collection = "default") -> Annotated[
+    async def start_indexing(paths: Paths, ctx: Context, collection: Collection = "default", knn: Knn = False) -> Annotated[
             CallToolResult, S.JobOut]:
         """Start indexing files under the allowed roots and return at once with a job_id; poll index_status."""
         state = T.state(ctx)
-        job = await T.run(lambda: start_index_job(state, paths, collection))
+        job = await T.run(lambda: start_index_job(state, paths, collection, knn))
         return T.result(job_out(job))
 
 
@@ -215,7 +234,10 @@ def _register_delete(server: Any) -> None:
             store = state.store()
             T.require_collection(store, collection)
             with state.write.held(f"delete in {collection!r}", wait_s=LOCK_WAIT_S):
-                return store.delete(sources=wanted or None, ids=ids or None, collection=collection)
+                d = store.delete(sources=wanted or None, ids=ids or None, collection=collection)
+                if d.get("removed_chunks") and _has_knn(store, collection):
+                    _sync_knn(state, store, collection)  # deleted text must never come back from kNN search
+                return d
 
         d = await T.run(work)
         if not d.get("removed_chunks") and not d.get("removed_sources"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import anyio
+import numpy as np
 import pytest
 from mcp import Client
 
@@ -362,8 +363,38 @@ async def test_knn_tools_with_a_datastore(env, indexed, lm_dir, tmp_path):
         gen = (await c.call_tool("knn_generate", {"prompt": "Path parameters", "max_new_tokens": 3,
                                                   "lambda_": 0.5})).structured_content
         assert gen["datastore"] is True and gen["lambda_"] == 0.5
-        ans = (await c.call_tool("ask", {"question": "How are path parameters declared in the route?"})).structured_content
-        assert ans["grounded"] and ans["used_knn"] is True
+        ans = (await c.call_tool("ask", {"question": "How are path parameters declared in the route?",
+                                         "mode": "generate"})).structured_content
+        assert ans["grounded"] and ans["used_knn"] is True and ans["mode"] == "generate"
+        ext = (await c.call_tool("ask", {"question": "How are path parameters declared in the route?"})).structured_content
+        assert ext["mode"] == "extractive" and ext["used_knn"] is False and ext["answer_span"]
+        cited = next(x for x in ext["citations"] if x["cited"])
+        text = (env["root"] / "routing.md").read_text()
+        assert text[cited["start_char"]:cited["end_char"]] == ext["answer"]
         st = (await c.call_tool("stats")).structured_content
         assert st["datastore"]["count"] > 0 and "calibration" in st["datastore"]
     assert (await call(env, "stats")).structured_content["datastore"] is None
+
+
+async def test_index_paths_with_knn_keeps_the_collection_datastore_and_delete_masks_it(env, lm_dir):
+    """knn: true builds the collection's token datastore from its chunks; a deleted file's entries are
+    tombstoned at once, so kNN search can never return its text."""
+    from lm.datastore.token_store import TokenStore
+    from lm.knn_index import datastore_dir
+
+    res = await call(env, "index_paths", {"paths": [str(env["root"])], "collection": "knnc", "knn": True})
+    assert not res.is_error, text_of(res)
+    rep = res.structured_content["knn"]
+    assert rep["entries_added"] > 0 and rep["chunks_added"] >= 3
+    ds = TokenStore.open(datastore_dir(env["state"].store().path, "knnc"))
+    assert ds.count == rep["entries_added"] and len(ds.dead) == 0
+    gone = str(env["root"] / "deploy.md")
+    res = await call(env, "delete", {"sources": [gone], "collection": "knnc"})
+    assert not res.is_error, text_of(res)
+    ds = TokenStore.open(datastore_dir(env["state"].store().path, "knnc"))
+    dead_docs = {int(d) for d in ds.provenance(ds.dead)[:, 0]}
+    assert dead_docs and all(ds.docs()[d]["source"].startswith("chunk:") for d in dead_docs)
+    dead = {int(i) for i in ds.dead}
+    # the deleted entries' own keys as queries: unmasked, each would find itself first
+    nb = ds.search(ds.keys(np.asarray(sorted(dead))[:8]).astype(np.float32), min(4, ds.count - len(dead)))
+    assert not set(nb.I.ravel().tolist()) & dead

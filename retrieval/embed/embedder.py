@@ -1,10 +1,8 @@
 """Text embedders: the bundled MiniLM (offline), any sentence-transformers model, and a fake for tests.
 
-Why three paths for one job:
-- bulk embedding (indexing) runs torch, sorted by length to waste no padding, with bf16 autocast
-  where the CPU has native bf16 (about 2x fp32 there, cosine >= 0.9999; 5x slower without it);
-- a single query (search) runs a numpy BERT forward, so a cold CLI search never imports torch;
-- models that are not plain "transformer + pooling (+ normalise)" fall back to sentence-transformers.
+Why several paths for one job: bulk embedding runs the ONNX graph (or torch with bf16 where the CPU
+has it natively); a query runs the graph or a numpy BERT forward, so search never imports torch;
+models that are not plain "transformer + pooling (+ normalise)" go through sentence-transformers.
 
 Every embedder has a `model_id` ("name@weights-hash") that stores record and check on open.
 """
@@ -237,7 +235,9 @@ class TransformerEmbedder:
         if self._torch_model is None:
             import torch
             from transformers import AutoModel
+            from transformers.utils.logging import disable_progress_bar
 
+            disable_progress_bar()  # its "Loading weights" bar is noise on every index run
             model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
             model.eval()
             self._torch_model = (torch, model)
@@ -346,7 +346,9 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, spec: str, model_dir: Path) -> None:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils.logging import disable_progress_bar
 
+        disable_progress_bar()  # its "Loading weights" bar is noise on every index run
         self._m = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
         dim, max_len = self._m.get_sentence_embedding_dimension(), self._m.max_seq_length
         if dim is None or max_len is None:

@@ -48,11 +48,8 @@ class Embedder(Protocol):
 
 
 def cpu_has_fast_bf16() -> bool:
-    """bf16 autocast only pays where the CPU has native bf16 (AVX512_BF16 or AMX).
-
-    Measured on an AVX2-only EPYC: bf16 autocast made MiniLM 5x *slower* than fp32, so the
-    choice is made per machine, not assumed.
-    """
+    """bf16 autocast only pays where the CPU has native bf16 (AVX512_BF16 or AMX): on an AVX2-only
+    EPYC it made MiniLM 5x *slower* than fp32, so the choice is made per machine, not assumed."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -251,16 +252,20 @@ def _start(store: TokenStore, prev: BuildState | None, fp: str, docs: list[dict]
     return state
 
 
-def build_datastore(lm, corpus: Sequence[str], out: str | Path, config: BuildConfig = BuildConfig(), *,
-                    progress: bool = True, lm_spec: str | None = None) -> BuildReport:
-    """Add the corpus to the datastore at `out` (created if missing); resumes an interrupted build.
+class Prepared(NamedTuple):
+    """A build ready to run its forwards: what the one-process and the Ray build share."""
 
-    The held-out tail (config.holdout) is never stored; after the build the datastore calibrates
-    k, temperature and lambda on it (lm.datastore.calibrate) and records the choice in the manifest.
-    """
-    from tqdm import tqdm
+    store: TokenStore
+    report: BuildReport
+    toks: list[DocTokens]
+    plan: list
+    state: BuildState
+    fingerprint: str
 
-    t_start = time.perf_counter()
+
+def prepare(lm, corpus: Sequence[str], out: str | Path, config: BuildConfig, lm_spec: str | None) -> Prepared:
+    """Open (or create) the datastore, load and deduplicate the documents, tokenise and decontaminate
+    them, keep the held-out slice out, and plan every window's targets; resumes an interrupted build."""
     window, stride = check_config(lm, config, corpus)
     out = Path(out)
     store = open_or_create(lm, out, config, lm_spec)
@@ -278,24 +283,38 @@ def build_datastore(lm, corpus: Sequence[str], out: str | Path, config: BuildCon
     fp = _fingerprint(lm.model_id, docs, config, window, stride, hashlib.sha256(ev.tobytes()).hexdigest())
     toks = tokenize_corpus(lm.tokenizer, docs, ev, config)
     state = _start(store, prev, fp, docs, toks, base_docs, window, stride, config)
-    report.documents = len(docs)
-    report.resumed_from_window = state.windows_done
+    report.documents, report.resumed_from_window = len(docs), state.windows_done
     report.heldout_tokens = sum(int(t.ids.size - max(t.holdout_start, 1)) for t in toks if t.holdout_start < t.ids.size)
     plan = plan_targets(toks, window, stride, scope=config.decontaminate_scope, ngram=config.ngram, max_tokens=config.max_tokens)
     if not plan:
         raise InvalidInputError("the corpus is shorter than two tokens", "pass more text")
+    return Prepared(store, report, toks, plan, state, fp)
+
+
+def build_datastore(lm, corpus: Sequence[str], out: str | Path, config: BuildConfig = BuildConfig(), *,
+                    progress: bool = True, lm_spec: str | None = None) -> BuildReport:
+    """Add the corpus to the datastore at `out` (created if missing); resumes an interrupted build.
+
+    The held-out tail (config.holdout) is never stored; after the build the datastore calibrates
+    k, temperature and lambda on it (lm.datastore.calibrate) and records the choice in the manifest.
+    """
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    p = prepare(lm, corpus, out, config, lm_spec)
+    store, plan, state, report = p.store, p.plan, p.state, p.report
     total = plan_stats(plan).entries
     bar = tqdm(total=total, initial=min(state.entries, total), unit="tok", unit_scale=True, file=sys.stderr,
                disable=not progress, desc="datastore", dynamic_ncols=True)
     added_before = state.entries
     t_loop = time.perf_counter()
-    state = _run_plan(lm, store, toks, plan, state, config, report, bar)
+    state = _run_plan(lm, store, p.toks, plan, state, config, report, bar)
     bar.close()
-    _finish(lm, store, plan, state, config, report, t_loop, added_before, t_start)
+    finish(lm, store, plan, state, config, report, t_loop, added_before, t_start)
     return report
 
 
-def _finish(lm, store: TokenStore, plan: list, state: BuildState, config: BuildConfig, report: BuildReport,
+def finish(lm, store: TokenStore, plan: list, state: BuildState, config: BuildConfig, report: BuildReport,
             t_loop: float, added_before: int, t_start: float) -> None:
     report.loop_seconds = round(time.perf_counter() - t_loop, 2)
     report.entries_added = state.entries - added_before  # by this run (a resumed build counts only its own)

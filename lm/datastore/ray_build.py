@@ -9,11 +9,10 @@ task's key/value/provenance files under names fixed by the task, so a retried ta
 a killed actor and re-runs its task) overwrites its half-written files. The driver commits the
 finished tasks in plan order, one manifest replace per task, so entry ids are those of the
 one-process build and an interrupted build resumes from the last committed task, with or without
-Ray. Then the index and the calibration run as in the one-process build (_finish).
+Ray. Then the index and the calibration run as in the one-process build (finish).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lm.datastore.build import BuildConfig, BuildReport, _fingerprint, _finish, _start, check_config, load_documents, open_or_create, tokenize_corpus
-from lm.datastore.build_steps import BuildState, DocTokens, PlannedWindow, batches, plan_stats, plan_targets
-from lm.datastore.decontaminate import eval_ngrams
+from lm.datastore.build import BuildConfig, BuildReport, finish, prepare
+from lm.datastore.build_steps import BuildState, DocTokens, PlannedWindow, batches, plan_stats
 from lm.windows import Window
 from retrieval.errors import InvalidInputError, MismatchError, StoreWriteError
 
@@ -223,29 +221,9 @@ def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: Buil
     if config.kv_cache:
         raise InvalidInputError("--kv-cache and --ray do not combine: the cache follows each document window by window in one process",
                                 "drop --kv-cache to build on Ray, or drop --ray")
-    window, stride = check_config(lm, config, corpus)
-    out = Path(out)
-    store = open_or_create(lm, out, config, lm_spec)
+    p = prepare(lm, corpus, out, config, lm_spec)
+    store, plan, state, report, fp, out = p.store, p.plan, p.state, p.report, p.fingerprint, Path(out)
     remove_orphans(store)
-    report = BuildReport(path=str(out))
-    prev = BuildState.from_manifest(store.manifest)
-    resuming = prev is not None and prev.resuming
-    base_docs = prev.docs_base if prev is not None and resuming else int(store.manifest.get("doc_count", 0))
-    docs = load_documents(corpus, store, base_docs, config.near_dup_threshold, report)
-    if resuming and not docs:
-        docs = store.docs()[base_docs:]
-    if not docs:
-        raise InvalidInputError("the corpus has no new text to store (empty, skipped or all duplicates)",
-                                "pass text files with content; see the skipped list with --json")
-    ev = eval_ngrams(lm.tokenizer, config.decontaminate, config.ngram)
-    fp = _fingerprint(lm.model_id, docs, config, window, stride, hashlib.sha256(ev.tobytes()).hexdigest())
-    toks = tokenize_corpus(lm.tokenizer, docs, ev, config)
-    state = _start(store, prev, fp, docs, toks, base_docs, window, stride, config)
-    report.documents, report.resumed_from_window = len(docs), state.windows_done
-    report.heldout_tokens = sum(int(t.ids.size - max(t.holdout_start, 1)) for t in toks if t.holdout_start < t.ids.size)
-    plan = plan_targets(toks, window, stride, scope=config.decontaminate_scope, ngram=config.ngram, max_tokens=config.max_tokens)
-    if not plan:
-        raise InvalidInputError("the corpus is shorter than two tokens", "pass more text")
     tasks = plan_tasks(plan, state.windows_done, config.batch_size, config.shard_tokens, config.batch_tokens)
     total = plan_stats(plan).entries
     bar = tqdm(total=total, initial=min(state.entries, total), unit="tok", unit_scale=True, file=sys.stderr,
@@ -260,11 +238,11 @@ def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: Buil
         if len(tasks) < rc.workers:  # one task per shard of config.shard_tokens entries: no more actors than tasks
             log.warning("%d task(s) of <= %d entries for %d workers: starting %d", len(tasks), config.shard_tokens, rc.workers, len(tasks))
             rc = replace(rc, workers=len(tasks))
-        rows = [encode_task(t, b, plan, toks) for t, b in enumerate(tasks)]
+        rows = [encode_task(t, b, plan, p.toks) for t, b in enumerate(tasks)]
         state = _commit_in_order(store, _dataset(ray, rows, rc, kwargs, progress), tasks, plan, state, config, report, bar)
     else:
         state = replace(state, windows_done=len(plan))
     bar.close()
-    _finish(lm, store, plan, state, config, report, t_loop, added_before, t_start)
+    finish(lm, store, plan, state, config, report, t_loop, added_before, t_start)
     remove_orphans(store)
     return report

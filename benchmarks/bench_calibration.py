@@ -96,18 +96,10 @@ def domain(name: str, tok, store_tokens: int, test_tokens: int) -> tuple[list[st
 
 
 def plain_forward_tps(lm, text: str, n_windows: int = 2, window: int = 1024) -> float:
-    """Tokens/s of the unmodified model (with lm_head) on full windows: the build's yardstick."""
-    import torch
+    """bench_knnlm's yardstick (the unmodified model with lm_head on full windows), on this text."""
+    from bench_knnlm import plain_forward_tps as forward_tps
 
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    rates = []
-    for j in range(n_windows):
-        x = torch.as_tensor(ids[j * window:(j + 1) * window])[None]  # (1, T)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            lm.model(input_ids=x, use_cache=False)
-        rates.append(x.shape[1] / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return forward_tps(lm, lm.tokenizer(text, add_special_tokens=False)["input_ids"], n_windows, window)
 
 
 def score_test(lm, ds: Path, test: str) -> dict:

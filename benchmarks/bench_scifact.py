@@ -203,7 +203,7 @@ def role_quality(a) -> dict:
     data = Path(a.data)
     train = _queries(data, "train.tsv", 10_000)
     s = DocStore.open(a.store)
-    _memoise_embeddings(s)
+    memoise_embeddings(s)
     tmp = Path(a.work)
 
     def train_ndcg(cfg: FusionConfig) -> float:
@@ -260,9 +260,9 @@ def role_quality(a) -> dict:
     return out
 
 
-def _memoise_embeddings(store) -> None:
+def memoise_embeddings(store, coll=None) -> None:
     """Embed each query once across the tuning grid (the grid varies fusion, not the encoder)."""
-    emb = store.embedder_for(store.collection("scifact"))
+    emb = store.embedder_for(coll if coll is not None else store.collection("scifact"))
     orig, cache = emb.embed, {}
 
     def embed(texts, **kw):

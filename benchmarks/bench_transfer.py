@@ -257,7 +257,9 @@ class Tuner:
         self.coll = self.store.collection(name)
         with self.coll.reading() as (_, snap):
             self.built = snap.bm25
-        _memoise_embeddings(self.store, self.coll)
+        from bench_scifact import memoise_embeddings
+
+        memoise_embeddings(self.store, self.coll)
 
     def use_bm25(self, k1: float, b: float) -> None:
         from retrieval.index import bm25_index
@@ -277,23 +279,6 @@ class Tuner:
             for (qid, _), hs in zip(self.qs, hits):
                 f.write(json.dumps({"query_id": qid, "hits": [{"doc_id": h.doc_id, "id": h.id} for h in hs]}) + "\n")
         return _ndcg().evaluate(str(run), str(self.data / "qrels" / TUNE_QRELS[self.name]))[0]
-
-
-def _memoise_embeddings(store, coll) -> None:
-    """Embed each query once across the grids (they vary BM25 and fusion, not the encoder)."""
-    import numpy as np
-
-    emb = store.embedder_for(coll)
-    orig, cache = emb.embed, {}
-
-    def embed(texts, **kw):
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
-        if missing:
-            for t, v in zip(missing, orig(missing, **kw)):
-                cache[t] = v
-        return np.stack([cache[t] for t in texts])
-
-    emb.embed = embed
 
 
 def choose(table: dict[str, dict], names: list[str]) -> tuple:

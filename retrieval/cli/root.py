@@ -36,8 +36,8 @@ def _registrars() -> list[Registrar]:
             continue
         try:
             found[ep.name] = ep.load()
-        except ImportError as e:  # a stale or broken plugin must not take the other commands down
-            logging.getLogger(__name__).debug("skipping knnrag command plugin %r: %s", ep.name, e)
+        except ImportError as e:  # a stale or broken plugin must not take the other commands down, nor vanish unseen
+            logging.getLogger(__name__).warning("skipping knnrag command plugin %r (%s); reinstall knnrag", ep.name, e)
     return list(found.values())
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.embed.embedder import HashEmbedder
+from retrieval.embed.hash_embedder import HashEmbedder
 from retrieval.store.docstore import DocStore
 
 HIT_FIELDS = {"id", "score", "scores", "text", "source", "start_char", "end_char", "start_line", "end_line",

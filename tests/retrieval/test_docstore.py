@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.embed.embedder import HashEmbedder
+from retrieval.embed.hash_embedder import HashEmbedder
 from retrieval.errors import InvalidInputError, MismatchError, NotFoundError
 from retrieval.index.fusion import FusionConfig
 from retrieval.store.docstore import DocStore

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from retrieval.embed.embedder import HashEmbedder, content_budget, load_embedder, model_name
+from retrieval.embed.embedder import WARM_QUERIES, content_budget, load_embedder, model_name
+from retrieval.embed.hash_embedder import HashEmbedder
 from retrieval.errors import ModelLoadError
 
 
@@ -81,11 +82,28 @@ def test_onnx_backend_matches_torch_and_numpy(tmp_path, monkeypatch):
     a = onnx_emb.embed(texts, batch_size=8)  # > SMALL_BATCH: onnxruntime
     assert onnx_emb._onnx_model is not None and onnx_emb._torch_model is None
     b = torch_emb.embed(texts, batch_size=8)
-    c = np.stack([torch_emb.embed_query(t) for t in texts[:3]])  # numpy BERT
+    c = np.stack([torch_emb.embed_query(t) for t in texts[:WARM_QUERIES]])  # numpy BERT
     assert a.shape == (21, 384)
     assert ((a * b).sum(1) > 0.9999).all(), (a * b).sum(1)
-    assert ((a[:3] * c).sum(1) > 0.9999).all()
+    assert ((a[:WARM_QUERIES] * c).sum(1) > 0.9999).all()
     assert list(tmp_path.joinpath("onnx").glob("*.onnx")), "the graph is cached"
+
+
+@pytest.mark.integration
+def test_many_queries_move_to_onnxruntime_whatever_the_bulk_backend(tmp_path, monkeypatch):
+    """A one-shot search stays on numpy (no 0.3 s session load); a process that keeps asking (a
+    server) moves to onnxruntime, with the same vectors, even where bulk embedding uses torch."""
+    from retrieval.embed.embedder import TransformerEmbedder, bundled_model_dir
+
+    monkeypatch.setenv("KNNRAG_CACHE", str(tmp_path))
+    emb = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=True, backend="torch")
+    qs = [f"question {i} about protein folding" for i in range(WARM_QUERIES + 2)]
+    first = [emb.embed_query(q) for q in qs[:WARM_QUERIES]]
+    assert emb._onnx_query_model is None and emb._torch_model is None  # numpy so far
+    later = [emb.embed_query(q) for q in qs]
+    assert emb._onnx_query_model is not None and emb._torch_model is None
+    cos = (np.stack(first) * np.stack(later[:WARM_QUERIES])).sum(1)
+    assert (cos > 0.9999).all(), cos
 
 
 def test_unknown_backend_is_a_clear_error():
@@ -132,8 +150,8 @@ def test_onnx_graph_in_memory_when_the_cache_is_not_writable(tmp_path, monkeypat
         monkeypatch.setenv("KNNRAG_CACHE", str(tmp_path / "cache"))
     emb = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="onnx")
     texts = [f"rivers and mountains number {i}" for i in range(12)]
-    a = emb.embed(texts)  # > SMALL_BATCH: onnxruntime, from the in-memory graph
-    q = emb.embed_query(texts[0])  # the first search of a server
-    assert emb._onnx_model is not None and not list(tmp_path.rglob("*.onnx"))
+    a = emb.embed(texts)  # <= SMALL_BATCH: numpy BERT
+    q = [emb.embed_query(t) for t in texts[:WARM_QUERIES + 1]][-1]  # a server's queries: onnxruntime, in-memory graph
+    assert emb._onnx_query_model is not None and not list(tmp_path.rglob("*.onnx"))
     ref = TransformerEmbedder(bundled_model_dir(), "all-MiniLM-L6-v2", bf16=False, backend="torch").embed(texts[:2])
-    assert ((a[:2] * ref).sum(1) > 0.9999).all() and float(q @ a[0]) > 0.9999
+    assert ((a[:2] * ref).sum(1) > 0.9999).all() and float(q @ a[WARM_QUERIES]) > 0.9999

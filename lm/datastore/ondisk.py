@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from retrieval.errors import CorruptStoreError, InvalidInputError
-from retrieval.store.durable import checkpoint, fsync_file
+from retrieval.store.durable import checkpoint, fsync_file, generation_write_error
 
 log = logging.getLogger(__name__)
 PART_ENTRIES = 1_000_000  # entries per part: its in-RAM index is ~72 MB at PQ64 while it is added
@@ -216,18 +216,21 @@ def build(store, factory: str, *, train_size: int, seed: int, part_entries: int 
     (add_parts or add_parts_here(store.path))(trained, jobs)
     t_merge = time.perf_counter()
     name, data = f"index-{tag}.faiss", f"index-{tag}.ivfdata"
-    with stdout_to_stderr():
-        for job in jobs:
-            part, lists = _part_lists(store._check_file(job.name, None))
-            keep.append(part)
-            sources.append(lists)
-        index = merge_lists(trained, sources, store.path / data)
-        checkpoint("ondisk-merge")  # crash tests: killed here, the old manifest and its index must stay valid
-        faiss.write_index(index, str(store.path / name))
-        ntotal = int(index.ntotal)
-        del index, keep, sources  # unmaps the merged file before it is fsync'ed
-    for f in (data, name):
-        fsync_file(store.path / f)
+    try:
+        with stdout_to_stderr():
+            for job in jobs:
+                part, lists = _part_lists(store._check_file(job.name, None))
+                keep.append(part)
+                sources.append(lists)
+            index = merge_lists(trained, sources, store.path / data)
+            checkpoint("ondisk-merge")  # crash tests: killed here, the old manifest and its index must stay valid
+            faiss.write_index(index, str(store.path / name))
+            ntotal = int(index.ntotal)
+            del index, keep, sources  # unmaps the merged file before it is fsync'ed
+        for f in (data, name):
+            fsync_file(store.path / f)
+    except (OSError, RuntimeError) as e:  # a full disk: FAISS raises RuntimeError; the last commit is intact
+        raise generation_write_error(store.path, e) from e
     if ntotal != store.count:
         raise CorruptStoreError(f"the merged index holds {ntotal} entries, the datastore {store.count}", _FIX)
     entry = {"factory": factory, "storage": "ondisk", "file": name, "bytes": (store.path / name).stat().st_size,

@@ -29,9 +29,7 @@ def _knn_options(p: argparse.ArgumentParser, *, lam: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    ds = sub.add_parser("datastore", help="kNN-LM token datastore: build (or append to) and inspect")
-    dsub = ds.add_subparsers(dest="datastore_command", metavar="ACTION", required=True)
+def _build_parser(dsub: argparse._SubParsersAction) -> None:
     b = dsub.add_parser("build", help="store (key, next token) pairs of a corpus; appends to an existing DIR, resumes an interrupted build")
     b.add_argument("corpus", nargs="+", help="text files or folders (.gitignore honoured, JSONL = one document per record)")
     b.add_argument("--out", required=True, help="datastore folder")
@@ -39,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--key-layer", default=None, help="module path whose input is the key (default: last block's feed-forward)")
     b.add_argument("--max-tokens", type=int, default=None, help="store at most N entries")
     b.add_argument("--index", default="auto", help="FAISS index_factory string; auto = Flat below 100k entries, else IVF<~4 sqrt(N)>,PQ<dim/2>x4fs")
+    b.add_argument("--ondisk", action="store_true", default=None,
+                   help="keep the IVF index's lists in one mmap'ed .ivfdata file, so the index may exceed RAM: trained once on a "
+                        "sample, added part by part (on the workers with --ray), merged; auto = IVF<~4 sqrt(N)>,PQ64 (8-bit codes: "
+                        "fast-scan lists cannot live on disk). Chosen when the datastore is created")
     b.add_argument("--decontaminate", action="append", default=[], metavar="EVAL_FILE",
                    help="drop the datastore entries that follow an n-gram shared with this evaluation text; "
                         "one file per flag, repeat it for several (so it never swallows a corpus path)")
@@ -61,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     b.add_argument("--json", action="store_true", help="one JSON report on stdout")
     b.set_defaults(func=cmd_build)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ds = sub.add_parser("datastore", help="kNN-LM token datastore: build (or append to) and inspect")
+    dsub = ds.add_subparsers(dest="datastore_command", metavar="ACTION", required=True)
+    _build_parser(dsub)
     c = dsub.add_parser("calibrate", help="re-choose k, temperature and lambda on the held-out slice, or on TEXT files you pass")
     c.add_argument("dir", help="datastore folder")
     c.add_argument("text", nargs="*", help="text files to calibrate on (default: the slice the build held out)")
@@ -143,7 +151,7 @@ def cmd_build(args) -> int:
     from retrieval.cli.output import emit_json
 
     cfg = BuildConfig(window=args.window, stride=args.stride, batch_size=max(1, args.batch_size), max_tokens=args.max_tokens,
-                      decontaminate=tuple(args.decontaminate), ngram=args.ngram, index_factory=args.index,
+                      decontaminate=tuple(args.decontaminate), ngram=args.ngram, index_factory=args.index, index_ondisk=args.ondisk,
                       decontaminate_scope=args.decontaminate_scope, decontaminate_margin=args.decontaminate_margin,
                       holdout=args.holdout, calibrate=not args.no_calibrate, kv_cache=args.kv_cache)
     if args.ngram < 1:

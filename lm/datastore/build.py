@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -60,6 +60,8 @@ class BuildConfig:
     decontaminate_scope: str = "span"
     decontaminate_margin: int = 128
     index_factory: str = "auto"
+    index_ondisk: bool | None = None  # IVF lists in one mmap'ed .ivfdata file (lm.datastore.ondisk); None = the datastore's own (new: RAM)
+    index_part_entries: int = 1_000_000  # on disk: entries added per part (one part's index is in RAM while it is added)
     deadline: float | None = None  # time.time() after which the build commits and stops (resumable)
     # calibration slice: the tails of documents (hash order), never stored; <= holdout of the corpus
     holdout: float = 0.05
@@ -153,6 +155,12 @@ def check_config(lm, config: BuildConfig, corpus: Sequence[str]) -> tuple[int, i
         raise InvalidInputError(f"held-out fraction must be in [0, 0.2], got {config.holdout}", "use 0.05 (the default), or 0 for none")
     if not corpus:
         raise InvalidInputError("no corpus files given", "pass one or more text files or folders")
+    if config.index_part_entries < 1:
+        raise InvalidInputError("index part entries must be >= 1", "use the default (1000000)")
+    if config.index_ondisk and config.index_factory not in ("auto", "", "Flat"):
+        from lm.datastore.ondisk import new_index
+
+        new_index(config.index_factory, lm.key_dim)  # refuse a factory that cannot live on disk before any forward
     return window, stride
 
 
@@ -162,9 +170,14 @@ def open_or_create(lm, out: Path, config: BuildConfig, lm_spec: str | None) -> T
         if store.manifest["key_layer"] != lm.key_layer:
             raise MismatchError(f"datastore {out} uses key layer {store.manifest['key_layer']}, not {lm.key_layer}",
                                 f"pass --key-layer {store.manifest['key_layer']}")
+        if config.index_ondisk is not None and config.index_ondisk != store.ondisk:
+            where = "on disk" if store.ondisk else "in RAM"
+            raise InvalidInputError(f"datastore {out} keeps its index {where}; the storage is chosen when it is created",
+                                    "drop --ondisk to append to it, or build into a new --out")
         return store
     return TokenStore.create(out, lm_id=lm.model_id, tokenizer_hash=lm.tokenizer_hash, key_layer=lm.key_layer,
-                             dim=lm.key_dim, index_factory=config.index_factory, lm_spec=lm_spec)
+                             dim=lm.key_dim, index_factory=config.index_factory, lm_spec=lm_spec,
+                             index_storage="ondisk" if config.index_ondisk else "ram")
 
 
 def tokenize_corpus(tok, docs: list[dict], ev: np.ndarray, config: BuildConfig) -> list[DocTokens]:
@@ -314,15 +327,21 @@ def build_datastore(lm, corpus: Sequence[str], out: str | Path, config: BuildCon
     return report
 
 
+def ondisk_options(store: TokenStore, config: BuildConfig) -> dict:
+    return {"part_entries": config.index_part_entries} if store.ondisk else {}
+
+
 def finish(lm, store: TokenStore, plan: list, state: BuildState, config: BuildConfig, report: BuildReport,
-            t_loop: float, added_before: int, t_start: float) -> None:
+            t_loop: float, added_before: int, t_start: float, build_index: Callable[[], dict] | None = None) -> None:
+    """Index, statistics, build state and calibration after the forwards; build_index: the Ray
+    build's (the on-disk parts added on its workers), else store.build_index."""
     report.loop_seconds = round(time.perf_counter() - t_loop, 2)
     report.entries_added = state.entries - added_before  # by this run (a resumed build counts only its own)
     report.store_tokens_per_s = round(report.entries_added / max(report.loop_seconds, 1e-9), 1)
     if store.count == 0:
         raise InvalidInputError("every window was dropped; nothing was stored",
                                 "the corpus overlaps the --decontaminate text entirely; use other text")
-    report.index = store.build_index()
+    report.index = build_index() if build_index else store.build_index(**ondisk_options(store, config))
     done = state.windows_done if report.stopped_at_deadline else len(plan)
     stats = plan_stats(plan, done)
     report.windows = stats.windows

@@ -51,6 +51,8 @@ def check_manifest(m: dict, path: Path) -> None:
     for key in ("lm_id", "tokenizer_hash", "key_layer", "index_factory"):
         if not isinstance(m.get(key), str):
             raise _bad(path, f'"{key}" must be a string, found {m.get(key)!r}'[:300])
+    if m.get("index_storage", "ram") not in ("ram", "ondisk"):
+        raise _bad(path, f'"index_storage" must be "ram" or "ondisk", found {m.get("index_storage")!r}'[:300])
     if m.get("lm_spec") is not None and not isinstance(m["lm_spec"], str):
         raise _bad(path, '"lm_spec" must be a string or null')
     if not _int(m.get("dim"), 1, 65536):
@@ -78,9 +80,12 @@ def _check_index(path: Path, idx: object) -> None:
     if idx is not None:
         if not isinstance(idx, dict) or not isinstance(idx.get("factory", ""), str):
             raise _bad(path, f'"index" must be null or an object with a factory, found {idx!r}'[:300])
-        if idx.get("file") is not None and not _file_name(idx["file"]):
-            raise _bad(path, f'"index.file" is not a plain file name: {idx["file"]!r}'[:300])
-        for key in ("ntotal", "bytes"):
+        for key in ("file", "ivfdata"):
+            if idx.get(key) is not None and not _file_name(idx[key]):
+                raise _bad(path, f'"index.{key}" is not a plain file name: {idx[key]!r}'[:300])
+        if idx.get("storage", "ram") not in ("ram", "ondisk") or (idx.get("storage") == "ondisk" and not idx.get("ivfdata")):
+            raise _bad(path, f'"index.storage" must be "ram", or "ondisk" with an "ivfdata" file, found {idx.get("storage")!r}'[:300])
+        for key in ("ntotal", "bytes", "ivfdata_bytes"):
             if key in idx and not _int(idx[key]):
                 raise _bad(path, f'"index.{key}" must be a non-negative integer, found {idx[key]!r}')
 
@@ -97,10 +102,10 @@ def check_values(values: Any, path: Path, vocab_size: int | None = None) -> None
 
 
 def live_files(m: dict) -> list[str]:
-    """Every file the manifest names (shards, documents, the trained index), in manifest order."""
+    """Every file the manifest names (shards, documents, the trained index and its on-disk lists), in manifest order."""
     names = [sh[k] for sh in m["shards"] for k in ("keys", "values", "prov")] + [d["file"] for d in m["docs"]]
-    if m.get("index") and m["index"].get("file"):
-        names.append(m["index"]["file"])
+    idx = m.get("index") or {}
+    names += [idx[k] for k in ("file", "ivfdata") if idx.get(k)]
     return names
 
 

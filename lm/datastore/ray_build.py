@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm.datastore.build import BuildConfig, BuildReport, finish, prepare
+from lm.datastore.build import BuildConfig, BuildReport, finish, ondisk_options, prepare
 from lm.datastore.build_steps import BuildState, DocTokens, PlannedWindow, batches, plan_stats
 from lm.windows import Window
 from retrieval.errors import InvalidInputError, MismatchError, StoreWriteError
@@ -210,6 +210,19 @@ def _commit_in_order(store, results, tasks, plan, state: BuildState, config: Bui
     return state if nxt < len(tasks) else replace(state, windows_done=len(plan))
 
 
+def _ondisk_index(store, rc: RayBuildConfig, config: BuildConfig, progress: bool):
+    """The on-disk index with its parts (runs of the task shards) added on Ray actors, not in the driver."""
+    from lm.datastore.ondisk_ray import ray_add_parts
+    from retrieval.ray_support import connect
+
+    def build() -> dict:
+        connect(rc.address, num_cpus=rc.workers * rc.cpus_per_worker if rc.address == "local" else None)
+        return store.build_index(add_parts=ray_add_parts(store.path, rc.workers, rc.cpus_per_worker, progress), by_shards=True,
+                                 **ondisk_options(store, config))
+
+    return build
+
+
 def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: BuildConfig, rc: RayBuildConfig, *,
                         progress: bool = True, lm_spec: str | None = None) -> BuildReport:
     """build_datastore with the forwards on Ray actors: the same datastore, entry for entry."""
@@ -230,6 +243,7 @@ def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: Buil
                disable=not progress, desc="datastore (ray)", dynamic_ncols=True)
     added_before = state.entries
     t_loop = time.perf_counter()
+    workers = rc.workers
     if tasks:
         ray = connect(rc.address, num_cpus=rc.workers * rc.cpus_per_worker if rc.address == "local" else None)
         tag = f"{fp}-{state.windows_done:07d}"
@@ -243,6 +257,7 @@ def build_datastore_ray(lm, corpus: Sequence[str], out: str | Path, config: Buil
     else:
         state = replace(state, windows_done=len(plan))
     bar.close()
-    finish(lm, store, plan, state, config, report, t_loop, added_before, t_start)
+    finish(lm, store, plan, state, config, report, t_loop, added_before, t_start,
+           _ondisk_index(store, replace(rc, workers=workers), config, progress) if store.ondisk else None)
     remove_orphans(store)
     return report

@@ -4,8 +4,9 @@ A query batch fans out to every shard; the per-shard top-k lists merge with fais
 merge is exact: a shard's index is the datastore's own trained index (same coarse quantizer, same
 PQ codes: only the inverted lists are split) or a Flat index of its keys, so the global top-k is
 the top-k of the union of the shards' top-k lists, which is what one index returns at the same
-nprobe. The exact re-rank follows token_index.search: merge the approximate top R*k first, then
-every shard scores the candidates it owns, op for op like token_index.exact_distances.
+nprobe; an on-disk index (lm.datastore.ondisk) is mapped whole by every shard, which searches
+only its own id range (an IDSelectorRange: the same top-k). The exact re-rank follows
+token_index.search: merge the approximate top R*k first, then every shard scores the candidates it owns, op for op like token_index.exact_distances.
 
 `ShardedStore` stands in for the TokenStore inside KNNLM (count, values, snippet, search), so
 eval, generate, explain and the MCP server run unchanged on shards.
@@ -64,8 +65,13 @@ class ShardSearcher:
             self.dense = np.concatenate([xb.astype(np.float16) for _a, xb in _range_batches(self.store, lo, hi)])
         self._flat: Any = None
         self.ivf: Any = None
+        self.sel: Any = None
         meta = self.store.manifest.get("index") or {}
-        if meta.get("file"):
+        if meta.get("storage") == "ondisk":  # every shard maps the one .ivfdata and keeps to its ids: no lists in RAM
+            from lm.datastore.token_index import trained_index
+
+            self.ivf, self.sel = trained_index(self.store), faiss.IDSelectorRange(lo, hi)
+        elif meta.get("file"):
             index = faiss.read_index(str(self.store._check_file(meta["file"], meta.get("bytes"))))
             index.reset()  # keep the trained quantizer and codebooks, drop the lists: this shard adds its own
             for a, xb in _range_batches(self.store, lo, hi):
@@ -95,9 +101,13 @@ class ShardSearcher:
         if exact or self.ivf is None:
             D, I = self._flat_index().search(xq, kk)  # (n, kk)
             return D, np.where(I >= 0, I + self.lo, -1)
-        if nprobe is not None:
-            import faiss
+        import faiss
 
+        if self.sel is not None:
+            params: Any = faiss.SearchParametersIVF()
+            params.sel, params.nprobe = self.sel, int(nprobe or self.ivf.ivf.nprobe)
+            return self.ivf.search(xq, kk, params=params)
+        if nprobe is not None:
             faiss.extract_index_ivf(self.ivf).nprobe = int(nprobe)
         return self.ivf.search(xq, kk)
 

@@ -31,16 +31,25 @@ class Neighbours(NamedTuple):
     I: np.ndarray  # (n, k) int64 entry ids (-1 = none)
 
 
-def resolve_factory(factory: str, count: int, dim: int = 576) -> str:
-    """auto: exact Flat while small, else IVF with ~4*sqrt(N) lists (a power of two) and fast-scan PQ codes."""
+def resolve_factory(factory: str, count: int, dim: int = 576, ondisk: bool = False) -> str:
+    """auto: exact Flat while small, else IVF with ~4*sqrt(N) lists (a power of two) and fast-scan PQ
+    codes; on disk (ondisk=True) 8-bit PQ codes, since fast-scan lists cannot live on disk."""
     if factory in ("auto", "", None):
         if count < FLAT_MAX:
             return "Flat"
         nlist = int(min(16384, max(256, 2 ** round(np.log2(4 * np.sqrt(count))))))
+        if ondisk:
+            from lm.datastore.ondisk import ondisk_factory
+
+            return ondisk_factory(count, dim, nlist)
         if dim % 4 == 0:
             return LARGE_FACTORY.format(nlist=nlist, m=dim // 2)
         return FALLBACK_FACTORY.format(nlist=nlist) if dim % 64 == 0 else "Flat"
     return factory
+
+
+def is_ondisk(store) -> bool:
+    return store.manifest.get("index_storage", "ram") == "ondisk"
 
 
 class Gatherer:
@@ -98,6 +107,12 @@ def trained_index(store) -> Any:
     meta = store.manifest.get("index")
     if not meta or not meta.get("file"):
         return None
+    if meta.get("storage") == "ondisk":
+        from lm.datastore import ondisk
+
+        if store._index is None or store._index.count != store.count:
+            store._index = ondisk.load(store, meta)
+        return store._index
     if store._index is None:
         f = store._check_file(meta["file"], meta.get("bytes"))
         try:
@@ -114,19 +129,25 @@ def trained_index(store) -> Any:
             index.add(xb)  # (n, dim)
     return index
 
-def build_index(store, factory: str | None = None, *, train_size: int = 100_000, seed: int = 0) -> dict:
+def build_index(store, factory: str | None = None, *, train_size: int = 100_000, seed: int = 0, **ondisk_kw: Any) -> dict:
     """Bring the index up to date with every entry and commit it.
 
     A trained index of the same factory only gets the new entries added (append never
-    retrains); "Flat" stores nothing on disk. Returns the manifest's index entry.
+    retrains); "Flat" stores nothing on disk. An on-disk datastore (index_storage "ondisk") goes
+    through lm.datastore.ondisk.build (ondisk_kw: part_entries, add_parts, by_shards). Returns the
+    manifest's index entry.
     """
     import faiss
 
-    fac = resolve_factory(factory or store.manifest["index_factory"], store.count, store.dim)
+    fac = resolve_factory(factory or store.manifest["index_factory"], store.count, store.dim, is_ondisk(store))
     if fac == "Flat":
         entry = {"factory": "Flat", "file": None, "ntotal": store.count}
         store.commit(index=entry)
         return entry
+    if is_ondisk(store):
+        from lm.datastore import ondisk
+
+        return ondisk.build(store, fac, train_size=train_size, seed=seed, **ondisk_kw)
     cur = store.manifest.get("index") or {}
     t0 = time.perf_counter()
     if cur.get("factory") == fac and cur.get("file"):
@@ -197,7 +218,7 @@ def search(store, xq: np.ndarray, k: int, *, nprobe: int | None = None, exact: b
         D, I = flat_index(store).search(xq, k, params=search_params(dead, None, False))  # (n, k), (n, k)
         return Neighbours(D, I)
     try:
-        faiss.extract_index_ivf(index)
+        faiss.extract_index_ivf(getattr(index, "main", index))  # an ondisk.OnDiskIndex wraps its IVF index
         ivf = True
     except RuntimeError:
         ivf = False  # not an IVF index

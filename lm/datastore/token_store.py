@@ -7,6 +7,7 @@ DIR/values-*.npy         (n,) int32 next-token ids               }
 DIR/prov-*.npy           (n, 3) int64: doc index, token position, char offset of the value token
 DIR/docs-*.jsonl         one {"doc", "source", "hash", "text"} per stored document (for snippets)
 DIR/index-<gen>.faiss    trained FAISS index (IVF-PQ...); a Flat index is rebuilt from the keys
+DIR/index-<gen>.ivfdata  with index_storage "ondisk": the index's inverted lists, mmap'ed (lm.datastore.ondisk)
 
 Commit = new files under fresh names, fsync, then os.replace(manifest.json): a crash at any point
 leaves the last committed manifest and every file it names intact. No pickle anywhere.
@@ -56,10 +57,12 @@ class TokenStore:
     # ---- create / open -------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, *, lm_id: str, tokenizer_hash: str, key_layer: str, dim: int,
-               index_factory: str = "auto", lm_spec: str | None = None) -> TokenStore:
+               index_factory: str = "auto", lm_spec: str | None = None, index_storage: str = "ram") -> TokenStore:
         p = Path(path)
         if (p / "manifest.json").exists():
             raise InvalidInputError(f"{p} already holds a datastore", "open it to append, or choose a new --out")
+        if index_storage not in ("ram", "ondisk"):
+            raise InvalidInputError(f"index storage must be ram or ondisk, not {index_storage!r}", "pass --ondisk or nothing")
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -67,7 +70,7 @@ class TokenStore:
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "lm_id": lm_id, "tokenizer_hash": tokenizer_hash,
             "lm_spec": lm_spec, "key_layer": key_layer, "dim": int(dim), "dtype": "float16", "metric": "l2", "count": 0,
-            "index_factory": index_factory, "index": None, "shards": [], "docs": [], "doc_count": 0,
+            "index_factory": index_factory, "index_storage": index_storage, "index": None, "shards": [], "docs": [], "doc_count": 0,
             "generation": 0, "build": None, "created": time.time(),
         }
         store = cls(p, manifest)
@@ -145,6 +148,11 @@ class TokenStore:
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
+    @property
+    def ondisk(self) -> bool:
+        """The IVF lists live in an mmap'ed .ivfdata file (lm.datastore.ondisk), not in RAM."""
+        return self.manifest.get("index_storage", "ram") == "ondisk"
+
     def info(self) -> dict:
         m = self.manifest
         idx = m.get("index") or {}
@@ -152,7 +160,8 @@ class TokenStore:
             "path": str(self.path), "format_version": m["format_version"], "lm_id": m["lm_id"], "lm_spec": m.get("lm_spec"),
             "tokenizer_hash": m["tokenizer_hash"], "key_layer": m["key_layer"], "dim": m["dim"], "dtype": m["dtype"],
             "count": m["count"], "tombstoned": int((m.get("tombstones") or {}).get("count", 0)), "metric": m["metric"],
-            "index_factory": idx.get("factory") or resolve_factory(m["index_factory"], m["count"], m["dim"]),
+            "index_factory": idx.get("factory") or resolve_factory(m["index_factory"], m["count"], m["dim"], self.ondisk),
+            "index_storage": m.get("index_storage", "ram"),
             "index_ntotal": idx.get("ntotal", 0), "shards": len(m["shards"]), "documents": m.get("doc_count", 0),
             "generation": m["generation"], "build": m.get("build"),
             "calibration": m.get("calibration"),  # None: built before calibration (old defaults apply)
@@ -307,8 +316,8 @@ class TokenStore:
         """Remove files no committed manifest names (left by an interrupted build)."""
         live = {"manifest.json"} | {s[k] for s in self.manifest["shards"] for k in ("keys", "values", "prov")}
         live |= {d["file"] for d in self.manifest["docs"]}
-        if self.manifest.get("index") and self.manifest["index"].get("file"):
-            live.add(self.manifest["index"]["file"])
+        idx = self.manifest.get("index") or {}
+        live |= {idx[k] for k in ("file", "ivfdata") if idx.get(k)}
         if self.manifest.get("tombstones"):
             live.add(self.manifest["tombstones"]["file"])
         for f in self.path.iterdir():
@@ -319,10 +328,11 @@ class TokenStore:
                     pass
 
     # ---- FAISS index (lm.datastore.token_index) -------------------------------------------------
-    def build_index(self, factory: str | None = None, *, train_size: int = 100_000, seed: int = 0) -> dict:
+    def build_index(self, factory: str | None = None, *, train_size: int = 100_000, seed: int = 0, **ondisk_kw: Any) -> dict:
+        """token_index.build_index; ondisk_kw (part_entries, add_parts, by_shards) reach lm.datastore.ondisk.build."""
         from lm.datastore import token_index
 
-        return token_index.build_index(self, factory, train_size=train_size, seed=seed)
+        return token_index.build_index(self, factory, train_size=train_size, seed=seed, **ondisk_kw)
 
     def search(self, xq: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False, rerank: int = 0):
         """k nearest stored keys of each query: token_index.search."""

@@ -6,7 +6,9 @@ commit O(corpus). So this module keeps, per generation, the postings (term ids a
 frequencies per chunk) next to the bm25s score matrix and rebuilds the matrix with numpy in
 O(nnz) when chunks come and go; only new chunks are tokenised. The score files are exactly
 bm25s's (`bm25s.BM25.load(dir)` opens them; tests check the scores agree with bm25s).
-Tokenisation matches bm25s: lowercase, `\\b\\w\\w+\\b`, English stopwords, PyStemmer English stemmer.
+Tokenisation is bm25s's: lowercase, `\\b\\w\\w+\\b`, a stopword list, PyStemmer English stemmer; only
+the default list differs (retrieval/index/stopwords.py). The collection manifest records the
+tokeniser's identity (`tokenizer_id`), the index folder the list itself (tokenizer.json).
 """
 from __future__ import annotations
 
@@ -20,12 +22,9 @@ from typing import Literal
 import numpy as np
 
 from retrieval.errors import CorruptStoreError
+from retrieval.index import stopwords as stoplists
+from retrieval.index.stopwords import STOPWORDS_EN_PLUS
 
-# bm25s.stopwords.STOPWORDS_EN (kept here so the query path never imports bm25s)
-STOPWORDS_EN = (
-    "a an and are as at be but by for if in into is it no not of on or such that the their then "
-    "there these they this to was will with"
-).split()
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 
 DATA, INDICES, INDPTR = "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"
@@ -39,13 +38,14 @@ class BM25Config:
     regret, leave-one-dataset-out): k1=1.2, b=0.75 is within 0.0009 nDCG@10 of SciFact's best
     k1/b and CACM's best; a record's title counted 3 times raised BM25 on both (SciFact train
     0.696 -> 0.703, CACM 0.499 -> 0.520) and hybrid on CACM (0.569 -> 0.586; SciFact -0.0002 vs
-    2x). Each collection keeps the values it was built with in its manifest."""
+    2x). Stopwords: bm25s's 179-word "en_plus" list (see retrieval/index/stopwords.py; "en" is
+    bm25s's default 33, "" none). Each collection keeps the values it was built with in its manifest."""
 
     k1: float = 1.2
     b: float = 0.75
     method: str = "lucene"
     stemmer: str = "english"
-    stopwords: str = "en"
+    stopwords: str = "en_plus"
     title_weight: int = 3  # a document title's tokens count this many times (index time only)
 
     def __post_init__(self) -> None:
@@ -53,15 +53,22 @@ class BM25Config:
             raise ValueError(f"BM25 needs k1 > 0 and b in [0, 1], got k1={self.k1} b={self.b}")
         if isinstance(self.title_weight, bool) or not isinstance(self.title_weight, int) or self.title_weight < 1:
             raise ValueError(f"title_weight must be an integer >= 1, got {self.title_weight!r}")
+        if self.stopwords not in stoplists.LISTS:
+            raise ValueError(f"unknown BM25 stopword list {self.stopwords!r} (known: {sorted(stoplists.LISTS)})")
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return dict(self.__dict__, tokenizer=tokenizer_id(self))
+
+
+def tokenizer_id(cfg: BM25Config) -> str:
+    """What a query must be tokenised with to match the index: pattern, case, stopwords, stemmer."""
+    return f"{TOKEN_PATTERN}|lower|stopwords:{cfg.stopwords or 'none'}:{len(stoplists.LISTS[cfg.stopwords])}|stemmer:{cfg.stemmer or 'none'}"
 
 
 class Tokenizer:
     """bm25s-compatible tokeniser; the stemmer is created once per tokenizer."""
 
-    def __init__(self, stemmer: str | None = "english", stopwords: Sequence[str] = STOPWORDS_EN) -> None:
+    def __init__(self, stemmer: str | None = "english", stopwords: Sequence[str] = STOPWORDS_EN_PLUS) -> None:
         self._split = re.compile(TOKEN_PATTERN).findall
         self._stop = frozenset(stopwords)
         self._stem = None
@@ -212,7 +219,8 @@ def save(index: BM25Index, folder: Path) -> None:
     params = {"k1": c.k1, "b": c.b, "delta": 0.5, "method": c.method, "idf_method": c.method, "dtype": "float32",
               "int_dtype": "int32", "num_docs": index.num_docs, "version": "knnrag", "backend": "numpy"}
     (folder / PARAMS).write_text(json.dumps(params, indent=2), encoding="utf-8")
-    tok = {"token_pattern": TOKEN_PATTERN, "lower": True, "stopwords": STOPWORDS_EN, "stemmer": c.stemmer}
+    tok = {"token_pattern": TOKEN_PATTERN, "lower": True, "stopwords": list(stoplists.LISTS[c.stopwords]),
+           "stopwords_name": c.stopwords, "stemmer": c.stemmer, "id": tokenizer_id(c)}
     (folder / TOKENIZER).write_text(json.dumps(tok, indent=2), encoding="utf-8")
 
 
@@ -226,11 +234,16 @@ def load(folder: Path, *, mmap: bool = True) -> BM25Index:
         tok = json.loads((folder / TOKENIZER).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CorruptStoreError(f"cannot read the BM25 index in {folder}: {e}", "delete the collection and re-index") from e
-    cfg = BM25Config(k1=params["k1"], b=params["b"], method=params["method"], stemmer=tok.get("stemmer") or "")
+    stop = stoplists.name_of(tok.get("stopwords") or [])  # indexes before "stopwords_name" saved only the list
+    if stop is None or tok.get("token_pattern", TOKEN_PATTERN) != TOKEN_PATTERN:
+        raise CorruptStoreError(f"the BM25 index in {folder} was built with a tokeniser this version does not know "
+                                f"(pattern {tok.get('token_pattern')!r}, {len(tok.get('stopwords') or [])} stopwords)",
+                                "re-index the collection with this version (delete it and run `knnrag index` again)")
+    cfg = BM25Config(k1=params["k1"], b=params["b"], method=params["method"], stemmer=tok.get("stemmer") or "", stopwords=stop)
     if int(params.get("num_docs", -1)) != len(arr[IDS]):
         raise CorruptStoreError(f"BM25 index {folder} is inconsistent (num_docs != ids)", "delete the collection and re-index")
     return BM25Index(arr[IDS], arr[DATA], arr[INDICES], arr[INDPTR], vocab, arr[DOC_PTR], arr[DOC_TERMS], arr[DOC_TFS], cfg)
 
 
 def tokenizer_for(cfg: BM25Config) -> Tokenizer:
-    return Tokenizer(cfg.stemmer or None, STOPWORDS_EN if cfg.stopwords else ())
+    return Tokenizer(cfg.stemmer or None, stoplists.LISTS[cfg.stopwords])

@@ -162,6 +162,9 @@ class Collection:
         if index.d != self.dim or not isinstance(factory, str) or tomb.dtype != np.int64 or tomb.ndim != 1:
             raise CorruptStoreError(f"collection {self.name!r}, generation {gen}: the index (dim {index.d}) or tombstones "
                                     f"do not match the manifest (dim {self.dim})", FIX)
+        if (bm25.config.stopwords, bm25.config.stemmer) != (self.bm25_config.stopwords, self.bm25_config.stemmer):
+            raise CorruptStoreError(f"collection {self.name!r}: its BM25 index was tokenised with {bm25_index.tokenizer_id(bm25.config)}, "
+                                    f"its manifest says {bm25_index.tokenizer_id(self.bm25_config)}", FIX)
         return Snapshot(gen, index, tomb, bm25, factory)
 
     def _begin(self) -> Snapshot:

@@ -36,6 +36,10 @@ SPLITS = (("scifact", "train.tsv"), ("scifact", "test.tsv"), ("cacm", "test.tsv"
 CHOOSE = ("scifact/train", "cacm/test")
 
 
+def _names() -> list[str]:
+    return list(dict.fromkeys(n for n, _ in SPLITS))
+
+
 @dataclass(frozen=True)
 class Variant:
     """One BM25 setting: tokeniser options (bm25_index.TokenizerConfig fields) plus scoring."""
@@ -187,7 +191,7 @@ def compare(pairs: list[tuple[str, Variant, Variant]]) -> dict:
             d = []
             for v in (va, vb):
                 if v.tok not in toks:
-                    toks[v.tok] = {m: Tokenised(m, tokenizer(**dict(v.tok))) for m in ("scifact", "cacm")}
+                    toks[v.tok] = {m: Tokenised(m, tokenizer(**dict(v.tok))) for m in _names()}
                 d.append(per_query(n, q, qs, toks[v.tok][n].run(v, qs)))
             diff = d[1] - d[0]  # (Q,)
             boot = diff[rng.integers(0, len(diff), (10000, len(diff)))].mean(axis=1)
@@ -198,7 +202,11 @@ def compare(pairs: list[tuple[str, Variant, Variant]]) -> dict:
     return res
 
 
+EN = (("stopwords", "en"), ("pattern", "bm25s"))  # the previous tokeniser, bm25s's
 PAIRS = [("stopwords en -> en_plus", Variant(tok=(("stopwords", "en"),)), Variant()),
+         ("pattern bm25s -> words", Variant(tok=(("pattern", "bm25s"),)), Variant()),
+         ("previous default -> today's", Variant(tok=EN), Variant()),
+         ("bm25s's settings -> today's", Variant(k1=1.5, title_weight=1, tok=EN), Variant()),
          ("title x3 -> x4", Variant(), Variant(title_weight=4)),
          ("idf lucene -> atire", Variant(), Variant(idf="atire")),
          ("k1 1.2 -> 1.5 (bm25s)", Variant(), Variant(k1=1.5))]
@@ -210,7 +218,7 @@ def bm25s_row() -> dict[str, float]:
 
     out = {}
     stem = Stemmer.Stemmer("english")
-    for name in ("scifact", "cacm"):
+    for name in _names():
         ids, texts = [], []
         for ln in (DATA[name] / "corpus.jsonl").read_text().splitlines():
             if ln.strip():
@@ -229,10 +237,10 @@ def bm25s_row() -> dict[str, float]:
     return out
 
 
-PATTERNS = {"word2": bm25_index.TOKEN_PATTERN, "word1": r"(?u)\b\w+\b", "alnum2": r"(?u)[^\W\d_]{2,}|\d{2,}"}
+PATTERNS = {**bm25_index.PATTERNS, "word1": r"(?u)\b\w+\b", "alnum2": r"(?u)[^\W\d_]{2,}|\d{2,}"}
 
 
-def tokenizer(stopwords: str = "en_plus", stemmer: str = "english", pattern: str = "word2", fold: bool = False):
+def tokenizer(stopwords: str = "en_plus", stemmer: str = "english", pattern: str = "words", fold: bool = False):
     """bm25_index.Tokenizer with another stopword list, stemmer or token pattern, or accents folded."""
     import re
     import unicodedata
@@ -248,8 +256,7 @@ def tokenizer(stopwords: str = "en_plus", stemmer: str = "english", pattern: str
     return t
 
 
-BASE = Variant()  # today's default: en_plus stopwords, English stemmer, k1 1.2, b 0.75, title x3
-EN = (("stopwords", "en"),)
+BASE = Variant()  # today's default: en_plus stopwords, "words" tokens, English stemmer, k1 1.2, b 0.75, title x3
 GROUPS: dict[str, list[tuple[str, Variant]]] = {
     "as bm25s": [("k1 1.5 title x1 stopwords en (= bm25s)", Variant(k1=1.5, title_weight=1, tok=EN)),
                  ("previous default (stopwords en)", replace(BASE, tok=EN)),
@@ -259,7 +266,7 @@ GROUPS: dict[str, list[tuple[str, Variant]]] = {
     + [(f"title x{w} tf only", replace(BASE, title_weight=w, title_in_length=False)) for w in (2, 3, 4)],
     "stopwords": [(f"stopwords {s}", replace(BASE, tok=(("stopwords", s),))) for s in ("en", "en_plus", "sklearn", "none")],
     "stemmer": [(f"stemmer {s}", replace(BASE, tok=(("stemmer", s),))) for s in ("english", "porter", "none")],
-    "tokens": [(f"pattern {p}", replace(BASE, tok=(("pattern", p),))) for p in ("word2", "word1", "alnum2")]
+    "tokens": [(f"pattern {p}", replace(BASE, tok=(("pattern", p),))) for p in ("words", "bm25s", "word1", "alnum2")]
     + [("fold accents", replace(BASE, tok=(("fold", True),)))],
     "idf": [(f"idf {i}", replace(BASE, idf=i)) for i in ("lucene", "atire", "bm25+")],
     "query": [("query terms repeated", BASE), ("query terms once", replace(BASE, dedupe_query=True))],
@@ -286,9 +293,10 @@ def measure(only: list[str], work: Path | None) -> dict:
                 continue
             if key not in toks:
                 tk = tokenizer(**dict(v.tok))
-                toks[key] = {n: Tokenised(n, tk, chunk_records(n, work) if v.chunks and work else None) for n in ("scifact", "cacm")}
+                has = [n for n in _names() if not v.chunks or (work / n / "store").is_dir()]  # chunks need a store
+                toks[key] = {n: Tokenised(n, tk, chunk_records(n, work) if v.chunks else None) for n in has}
             table[label] = {f"{n}/{q.split('.')[0]}": evaluate(n, q, qcache[(n, q)], toks[key][n].run(v, qcache[(n, q)]))
-                            for n, q in SPLITS}
+                            if n in toks[key] else float("nan") for n, q in SPLITS}
             print(f"{group} | {label}: {table[label]}", file=sys.stderr)
         res["groups"][group] = table
     return res
@@ -299,10 +307,10 @@ def markdown(res: dict) -> str:
     lines = ["| group | setting | " + " | ".join(cols) + " | worst regret (train, CACM) |", "|---" * (len(cols) + 3) + "|"]
     lines.append("| peer | bm25s defaults | " + " | ".join(f"{res['bm25s'][c]:.4f}" for c in cols) + " | |")
     for group, table in res["groups"].items():
-        best = {c: max(r[c] for r in table.values()) for c in cols}
+        best = {c: max((r[c] for r in table.values() if r[c] == r[c]), default=0.0) for c in cols}
         for label, r in table.items():
             regret = max(best[c] - r[c] for c in CHOOSE)
-            lines.append(f"| {group} | {label} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + f" | {regret:.4f} |")
+            lines.append(f"| {group} | {label} | " + " | ".join(f"{r[c]:.4f}" if r[c] == r[c] else "-" for c in cols) + f" | {regret:.4f} |")
     return "\n".join(lines)
 
 
@@ -310,9 +318,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default="")
     p.add_argument("--compare", action="store_true", help="only the paired bootstrap intervals of PAIRS")
+    p.add_argument("--pydoc", default="", help="also score the sanity-check collection pydoc_collection.py wrote here")
     p.add_argument("--work", default="", help="bench_transfer's WORK folder (its stores' chunks, for the 'unit' rows)")
     p.add_argument("--only", default="", help="comma-separated groups: " + ",".join(GROUPS))
     a = p.parse_args()
+    if a.pydoc:
+        global SPLITS
+        DATA["pydoc"] = Path(a.pydoc)
+        SPLITS = SPLITS + (("pydoc", "test.tsv"),)
     if a.compare:
         res = compare(PAIRS)
         if a.json:

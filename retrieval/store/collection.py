@@ -383,7 +383,7 @@ class Collection:
                 "index_factory": self.index_config.factory,
                 "vectors": int(snap.index.ntotal) if snap.index is not None else 0,
                 "tombstones": int(len(snap.tombstones)),
-                "bm25_terms": len(snap.bm25.vocab) if snap.bm25 is not None else 0,
+                "bm25_terms": len(snap.bm25.vocab) if snap.bm25 is not None else 0, "bm25": self.manifest["bm25"],
                 "generation": snap.generation,
                 "chunker": self.manifest.get("chunker", {}),
                 "disk_bytes": disk,

@@ -62,6 +62,7 @@ def test_manifest_and_index_record_the_tokenizer(tmp_path):
         assert coll.manifest["bm25"]["tokenizer"] == bm25_index.tokenizer_id(BM25Config()) and "en_plus:179" in coll.manifest["bm25"]["tokenizer"]
         assert s.search("what about", k=3, mode="bm25") == []
         assert [h.text.strip() for h in s.search("file", k=3, mode="bm25")] == [DOCS[3]]
+        assert s.stats("default")["bm25"]["tokenizer"] == bm25_index.tokenizer_id(BM25Config())  # `knnrag stats` shows it
     on_disk = json.loads((tmp_path / "s" / "default" / "manifest.json").read_text())
     assert on_disk["bm25"]["tokenizer"] == bm25_index.tokenizer_id(BM25Config())
     (tok,) = [json.loads(p.read_text()) for p in (tmp_path / "s" / "default").glob("gen-*/bm25/tokenizer.json")]

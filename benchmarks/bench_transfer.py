@@ -122,8 +122,9 @@ def bm25_index_update(ids, tokens, cfg):
 
 
 def match_bm25_defaults(store: Path, name: str) -> dict:
-    """Give a reused store the BM25 k1/b of today's defaults, as a fresh build would have them:
-    the saved postings re-scored (bm25_index.rescore is exact, O(nnz)) and the manifest updated."""
+    """Give a reused store the BM25 settings of today's defaults, as a fresh build would have them:
+    the saved postings re-scored (bm25_index.rescore is exact, O(nnz)), or the chunks re-tokenised
+    when the title weight or the tokeniser changed, and the manifest updated."""
     from retrieval.index import bm25_index
     from retrieval.index.bm25_index import BM25Config
 
@@ -131,19 +132,26 @@ def match_bm25_defaults(store: Path, name: str) -> dict:
     manifest = json.loads((coll / "manifest.json").read_text())
     want = BM25Config()
     have = manifest["bm25"]
-    if (have["k1"], have["b"], have.get("title_weight", 1)) != (want.k1, want.b, want.title_weight):
+    retok = (have.get("title_weight", 1), have.get("stopwords"), have.get("stemmer")) != (want.title_weight, want.stopwords, want.stemmer)
+    if retok or (have["k1"], have["b"]) != (want.k1, want.b):
         import sqlite3
 
         conn = sqlite3.connect(coll / "chunks.sqlite")
-        if have.get("title_weight", 1) != want.title_weight:  # re-tokenised as index_paths would
+        if retok:  # re-tokenised as index_paths would
             ids, tokens = record_tokens(conn, bm25_index.tokenizer_for(want), DATA[name], want.title_weight)
         for gdir in sorted(coll.glob("gen-*")):
-            if have.get("title_weight", 1) != want.title_weight:
+            if retok:
                 new = bm25_index_update(ids, tokens, want)
             else:
                 idx = bm25_index.load(gdir / "bm25", mmap=False)
                 new = bm25_index.rescore(idx, replace(idx.config, k1=want.k1, b=want.b))
             bm25_index.save(new, gdir / "bm25")
+            meta = json.loads((gdir / "gen.json").read_text())
+            if "files" in meta:  # the generation's size and checksum record, as a commit writes it
+                from retrieval.store.verify import record
+
+                meta["files"] = record(gdir, skip=frozenset({"gen.json"}))
+                (gdir / "gen.json").write_text(json.dumps(meta, indent=2))
         manifest["bm25"].update(want.to_dict())
         (coll / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return want.to_dict()

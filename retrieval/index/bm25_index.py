@@ -6,7 +6,11 @@ commit O(corpus). So this module keeps, per generation, the postings (term ids a
 frequencies per chunk) next to the bm25s score matrix and rebuilds the matrix with numpy in
 O(nnz) when chunks come and go; only new chunks are tokenised. The score files are exactly
 bm25s's (`bm25s.BM25.load(dir)` opens them; tests check the scores agree with bm25s).
-Tokenisation matches bm25s: lowercase, `\\b\\w\\w+\\b`, English stopwords, PyStemmer English stemmer.
+Tokenisation is bm25s's (lowercase, runs of 2+ word characters, a stopword list, PyStemmer English
+stemmer) with two defaults changed for new collections: the stopword list (retrieval/index/
+stopwords.py) and "words" tokens, which also split at underscores (`read_file` -> read, file), as
+bm25s's `\\b\\w\\w+\\b` does not. The collection manifest records the tokeniser's identity
+(`tokenizer_id`), the index folder the pattern and list themselves (tokenizer.json).
 """
 from __future__ import annotations
 
@@ -20,13 +24,14 @@ from typing import Literal
 import numpy as np
 
 from retrieval.errors import CorruptStoreError
+from retrieval.index import stopwords as stoplists
+from retrieval.index.stopwords import STOPWORDS_EN_PLUS
 
-# bm25s.stopwords.STOPWORDS_EN (kept here so the query path never imports bm25s)
-STOPWORDS_EN = (
-    "a an and are as at be but by for if in into is it no not of on or such that the their then "
-    "there these they this to was will with"
-).split()
-TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # bm25s's, and every collection's before "pattern" was recorded
+# "words": runs of 2+ letters or digits. The same tokens as bm25s's except at underscores, so prose
+# is unchanged (SciFact/CACM nDCG@10 within 0.0004) and snake_case names match their words: on the
+# stdlib docstring check of benchmarks/bench_bm25_variants.py 0.678 against 0.628.
+PATTERNS = {"words": r"(?u)[^\W_]{2,}", "bm25s": TOKEN_PATTERN}
 
 DATA, INDICES, INDPTR = "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"
 VOCAB, PARAMS = "vocab.index.json", "params.index.json"
@@ -39,13 +44,18 @@ class BM25Config:
     regret, leave-one-dataset-out): k1=1.2, b=0.75 is within 0.0009 nDCG@10 of SciFact's best
     k1/b and CACM's best; a record's title counted 3 times raised BM25 on both (SciFact train
     0.696 -> 0.703, CACM 0.499 -> 0.520) and hybrid on CACM (0.569 -> 0.586; SciFact -0.0002 vs
-    2x). Each collection keeps the values it was built with in its manifest."""
+    2x). Stopwords: bm25s's 179-word "en_plus" list (see retrieval/index/stopwords.py; "en" is
+    bm25s's default 33, "" none); tokens: PATTERNS. Every other difference from bm25s measured in
+    benchmarks/bench_bm25_variants.py (1-char tokens, letter/digit splits, accent folding, Porter,
+    IDF variants, query terms once, one BM25 document per chunk) helped neither dataset or only one.
+    Each collection keeps the values it was built with in its manifest."""
 
     k1: float = 1.2
     b: float = 0.75
     method: str = "lucene"
     stemmer: str = "english"
-    stopwords: str = "en"
+    stopwords: str = "en_plus"
+    pattern: str = "words"  # a PATTERNS name; a manifest without one is a "bm25s" collection (legacy_section)
     title_weight: int = 3  # a document title's tokens count this many times (index time only)
 
     def __post_init__(self) -> None:
@@ -53,16 +63,26 @@ class BM25Config:
             raise ValueError(f"BM25 needs k1 > 0 and b in [0, 1], got k1={self.k1} b={self.b}")
         if isinstance(self.title_weight, bool) or not isinstance(self.title_weight, int) or self.title_weight < 1:
             raise ValueError(f"title_weight must be an integer >= 1, got {self.title_weight!r}")
+        if self.stopwords not in stoplists.LISTS:
+            raise ValueError(f"unknown BM25 stopword list {self.stopwords!r} (known: {sorted(stoplists.LISTS)})")
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"unknown BM25 token pattern {self.pattern!r} (known: {sorted(PATTERNS)})")
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return dict(self.__dict__, tokenizer=tokenizer_id(self))
+
+
+def tokenizer_id(cfg: BM25Config) -> str:
+    """What a query must be tokenised with to match the index: pattern, case, stopwords, stemmer."""
+    return f"{PATTERNS[cfg.pattern]}|lower|stopwords:{cfg.stopwords or 'none'}:{len(stoplists.LISTS[cfg.stopwords])}|stemmer:{cfg.stemmer or 'none'}"
 
 
 class Tokenizer:
     """bm25s-compatible tokeniser; the stemmer is created once per tokenizer."""
 
-    def __init__(self, stemmer: str | None = "english", stopwords: Sequence[str] = STOPWORDS_EN) -> None:
-        self._split = re.compile(TOKEN_PATTERN).findall
+    def __init__(self, stemmer: str | None = "english", stopwords: Sequence[str] = STOPWORDS_EN_PLUS,
+                 pattern: str = PATTERNS["words"]) -> None:
+        self._split = re.compile(pattern).findall
         self._stop = frozenset(stopwords)
         self._stem = None
         if stemmer:
@@ -194,7 +214,7 @@ def update(old: BM25Index | None, remove_ids: np.ndarray, add_ids: np.ndarray, a
 
 def rescore(index: BM25Index, cfg: BM25Config) -> BM25Index:
     """The same postings scored with other k1/b (O(nnz), no re-tokenising): how k1 and b are tuned."""
-    if cfg.stemmer != index.config.stemmer or cfg.stopwords != index.config.stopwords:
+    if (cfg.stemmer, cfg.stopwords, cfg.pattern) != (index.config.stemmer, index.config.stopwords, index.config.pattern):
         raise ValueError("rescore changes k1, b and method only; the tokens depend on stemmer and stopwords")
     data, indices, indptr = _csc(np.asarray(index.doc_ptr), np.asarray(index.doc_terms), np.asarray(index.doc_tfs),
                                  len(index.vocab), cfg)
@@ -212,7 +232,8 @@ def save(index: BM25Index, folder: Path) -> None:
     params = {"k1": c.k1, "b": c.b, "delta": 0.5, "method": c.method, "idf_method": c.method, "dtype": "float32",
               "int_dtype": "int32", "num_docs": index.num_docs, "version": "knnrag", "backend": "numpy"}
     (folder / PARAMS).write_text(json.dumps(params, indent=2), encoding="utf-8")
-    tok = {"token_pattern": TOKEN_PATTERN, "lower": True, "stopwords": STOPWORDS_EN, "stemmer": c.stemmer}
+    tok = {"token_pattern": PATTERNS[c.pattern], "pattern_name": c.pattern, "lower": True, "stopwords": list(stoplists.LISTS[c.stopwords]),
+           "stopwords_name": c.stopwords, "stemmer": c.stemmer, "id": tokenizer_id(c)}
     (folder / TOKENIZER).write_text(json.dumps(tok, indent=2), encoding="utf-8")
 
 
@@ -226,11 +247,24 @@ def load(folder: Path, *, mmap: bool = True) -> BM25Index:
         tok = json.loads((folder / TOKENIZER).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CorruptStoreError(f"cannot read the BM25 index in {folder}: {e}", "delete the collection and re-index") from e
-    cfg = BM25Config(k1=params["k1"], b=params["b"], method=params["method"], stemmer=tok.get("stemmer") or "")
+    stop = stoplists.name_of(tok.get("stopwords") or [])  # indexes before "stopwords_name" saved only the list
+    pattern = next((n for n, p in PATTERNS.items() if p == tok.get("token_pattern", TOKEN_PATTERN)), None)
+    if stop is None or pattern is None:
+        raise CorruptStoreError(f"the BM25 index in {folder} was built with a tokeniser this version does not know "
+                                f"(pattern {tok.get('token_pattern')!r}, {len(tok.get('stopwords') or [])} stopwords)",
+                                "re-index the collection with this version (delete it and run `knnrag index` again)")
+    cfg = BM25Config(k1=params["k1"], b=params["b"], method=params["method"], stemmer=tok.get("stemmer") or "", stopwords=stop,
+                     pattern=pattern)
     if int(params.get("num_docs", -1)) != len(arr[IDS]):
         raise CorruptStoreError(f"BM25 index {folder} is inconsistent (num_docs != ids)", "delete the collection and re-index")
     return BM25Index(arr[IDS], arr[DATA], arr[INDICES], arr[INDPTR], vocab, arr[DOC_PTR], arr[DOC_TERMS], arr[DOC_TFS], cfg)
 
 
 def tokenizer_for(cfg: BM25Config) -> Tokenizer:
-    return Tokenizer(cfg.stemmer or None, STOPWORDS_EN if cfg.stopwords else ())
+    return Tokenizer(cfg.stemmer or None, stoplists.LISTS[cfg.stopwords], PATTERNS[cfg.pattern])
+
+
+def legacy_section(d: object) -> object:
+    """A collection manifest's "bm25" section, with the token pattern that collections written
+    before it was recorded were built with."""
+    return {**d, "pattern": "bm25s"} if isinstance(d, dict) and d and "pattern" not in d else d

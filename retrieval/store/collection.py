@@ -120,7 +120,7 @@ class Collection:
                 vector_index.validate_factory(self.index_config.factory, self.dim)
             except KnnragError as e:
                 raise CorruptStoreError(f"{path}: {e.message}", FIX) from e
-        self.bm25_config = typed_config(BM25Config, self.manifest.get("bm25"), path, "bm25", _BM25_MIN)
+        self.bm25_config = typed_config(BM25Config, bm25_index.legacy_section(self.manifest.get("bm25")), path, "bm25", _BM25_MIN)
         # the validated sections, so every reader of the manifest (search, stats) sees sound values
         self.manifest.update(index=self.index_config.to_dict(), bm25=self.bm25_config.to_dict())
         self._conn = chunk_db.connect(self.dir / DB, read_only=read_only)
@@ -162,6 +162,9 @@ class Collection:
         if index.d != self.dim or not isinstance(factory, str) or tomb.dtype != np.int64 or tomb.ndim != 1:
             raise CorruptStoreError(f"collection {self.name!r}, generation {gen}: the index (dim {index.d}) or tombstones "
                                     f"do not match the manifest (dim {self.dim})", FIX)
+        if bm25_index.tokenizer_id(bm25.config) != bm25_index.tokenizer_id(self.bm25_config):
+            raise CorruptStoreError(f"collection {self.name!r}: its BM25 index was tokenised with {bm25_index.tokenizer_id(bm25.config)}, "
+                                    f"its manifest says {bm25_index.tokenizer_id(self.bm25_config)}", FIX)
         return Snapshot(gen, index, tomb, bm25, factory)
 
     def _begin(self) -> Snapshot:
@@ -380,7 +383,7 @@ class Collection:
                 "index_factory": self.index_config.factory,
                 "vectors": int(snap.index.ntotal) if snap.index is not None else 0,
                 "tombstones": int(len(snap.tombstones)),
-                "bm25_terms": len(snap.bm25.vocab) if snap.bm25 is not None else 0,
+                "bm25_terms": len(snap.bm25.vocab) if snap.bm25 is not None else 0, "bm25": self.manifest["bm25"],
                 "generation": snap.generation,
                 "chunker": self.manifest.get("chunker", {}),
                 "disk_bytes": disk,

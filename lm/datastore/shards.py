@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lm.datastore.token_index import Neighbours
+from lm.datastore.token_index import DEFAULT_NPROBE, Neighbours, search_params
 from retrieval.errors import InvalidInputError
 from retrieval.ray_support import kill_actors
 
@@ -96,20 +96,31 @@ class ShardSearcher:
                 self._flat.add(xb)
         return self._flat
 
-    def search(self, xq: np.ndarray, kk: int, nprobe: int | None, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(D, I) of this shard's kk nearest, I as datastore entry ids (-1 = none)."""
-        if exact or self.ivf is None:
-            D, I = self._flat_index().search(xq, kk)  # (n, kk)
-            return D, np.where(I >= 0, I + self.lo, -1)
+    def search(self, xq: np.ndarray, kk: int, nprobe: int | None, exact: bool,
+               dead: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(D, I) of this shard's kk nearest live entries, I as datastore entry ids (-1 = none).
+
+        dead: the datastore's tombstoned ids (sorted), skipped by a selector inside the search as
+        token_index.search does, so a deleted document never comes back from a shard either."""
         import faiss
 
-        if self.sel is not None:
-            params: Any = faiss.SearchParametersIVF()
-            params.sel, params.nprobe = self.sel, int(nprobe or self.ivf.ivf.nprobe)
-            return self.ivf.search(xq, kk, params=params)
-        if nprobe is not None:
-            faiss.extract_index_ivf(self.ivf).nprobe = int(nprobe)
-        return self.ivf.search(xq, kk)
+        dead = np.asarray(dead if dead is not None else (), dtype=np.int64)
+        mine = dead[(dead >= self.lo) & (dead < self.hi)]  # (t,) global ids this shard holds
+        if exact or self.ivf is None:
+            params = search_params(mine - self.lo, None, False)  # the Flat index counts from 0
+            D, I = self._flat_index().search(xq, kk, params=params)  # (n, kk)
+            return D, np.where(I >= 0, I + self.lo, -1)
+        nprobe = int(nprobe or DEFAULT_NPROBE)  # as token_index.search
+        if self.sel is None:
+            return self.ivf.search(xq, kk, params=search_params(mine, nprobe, True))
+        params: Any = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        if len(mine):
+            sel = faiss.IDSelectorAnd(self.sel, faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(mine))))
+            params.sel, params._keep = sel, (sel, mine)  # selectors must outlive the call
+        else:
+            params.sel = self.sel
+        return self.ivf.search(xq, kk, params=params)
 
     def exact_distances(self, xq: np.ndarray, I: np.ndarray, block: int = 16) -> np.ndarray:
         """Squared L2 to the candidates this shard owns, inf for the others: (n, kk).
@@ -209,15 +220,17 @@ class ShardedStore:
         """token_index.search, fanned out: same arguments, same neighbours."""
         if k < 1:
             raise InvalidInputError(f"k must be >= 1, got {k}", "pass -k 1 or more")
-        if k > self.count:
-            raise InvalidInputError(f"k={k} is larger than the datastore ({self.count} entries)",
-                                    f"pass -k {max(1, self.count)} or less, or add more text to the datastore")
+        dead = self.store.dead  # (t,) read now: a delete since the shards started is honoured
+        live = self.count - len(dead)
+        if k > live:
+            raise InvalidInputError(f"k={k} is larger than the datastore ({live} live entries)",
+                                    f"pass -k {max(1, live)} or less, or add more text to the datastore")
         xq = np.ascontiguousarray(xq, dtype=np.float32)  # (n, dim)
         ray = self._ray
-        ref = ray.put(xq)
+        ref, dref = ray.put(xq), ray.put(dead)
         approx = self.has_ivf and not exact
-        kk = min(self.count, k * rerank) if (rerank and approx) else k
-        D, I = merge_topk(ray.get([a.search.remote(ref, kk, nprobe, exact) for a in self.actors]), kk)  # (n, kk)
+        kk = min(live, k * rerank) if (rerank and approx) else k
+        D, I = merge_topk(ray.get([a.search.remote(ref, kk, nprobe, exact, dref) for a in self.actors]), kk)  # (n, kk)
         if not (rerank and approx):
             return Neighbours(D, I)
         iref = ray.put(I)

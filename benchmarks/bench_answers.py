@@ -33,6 +33,13 @@ PROJECT_QUESTIONS = [
     ("Which embedding model is bundled?", "MiniLM"),
     ("What does the tombstones file hold?", "tombstones"),
     ("Which fusion methods does hybrid search support?", "rrf"),
+    ("What is the default near-duplicate threshold?", "0.9"),
+    ("What is the default relevance threshold on dense cosine?", "0.25"),
+    ("How many sources does ask retrieve by default?", "5"),
+    ("What is the default maximum file size in MB for indexing?", "20"),
+    ("Which LM is the default?", "SmolLM2-135M-Instruct"),
+    ("What is the default answer length in tokens?", "256"),
+    ("How many parameters must the model have for auto mode to generate?", "1B"),
 ]
 
 
@@ -190,7 +197,8 @@ def main() -> int:
             res = answer(q, store=s, knnlm=loader, collection="projdocs", config=cfg)
             sent = (res.answer_span or {}).get("sentence", "")
             proj.append({"question": q, "answered": res.grounded, "answer": res.answer[:120],
-                         "expected_in_sentence": want.lower() in sent.lower()})
+                         "expected_in_sentence": want.lower() in sent.lower(),
+                         "expected_in_answer": res.grounded and want.lower() in res.answer.lower()})
         report["project_docs"] = proj
         print(json.dumps(report["extractive"], indent=1), file=sys.stderr)
         n = args.generate_sample

@@ -102,7 +102,7 @@ def best_span(ev: Evidence, embed: Callable[[list[str]], np.ndarray] | None = No
         s = ev.sentences[0]
         return Extract(s, s.span, s.score, 0.0)
     scores = linear_scores(cands)
-    if embed is not None and len(cands) > 1:
+    if embed is not None and RERANK > 0 and len(cands) > 1:
         top = np.argsort(-scores)[:RERANK]
         scores = np.full(len(cands), -np.inf)
         scores[top] = linear_scores([cands[t] for t in top]) + MASK_WEIGHT * masked_cosines(ev, [cands[t] for t in top], embed)

@@ -33,6 +33,13 @@ PROJECT_QUESTIONS = [
     ("Which embedding model is bundled?", "MiniLM"),
     ("What does the tombstones file hold?", "tombstones"),
     ("Which fusion methods does hybrid search support?", "rrf"),
+    ("What is the default near-duplicate threshold?", "0.9"),
+    ("What is the default relevance threshold on dense cosine?", "0.25"),
+    ("How many sources does ask retrieve by default?", "5"),
+    ("What is the default maximum file size in MB for indexing?", "20"),
+    ("Which LM is the default?", "SmolLM2-135M-Instruct"),
+    ("What is the default answer length in tokens?", "256"),
+    ("How many parameters must the model have for auto mode to generate?", "1B"),
 ]
 
 
@@ -97,9 +104,8 @@ def compare_scorers(store, questions, n: int) -> dict:
 
     from lm.models import load_lm
     from lm.rag.evidence import gather, term_stats
-    from lm.rag.extract import PhraseWeights, phrase_score
+    from lm.rag.extract import candidate_table, linear_scores
     from lm.rag.lm_scorer import span_log_probs
-    from lm.rag.spans import answer_type, content_terms, phrase_features, phrases, trim
 
     lm = load_lm(None)
     emb = store.embedder_for(store.collection("rhine"))
@@ -109,13 +115,13 @@ def compare_scorers(store, questions, n: int) -> dict:
     for q in questions[:n]:
         hits = [h.to_dict() for h in store.search(q["question"], k=5, collection="rhine")]
         ev = gather(q["question"], hits, lambda t: np.stack([emb.embed_query(x) for x in t]), stats)
+        table = candidate_table(ev, n_sentences=1)
+        if not table:
+            continue
         s = ev.sentences[0]
-        text, qt, kind = hits[s.hit]["text"], set(content_terms(q["question"])), answer_type(q["question"])
         cands: dict[str, float] = {}
-        for p in phrases(text, s.span):
-            sc = phrase_score(phrase_features(q["question"], s.span, p, qt, kind), PhraseWeights())
-            t = trim(text, p, qt).text
-            cands[t] = max(sc, cands.get(t, -1e9))
+        for c, sc in zip(table, linear_scores(table)):
+            cands[c.span.text] = max(float(sc), cands.get(c.span.text, -1e9))
         top = sorted(cands, key=lambda c: -cands[c])[:16]
         h = np.array([cands[c] for c in top])
         t0 = time.perf_counter()
@@ -191,7 +197,8 @@ def main() -> int:
             res = answer(q, store=s, knnlm=loader, collection="projdocs", config=cfg)
             sent = (res.answer_span or {}).get("sentence", "")
             proj.append({"question": q, "answered": res.grounded, "answer": res.answer[:120],
-                         "expected_in_sentence": want.lower() in sent.lower()})
+                         "expected_in_sentence": want.lower() in sent.lower(),
+                         "expected_in_answer": res.grounded and want.lower() in res.answer.lower()})
         report["project_docs"] = proj
         print(json.dumps(report["extractive"], indent=1), file=sys.stderr)
         n = args.generate_sample

@@ -225,8 +225,11 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
     emb = store.embedder_for(store.collection(collection))
     # one query-path embedding per sentence: the numpy BERT fast path never imports torch (a fresh
     # process paid 15-28 s for torch + the torch model under load; the numpy path ~30 ms a sentence)
-    ev = gather(question, relevant, lambda texts: np.stack([emb.embed_query(t) for t in texts]), term_stats(store, collection))
-    ex = best_span(ev)
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.stack([emb.embed_query(t) for t in texts])  # (n, d) unit rows
+
+    ev = gather(question, relevant, embed, term_stats(store, collection))
+    ex = best_span(ev, embed)  # embed: the masked-sentence re-ranking of the best phrases
     if ex is None:
         return _abstain(question, collection, knnlm, lm, "no retrieved sentence", on_token)
     p = abstain.p_answerable(abstain.features(ev, ex.sentence.hit, ex.type_match))

@@ -63,6 +63,22 @@ class Evidence(NamedTuple):
     sentences: list[Sentence]  # best first
     q_terms: list[str]  # the question's analysed terms
     missing_idf: float  # largest IDF (normalised by log N) of a question term absent from all hits
+    q_weight: dict[str, float] = {}  # question term -> its IDF over the question's largest (phrase features)
+    tokenize: Callable[[str], list[str]] | None = None  # the collection's analyser (stems words like q_terms)
+    q_vec: np.ndarray | None = None  # (d,) the question's unit embedding
+
+    def word_weight(self) -> Callable[[str], float]:
+        """A word's weight as a question word: its term's q_weight, 0 when it is not in the question.
+        A compound ("Rhine-Ruhr") counts only when all its parts are in the question."""
+        tok, cache = self.tokenize, {}
+
+        def weight(word: str) -> float:
+            if word not in cache:
+                terms = tok(word) if tok else [word.lower()]
+                cache[word] = min((self.q_weight.get(t, 0.0) for t in terms), default=0.0)
+            return cache[word]
+
+        return weight
 
 
 def _coverage(q_terms: Sequence[str], weights: Sequence[float], have: set[str]) -> float:
@@ -81,6 +97,7 @@ def gather(question: str, hits: list[dict], embed: Callable[[list[str]], np.ndar
     plain = " ".join(w for w in question.split() if w.lower().strip("?,.!:;\"'") not in QUESTION_WORDS)
     q_terms = list(dict.fromkeys(stats.tokenize(plain)))
     w = [stats.idf(t) for t in q_terms]
+    q_weight = {t: x / max(w) for t, x in zip(q_terms, w)} if w else {}
     cands = []
     all_terms: set[str] = set()
     for h_i, h in enumerate(hits):
@@ -94,7 +111,7 @@ def gather(question: str, hits: list[dict], embed: Callable[[list[str]], np.ndar
     norm = math.log(1.0 + (stats.n_docs + 1) / 0.5)
     missing_idf = max(missing) / norm if missing else 0.0
     if not cands:
-        return Evidence(question, hits, [], q_terms, missing_idf)
+        return Evidence(question, hits, [], q_terms, missing_idf, q_weight, stats.tokenize)
     rank = sorted(range(len(cands)), key=lambda i: (-cands[i][2], cands[i][0]))[:max_embed]
     X = embed([question] + [cands[i][1].text for i in rank])  # (1 + m, d) unit rows
     cos = X[1:] @ X[0]  # (m,)
@@ -104,4 +121,4 @@ def gather(question: str, hits: list[dict], embed: Callable[[list[str]], np.ndar
         score = float(c) + cov + 0.25 * c_cov - 0.02 * h_i
         out.append(Sentence(h_i, s, cov, c_cov, float(c), score))
     out.sort(key=lambda s: -s.score)
-    return Evidence(question, hits, out, q_terms, missing_idf)
+    return Evidence(question, hits, out, q_terms, missing_idf, q_weight, stats.tokenize, X[0])

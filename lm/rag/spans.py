@@ -7,12 +7,12 @@ reproduces the answer byte for byte.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 # a sentence ends at . ! ? followed by space + capital/digit/quote, or at a blank line / list item
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|\n(?=\s*(?:[-*+]|\d+\.)\s)")
-_WORD = re.compile(r"\d[\d,.]*\d%?|[\w][\w'\-.%]*[\w%]|[\w]", re.UNICODE)
+_WORD = re.compile(r"\d[\d,.]*\d%?|[\w][\w'\-.%/]*[\w%]|[\w]", re.UNICODE)
 _CLAUSE = re.compile(r"[,;:()\"]|\s(?:and|or|but|which|who|that|where|when|while|because|although)\s")
 
 
@@ -97,51 +97,98 @@ def answer_type(question: str) -> str:
         return "explain"  # a procedure or a reason: the whole sentence is the answer
     if re.search(r"\b(what|which) (year|century|decade|date|month|day|time|period)\b|^when\b|\bwhen (did|was|is|were|does)\b", q):
         return "date"
-    if re.search(r"\bhow (many|much|long|far|high|tall|large|big|wide|deep|old|fast|often)\b|\b(what|which) (percentage|percent|number|amount)\b", q):
+    if re.search(r"\bhow (many|much|long|far|high|tall|large|big|wide|deep|old|fast|often)\b|\b(what|which) (percentage|percent|number|amount)\b"
+                 r"|\bwhat (is|was|are|were) the (height|length|depth|width|area|population|size|temperature|elevation|distance|"
+                 r"speed|rate|cost|price|weight|volume|capacity|average|total|number|amount|percentage)\b", q):
         return "number"
     if re.search(r"^who\b|\bwho (is|was|were|did|had)\b|\bwhom\b|\bwhose\b", q):
         return "person"
-    if re.search(r"^where\b|\bwhere (is|was|does|did|do)\b|\bwhat (city|country|river|lake|sea|region|state|town|place)\b", q):
+    if re.search(r"^where\b|\bwhere (is|was|does|did|do)\b|\b(what|which)( other| \w+)? (city|country|river|lake|sea|"
+                 r"ocean|region|state|town|village|place|island|continent|mountain|valley|province|port|location|area)\b", q):
         return "place"
     return "thing"
 
 
-class PhraseFeatures(NamedTuple):
-    in_question: float  # share of the phrase's content words that the question already has
-    type_match: float  # 1 when the phrase looks like the expected answer type
-    proximity: float  # 1 / (1 + words between the phrase and the nearest question word in its sentence)
-    n_words: int
-    stop_edge: float  # the phrase starts or ends with a stop word
-    capitalised: float  # share of capitalised words (names, places)
-    content: int  # content words in the phrase
+_PREP = frozenset("in at on from by into near to of during since until through across along via".split())
+_LINK = frozenset("is are was were called named known as became becomes means".split())
+_KINDS = ("date", "number", "person", "place", "thing")
+_SHAPES = ("year", "number", "name", "capital", "lower")
+# The names of phrase_vector's entries, in order (the weights in lm.rag.extract are keyed by them).
+# None is lexicalised (no word identities): shape x wh-type, length, position and the IDF-weighted
+# distance to the question's words in the sentence, as in SQuAD's sliding-window / logistic baselines.
+FEATURES: tuple[str, ...] = (
+    ("in_question", "edge_question", "len1", "len2", "len3", "len4", "len5plus", "prev_prep", "prev_by_person",
+     "prev_prep_where", "prev_link", "prev_question", "next_question", "near_left", "near_right", "window",
+     "clause_start", "clause_end", "proximity", "capitalised")
+    + tuple(f"{s}_{k}" for k in _KINDS for s in _SHAPES))
 
 
-def _type_score(kind: str, toks: list[str]) -> float:
-    low = [t.lower().strip(".,") for t in toks]
-    if kind == "date":
-        return float(any(_YEARISH.match(t) or t in _MONTHS or t in ("century", "bc", "ad") for t in low))
-    if kind == "number":
-        return float(any(_NUMISH.match(t) for t in low))
-    if kind in ("person", "place"):
-        return float(bool(toks) and all(t[:1].isupper() or t.lower() in ("of", "de", "van", "von", "the") for t in toks)
-                     and toks[0][:1].isupper())
-    return 0.0
+class SentenceWords(NamedTuple):
+    """A sentence's words with what the phrase features need, computed once per sentence."""
+
+    words: list[Span]  # offsets into the chunk text
+    stop: list[bool]  # a stop word: never the first or last word of an answer
+    q_weight: list[float]  # the question term's weight (its normalised IDF) when the word is one, else 0
+    cut_before: list[bool]  # a clause boundary (comma, bracket, relative pronoun) lies before word i
+    q_total: float  # the summed weight of the question's terms
 
 
-def phrase_features(question: str, sent: Span, phrase: Span, q_terms: set[str], kind: str) -> PhraseFeatures:
-    toks = [w.text for w in words(phrase.text)]
-    terms = content_terms(phrase.text)
-    in_q = sum(t in q_terms for t in terms) / len(terms) if terms else 1.0
-    sw = words(sent.text, sent.start)
-    hits = [i for i, w in enumerate(sw) if (content_terms(w.text) or [""])[0] in q_terms]
-    first = next((i for i, w in enumerate(sw) if w.start >= phrase.start), 0)
-    last = max((i for i, w in enumerate(sw) if w.end <= phrase.end), default=first)
-    gaps = [first - h for h in hits if h < first] + [h - last for h in hits if h > last]
-    prox = 1.0 / (1.0 + min(gaps)) if gaps else 0.0
-    edge = float(toks[0].lower() in _STOP and toks[0].lower() not in ("the",) or toks[-1].lower() in _STOP)
-    # a sentence's first word is capitalised anyway: it is no evidence of a name
-    caps = sum(w.text[:1].isupper() and w.start != sent.start for w in words(phrase.text, phrase.start)) / len(toks)
-    return PhraseFeatures(in_q, _type_score(kind, toks), prox, len(toks), edge, caps, len(terms))
+def sentence_words(sent: Span, q_weight: Callable[[str], float], q_total: float) -> SentenceWords:
+    """`q_weight(word)`: how much the word says about the question (0 when it is not in it)."""
+    ws = words(sent.text, sent.start)
+    cuts = [m.start() + sent.start for m in _CLAUSE.finditer(sent.text)]
+    stop = [w.text.lower() in _STOP or (len(w.text) < 2 and not w.text.isdigit()) for w in ws]
+    qw = [0.0 if st else q_weight(w.text) for w, st in zip(ws, stop)]
+    cut = [i == 0 or any(ws[i - 1].end <= c < w.start for c in cuts) for i, w in enumerate(ws)]
+    return SentenceWords(ws, stop, qw, cut, max(q_total, 1e-9))
+
+
+def candidates(sw: SentenceWords, max_words: int = 8) -> Iterator[tuple[int, int]]:
+    """(first, last) word indices of every run of 1..max_words words inside one clause whose first
+    and last words are neither stop words nor words of the question: SQuAD-style answers are the
+    new information ("The largest city on the Rhine is Cologne" -> "Cologne")."""
+    n = len(sw.words)
+    for i in range(n):
+        if sw.stop[i] or sw.q_weight[i] > 0:
+            continue
+        for j in range(i, min(n, i + max_words)):
+            if j > i and sw.cut_before[j]:
+                break
+            if not sw.stop[j] and sw.q_weight[j] == 0:
+                yield i, j
+
+
+def _shape(toks: list[Span], sent_start: int) -> str:
+    low = [t.text.lower().strip(".,") for t in toks]
+    if any(_YEARISH.match(t) or t in _MONTHS for t in low):
+        return "year"
+    if any(_NUMISH.match(t) for t in low):
+        return "number"
+    caps = [t.text[:1].isupper() and t.start != sent_start for t in toks]
+    if caps[0] and all(c or t in ("of", "de", "van", "von", "the", "and") for c, t in zip(caps, low)):
+        return "name"  # a sentence's first word is capitalised anyway: it is no evidence of a name
+    return "capital" if any(caps) else "lower"
+
+
+def phrase_vector(sw: SentenceWords, i: int, j: int, sent_start: int, kind: str) -> list[float]:
+    """The features of words i..j of the sentence, in FEATURES order."""
+    n, total, qw = j - i + 1, len(sw.words), sw.q_weight
+    content = [k for k in range(i, j + 1) if not sw.stop[k]]
+    in_q = sum(qw[k] for k in content) / len(content)
+    prev = sw.words[i - 1].text.lower() if i > 0 else ""
+    left = max((qw[k] / (i - k) for k in range(i) if qw[k] > 0), default=0.0)
+    right = max((qw[k] / (k - j) for k in range(j + 1, total) if qw[k] > 0), default=0.0)
+    window = sum(qw[k] for k in range(max(0, i - 5), min(total, j + 6)) if k < i or k > j) / sw.q_total
+    shape = _shape(sw.words[i:j + 1], sent_start)
+    gaps = [i - k for k in range(i) if qw[k] > 0] + [k - j for k in range(j + 1, total) if qw[k] > 0]
+    caps = sum(w.text[:1].isupper() and w.start != sent_start for w in sw.words[i:j + 1]) / n
+    vec = [in_q, max(qw[i], qw[j]), float(n == 1), float(n == 2), float(n == 3), float(n == 4), float(n >= 5),
+           float(prev in _PREP), float(prev == "by" and kind == "person"), float(prev in _PREP and kind in ("place", "date")),
+           float(prev in _LINK), float(i > 0 and qw[i - 1] > 0), float(j + 1 < total and qw[j + 1] > 0),
+           left, right, min(window, 1.0), float(sw.cut_before[i]), float(j + 1 == total or sw.cut_before[j + 1]),
+           1.0 / min(gaps) if gaps else 0.0, caps]
+    vec += [float(s == shape and k == kind) for k in _KINDS for s in _SHAPES]
+    return vec
 
 
 def trim(text: str, span: Span, q_terms: set[str]) -> Span:

@@ -107,8 +107,7 @@ class ShardSearcher:
         dead = np.asarray(dead if dead is not None else (), dtype=np.int64)
         mine = dead[(dead >= self.lo) & (dead < self.hi)]  # (t,) global ids this shard holds
         if exact or self.ivf is None:
-            params = search_params(mine - self.lo, None, False)  # the Flat index counts from 0
-            D, I = self._flat_index().search(xq, kk, params=params)  # (n, kk)
+            D, I = self._flat_index().search(xq, kk, params=search_params(mine - self.lo, None, False))  # (n, kk): local ids
             return D, np.where(I >= 0, I + self.lo, -1)
         nprobe = int(nprobe or DEFAULT_NPROBE)  # as token_index.search
         if self.sel is None:

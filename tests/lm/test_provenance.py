@@ -25,11 +25,12 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("prov")
     docs = write_docs(root / "docs")
     (docs / "bridges.md").write_text(PLANTED)
-    lm = load_lm(str(make_tiny_lm(root / "lm", vocab="word", extra_words=VOCAB)))
+    lm_dir = make_tiny_lm(root / "lm", vocab="word", extra_words=VOCAB)
+    lm = load_lm(str(lm_dir))
     s = DocStore.open(root / "store", embedder="hash-64")
     s.index_paths([str(docs)])
     sync(s, "default", lm, datastore_dir(root / "store", "default"))
-    yield s, KNNLM.load(lm, datastore_dir(root / "store", "default")), lm
+    yield s, KNNLM.load(lm, datastore_dir(root / "store", "default")), lm, lm_dir
     s.close()
 
 
@@ -38,7 +39,7 @@ def _cfg(**kw):
 
 
 def test_provenance_points_to_the_chunk_of_a_planted_fact(setup):
-    store, knn, _lm = setup
+    store, knn, _lm, _dir = setup
     planted = next(h for h in store.search(QUESTION, k=5) if h.source.endswith("bridges.md"))
     res = rag.answer(QUESTION, store=store, knnlm=knn, config=_cfg())
     span = next(sp for sp in res.spans if "1911" in sp["text"])
@@ -57,7 +58,7 @@ def test_token_shares_follow_the_emitted_tokens(setup):
     """Each token's chunk weights are the neighbours' shares of p_mix of *that* token, in [0, 1]."""
     from lm.generate import ProvenanceLog, generate
 
-    store, knn, lm = setup
+    store, knn, lm, _dir = setup
     plog = ProvenanceLog()
     text = generate(knn, "Quenta gorge since", knn._cfg(lambda_=0.5), max_new_tokens=6, chat=False, provenance=plog)
     assert len(plog.steps) == len(plog.emitted) == 6 and text
@@ -105,7 +106,7 @@ def test_the_ban_holds_against_the_knn_mix(setup):
     """The ban runs after the mix: kNN mass cannot bring a banned token back (lambda 0.9)."""
     from lm.generate import generate
 
-    _store, knn, lm = setup
+    _store, knn, lm, _dir = setup
     tok = lm.tokenizer
     prompt = "Use several worker processes for throughput . Use several worker processes for throughput ."
     text = generate(knn, prompt, knn._cfg(lambda_=0.9), max_new_tokens=24, chat=False, no_repeat_ngram_size=2)
@@ -115,7 +116,7 @@ def test_the_ban_holds_against_the_knn_mix(setup):
 
 
 def test_abstention_in_generate_mode_does_not_load_the_lm(setup):
-    store, _knn, _lm = setup
+    store, _knn, _lm, _dir = setup
 
     def must_not_load():
         raise AssertionError("the LM was loaded for an abstention")
@@ -123,3 +124,19 @@ def test_abstention_in_generate_mode_does_not_load_the_lm(setup):
     res = rag.answer("What is the best recipe for sourdough bread?", store=store, knnlm=must_not_load,
                      config=rag.RagConfig(answer_mode="generate", min_score=0.0))
     assert res.mode == "abstain" and not res.grounded and res.spans == []
+
+
+def test_cli_ask_uses_the_collections_datastore(setup, capsys):
+    import json
+
+    from retrieval.cli.root import main
+
+    store, _knn, _lm, lm_dir = setup
+    args = ["ask", QUESTION, "--store", str(store.path), "--model", str(lm_dir), "--mode", "generate", "-k", "3",
+            "--max-new-tokens", "12", "--min-score", "0", "--abstain-threshold", "0", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["used_knn"] is True and any(sp["basis"] == "provenance" for sp in out["spans"])
+    assert main(args + ["--no-knn"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["used_knn"] is False and all(sp["basis"] != "provenance" for sp in out["spans"])

@@ -49,14 +49,35 @@ def top_chunk(weights: dict[str, float]) -> str | None:
     return max(weights, key=weights.__getitem__) if weights else None
 
 
+def _timed_generate(entered: list[float]):
+    """lm.generate.generate, noting when it is entered (retrieval and prompt fitting are done)."""
+    import lm.generate as g
+
+    inner = g.generate
+
+    def wrapped(*a, **kw):
+        entered.append(time.perf_counter())
+        return inner(*a, **kw)
+
+    return g, inner, wrapped
+
+
 def one(store, q: dict, knnlm, cfg, gold_of: dict[str, str]) -> dict:
     from lm.rag.answer import answer
 
+    entered: list[float] = []
+    mod, inner, wrapped = _timed_generate(entered)
+    mod.generate = wrapped
     t0 = time.perf_counter()
     first: list[float] = []
-    res = answer(q["question"], store=store, knnlm=knnlm, collection=COLL, config=cfg,
-                 on_token=lambda piece: first.append(time.perf_counter() - t0) if not first else None)
+    try:
+        res = answer(q["question"], store=store, knnlm=knnlm, collection=COLL, config=cfg,
+                     on_token=lambda piece: first.append(time.perf_counter()) if not first else None)
+    finally:
+        mod.generate = inner
     dt = time.perf_counter() - t0
+    t_first = first[0] if first else t0 + dt
+    t_gen = entered[0] if entered else t0
     gold = q["file"]
     prov: dict[str, float] = collections.defaultdict(float)
     over: dict[str, float] = collections.defaultdict(float)
@@ -68,7 +89,8 @@ def one(store, q: dict, knnlm, cfg, gold_of: dict[str, str]) -> dict:
     lm_cited = [c["source"] for c in res.citations if c.get("basis") == "lm"]
     text = re.sub(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]", "", res.answer)
     return {"id": q["id"], "answer": res.answer[:300], "f1": f1(text, q["answers"]), "seconds": dt,
-            "first_token_s": first[0] if first else dt, "prompt_tokens": res.prompt_tokens,
+            "first_token_s": t_first - t0, "before_lm_s": t_gen - t0, "lm_first_token_s": t_first - t_gen,
+            "answer_tokens": len(knnlm.lm.tokenizer(res.answer)["input_ids"]), "prompt_tokens": res.prompt_tokens,
             "gold_by_provenance": gold_of.get(top_chunk(prov) or "") == gold,
             "gold_by_overlap": gold_of.get(top_chunk(over) or "") == gold,
             "gold_by_lm": any(c.endswith("/" + gold) for c in lm_cited),
@@ -85,7 +107,10 @@ def summary(rows: list[dict]) -> dict:
     per = [r["agreement"] for r in rows if r["agreement"] is not None]
     return {"n": len(rows), "median_first_token_s": round(statistics.median(r["first_token_s"] for r in rows), 2),
             "max_first_token_s": round(max(r["first_token_s"] for r in rows), 2),
-            "median_s_per_answer": round(statistics.median(r["seconds"] for r in rows), 2), "f1": mean("f1"),
+            "median_before_lm_s": round(statistics.median(r["before_lm_s"] for r in rows), 2),
+            "median_lm_first_token_s": round(statistics.median(r["lm_first_token_s"] for r in rows), 2),
+            "median_s_per_answer": round(statistics.median(r["seconds"] for r in rows), 2),
+            "median_answer_tokens": statistics.median(r["answer_tokens"] for r in rows), "f1": mean("f1"),
             "gold_by_provenance": mean("gold_by_provenance"), "gold_by_overlap": mean("gold_by_overlap"),
             "gold_by_lm_marker": mean("gold_by_lm"),
             "provenance_sentence_share": round(sum(r["provenance_sentences"] for r in rows)

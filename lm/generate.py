@@ -161,9 +161,10 @@ def answer_no_repeat(n: int, prompt_len: int):
     return AnswerNoRepeatNGram()
 
 
-def repeat_stopper(tok, prompt_len: int):
+def repeat_stopper(tok, prompt_len: int, stop_text: Callable[[str], bool] | None = None, repeats: bool = True):
     """StoppingCriteria: stop once the newest finished sentence repeats an earlier one of the
-    answer (a 135M LM otherwise loops until max_new_tokens: 256 tokens in 5 minutes, issue 12)."""
+    answer (a 135M LM otherwise loops until max_new_tokens: 256 tokens in 5 minutes, issue 12),
+    or once `stop_text(answer so far)` says the rest would be thrown away (a prompt echo)."""
     import re
 
     import torch
@@ -173,7 +174,8 @@ def repeat_stopper(tok, prompt_len: int):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw) -> torch.Tensor:
             text = tok.decode(input_ids[0, prompt_len:], skip_special_tokens=True)
             done = [s.strip().lower() for s in re.split(r"(?<=[.!?\n])\s+", text)[:-1] if len(s.strip()) > 8]
-            stop = len(done) >= 2 and done[-1] in done[:-1]
+            stop = repeats and len(done) >= 2 and done[-1] in done[:-1]
+            stop = stop or (stop_text is not None and stop_text(text))
             return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
 
     return RepeatedSentence()
@@ -182,7 +184,7 @@ def repeat_stopper(tok, prompt_len: int):
 def generate(knnlm, prompt: str, cfg, *, max_new_tokens: int = 64, do_sample: bool = False, top_p: float | None = None,
              chat: bool | None = None, on_token: Callable[[str], None] | None = None, seed: int | None = None,
              no_repeat_ngram_size: int = 0, stop_on_repeat: bool = False,
-             provenance: ProvenanceLog | None = None) -> str:
+             provenance: ProvenanceLog | None = None, stop_text: Callable[[str], bool] | None = None) -> str:
     """Greedy or sampled text after `prompt`; `provenance` (with a datastore) collects, per step,
     the neighbours behind the emitted token (see the module docstring)."""
     import torch
@@ -209,7 +211,8 @@ def generate(knnlm, prompt: str, cfg, *, max_new_tokens: int = 64, do_sample: bo
                                bos_token_id=tok.bos_token_id)
     from transformers import StoppingCriteriaList
 
-    stops = StoppingCriteriaList([repeat_stopper(tok, ids.shape[1])] if stop_on_repeat else [])
+    stops = StoppingCriteriaList([repeat_stopper(tok, ids.shape[1], stop_text, stop_on_repeat)]
+                                 if stop_on_repeat or stop_text is not None else [])
     procs = LogitsProcessorList()
     module = resolve_module(lm.model, lm.key_module_path)
     streamer = _streamer(tok, on_token) if on_token else None

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lm.rag.citations import EchoCutStream, cut_echo, extract_citations
+from lm.rag.citations import EchoCutStream, cut_echo, echoes, extract_citations
 from lm.rag.modes import GENERATE_MIN_PARAMS  # noqa: F401  (re-exported: the answer-mode size rule)
 from retrieval.errors import InvalidInputError
 
@@ -270,7 +270,8 @@ def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any
         plog = ProvenanceLog() if knnlm.has_datastore else None
         raw = generate(knnlm, prompt, knnlm._cfg(lambda_=cfg.lambda_, temperature=cfg.temperature),
                        max_new_tokens=cfg.max_new_tokens, chat=False, on_token=stream,
-                       no_repeat_ngram_size=cfg.no_repeat_ngram, stop_on_repeat=True, provenance=plog)
+                       no_repeat_ngram_size=cfg.no_repeat_ngram, stop_on_repeat=True, provenance=plog,
+                       stop_text=echoes)
     else:
         raw = knnlm.generate(prompt, max_new_tokens=cfg.max_new_tokens, lambda_=cfg.lambda_,
                              temperature=cfg.temperature, chat=False, on_token=stream)

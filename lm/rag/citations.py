@@ -48,6 +48,11 @@ def _could_echo(line: str) -> bool:
     return s.startswith("[") or any(w.startswith(s) for w in ECHO_WORDS)
 
 
+def echoes(text: str) -> bool:
+    """Whether the text already holds a prompt echo (generation can stop: cut_echo drops the rest)."""
+    return cut_echo(text) != text.rstrip()
+
+
 class EchoCutStream:
     """Wraps an on_token callback so the terminal shows exactly cut_echo(full text), at once:
     a line is forwarded piece by piece as soon as its start cannot be a prompt echo (the first

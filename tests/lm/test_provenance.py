@@ -140,3 +140,20 @@ def test_cli_ask_uses_the_collections_datastore(setup, capsys):
     assert main(args + ["--no-knn"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["used_knn"] is False and all(sp["basis"] != "provenance" for sp in out["spans"])
+
+
+def test_generation_stops_at_a_prompt_echo(setup):
+    """The echo is cut from the answer anyway, so generating it is wasted time: stop there."""
+    import torch
+
+    from lm.generate import repeat_stopper
+    from lm.rag.citations import echoes
+
+    assert echoes("The Aare [1].\nQuestion: and the Main?") and not echoes("The Aare [1].\nQuestions remain.")
+    assert not echoes("Question: on the first line is an answer")
+    tok = setup[2].tokenizer
+    prompt = tok("Run the server", add_special_tokens=False)["input_ids"]
+    gen = tok("Use several worker processes", add_special_tokens=False)["input_ids"]
+    stop = repeat_stopper(tok, len(prompt), stop_text=lambda text: "worker" in text, repeats=False)
+    assert not bool(stop(torch.tensor([prompt + gen[:2]]), None)[0])
+    assert bool(stop(torch.tensor([prompt + gen]), None)[0])

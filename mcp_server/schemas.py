@@ -79,8 +79,8 @@ class AskOut(BaseModel):
     citations: list[CitationOut] = Field(description="the numbered sources the LM was given, [n] -> file and lines")
     model: str = Field(description="the answering LM")
     used_knn: bool = Field(description="whether kNN-LM mixing was used while generating")
-    attributed: bool = Field(default=False, description="true: the LM cited nothing and the [n] markers were "
-                                                       "added by word overlap with the sources")
+    attributed: bool = Field(default=False, description="true: the LM cited no valid source and the [n] markers were "
+                                                       "added by kNN provenance, else word overlap (see citations[].basis)")
     note: str | None = None
     mode: str = Field(default="generate", description="what produced the answer: extractive, generate or abstain")
     answer_span: dict[str, Any] | None = Field(

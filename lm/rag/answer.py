@@ -81,7 +81,7 @@ class RagAnswer:
     used_knn: bool
     prompt_tokens: int = 0
     invalid_citations: list[int] = field(default_factory=list)
-    attributed: bool = False  # True: the LM cited nothing and markers were added by word overlap
+    attributed: bool = False  # True: the LM cited no valid source and we added the markers (provenance, else overlap)
     note: str | None = None
     streamed: bool = False
     mode: str = "generate"  # the mode that produced the answer: extractive | generate | abstain
@@ -287,6 +287,7 @@ def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any
     notes = []
     basis = {n: "lm" for n in valid}
     extra: list[dict[str, Any]] = []
+    attributed = False
     if not valid:
         outside = prov.outside_chunks(spans, numbered)
         found = {h.id: h.to_dict() for h in store.get(outside, collection=collection)} if outside and store else {}
@@ -294,6 +295,7 @@ def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any
         text = prov.apply_markers(text, spans, marks)
         extra = [{**found[c], "collection": collection} for c in extra_ids]
         valid = sorted(basis)
+        attributed = bool(valid)
         notes.append(_attribution_note(spans) if valid else "the LM cited no source and no answer sentence matches one")
     if invalid:
         notes.append(f"markers {invalid} name no source and were made up by the LM")
@@ -302,7 +304,7 @@ def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any
         c.update(basis=basis.get(c["n"]), in_prompt=c["n"] <= len(used))
     _locate_span_chunks(spans, citations)
     return RagAnswer(question, text, bool(valid), citations, str(lm.model_id), bool(knnlm.has_datastore),
-                     prompt_tokens=n_prompt, invalid_citations=invalid, attributed=not cited and bool(valid),
+                     prompt_tokens=n_prompt, invalid_citations=invalid, attributed=attributed,
                      note="; ".join(notes) or None, streamed=on_token is not None, mode="generate",
                      spans=[asdict(sp) for sp in spans], agreement=prov.agreement(spans))
 

@@ -10,7 +10,7 @@ paragraph by provenance and by overlap, the LM's own [n] citations of the gold p
 how often provenance and overlap pick the same chunk (pooled over sentences, and per answer).
 Abstention is off (threshold 0) so every question is generated.
 
-  nice python benchmarks/bench_generate.py [--n 6] [--max-new-tokens 64] [--no-plain] [--json OUT]
+  nice python benchmarks/bench_generate.py [--n 6] [--max-new-tokens 64] [--context-tokens N] [--no-plain] [--json OUT]
 
 The store and its datastore are built once under .bench/gen-store (git-ignored) and reused.
 """
@@ -96,7 +96,9 @@ def one(store, q: dict, knnlm, cfg, gold_of: dict[str, str]) -> dict:
             "gold_by_lm": any(c.endswith("/" + gold) for c in lm_cited),
             "sentences": len(res.spans), "provenance_sentences": sum(sp["basis"] == "provenance" for sp in res.spans),
             "compared": sum(sp["agree"] is not None for sp in res.spans),
-            "agreed": sum(bool(sp["agree"]) for sp in res.spans), "agreement": res.agreement}
+            "agreed": sum(bool(sp["agree"]) for sp in res.spans), "agreement": res.agreement,
+            "span_weights": [[sp["basis"], sp["provenance_weight"], gold_of.get(sp["provenance_chunk"] or ""),
+                              gold_of.get(sp["overlap_chunk"] or "")] for sp in res.spans]}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -126,6 +128,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=6, help="answerable questions (spread over the paragraphs); ~30-90 s each here")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-LM peer")
+    ap.add_argument("--context-tokens", type=int, default=None, help="prompt + answer budget (default: answer()'s)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from lm.knn_index import datastore_dir
@@ -140,10 +143,11 @@ def main() -> int:
     sample, warm = qs[step::step][: args.n], qs[0]
     knn = KNNLM.load(None, datastore=datastore_dir(path, COLL))
     runs = {"knn": knn} if args.no_plain else {"knn": knn, "plain": KNNLM(knn.lm)}
-    cfg = RagConfig(answer_mode="generate", abstain_threshold=0.0, max_new_tokens=args.max_new_tokens)
+    cfg = RagConfig(answer_mode="generate", abstain_threshold=0.0, max_new_tokens=args.max_new_tokens,
+                    context_tokens=args.context_tokens)
     report: dict = {"k": knn.config.k, "lambda": knn.config.lambda_, "per_token_lambda": knn.config.lambda_fn is not None,
                     "datastore_entries": knn.store.count if knn.store is not None else 0,
-                    "max_new_tokens": args.max_new_tokens}
+                    "max_new_tokens": args.max_new_tokens, "context_tokens": args.context_tokens}
     with DocStore.open(path, read_only=True) as s:
         gold_of = {h.id: Path(h.source).name for h in s.get(_all_ids(s), collection=COLL)}
         rows: dict[str, list[dict]] = {name: [] for name in runs}

@@ -50,6 +50,26 @@ class CitationOut(BaseModel):
     end_char: int | None = Field(default=None, description="extractive: where the copied answer ends in the file")
     chunk_start_line: int | None = Field(default=None, description="first line of the whole source chunk")
     chunk_end_line: int | None = Field(default=None, description="last line of the whole source chunk")
+    basis: str | None = Field(default=None, description="why [n] is cited: lm (the LM wrote the marker), provenance "
+                                                        "(the kNN neighbours behind the answer came from this chunk) "
+                                                        "or overlap (word overlap, the fallback)")
+    in_prompt: bool | None = Field(default=None, description="generate: whether the LM was given this chunk "
+                                                             "(a chunk cited by provenance may not have been)")
+
+
+class SpanCitationOut(BaseModel):
+    start: int = Field(description="first character of the sentence in `answer`")
+    end: int
+    text: str
+    basis: str = Field(description="provenance, overlap (fallback) or none")
+    chunks: list[dict[str, Any]] = Field(description="the cited chunks: chunk_id, weight, n, source, start_line, end_line")
+    provenance_chunk: str | None = Field(default=None, description="the chunk with most of the sentence's kNN mass")
+    provenance_weight: float = Field(default=0.0, description="its share of the sentence's mixed probability")
+    overlap_chunk: str | None = Field(default=None, description="the numbered source sharing most of its words")
+    overlap_score: float = 0.0
+    agree: bool | None = Field(default=None, description="provenance and overlap name the same chunk")
+    tokens: int = 0
+    knn_tokens: int = 0
 
 
 class AskOut(BaseModel):
@@ -59,13 +79,17 @@ class AskOut(BaseModel):
     citations: list[CitationOut] = Field(description="the numbered sources the LM was given, [n] -> file and lines")
     model: str = Field(description="the answering LM")
     used_knn: bool = Field(description="whether kNN-LM mixing was used while generating")
-    attributed: bool = Field(default=False, description="true: the LM cited nothing and the [n] markers were "
-                                                       "added by word overlap with the sources")
+    attributed: bool = Field(default=False, description="true: the LM cited no valid source and the [n] markers were "
+                                                       "added by kNN provenance, else word overlap (see citations[].basis)")
     note: str | None = None
     mode: str = Field(default="generate", description="what produced the answer: extractive, generate or abstain")
     answer_span: dict[str, Any] | None = Field(
         default=None, description="extractive: the copied span's source, lines, characters and whole sentence")
     confidence: float | None = Field(default=None, description="p(answerable) from the abstention model")
+    spans: list[SpanCitationOut] = Field(default_factory=list, description="generate: each answer sentence's cited "
+                                                                            "chunks and the basis of the citation")
+    agreement: float | None = Field(default=None, description="generate: share of sentences where provenance and "
+                                                              "word overlap cite the same chunk")
 
 
 class SkippedOut(BaseModel):

@@ -82,6 +82,7 @@ class ServerState:
     _store: Any = None
     _knnlm: Any = None
     _lm: Any = None
+    _ask_knnlms: dict = field(default_factory=dict)  # collection -> (datastore manifest mtime, KNNLM)
     _store_lock: threading.Lock = field(default_factory=threading.Lock)
     _lm_load_lock: threading.Lock = field(default_factory=threading.Lock)
     lm_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -120,6 +121,30 @@ class ServerState:
     def lm(self):
         self.knnlm()
         return self._lm
+
+    def ask_knnlm(self, collection: str):
+        """The kNN-LM that answers from `collection`: the server's, or, when it has no --datastore,
+        the server's LM with the collection's own datastore (`index_paths knn: true`), reopened
+        when that datastore changes. Another LM's datastore is skipped with a warning."""
+        from lm.knn_index import datastore_dir
+
+        base = self.knnlm()
+        own = datastore_dir(self.config.store, collection) / "manifest.json"
+        if self.config.datastore is not None or not own.is_file():
+            return base
+        stamp = own.stat().st_mtime_ns
+        cached = self._ask_knnlms.get(collection)
+        if cached is None or cached[0] != stamp:
+            from lm.knnlm import KNNLM
+            from retrieval.errors import MismatchError
+
+            try:
+                cached = (stamp, KNNLM.load(base.lm, datastore=own.parent))
+            except MismatchError as e:
+                log.warning("collection %s: not using its kNN datastore: %s", collection, e)
+                cached = (stamp, base)
+            self._ask_knnlms[collection] = cached
+        return cached[1]
 
     @property
     def has_datastore(self) -> bool:

@@ -118,7 +118,8 @@ def _register_ask(server: Any) -> None:
                 extra = {} if state.config.min_score is None else {"min_score": state.config.min_score}
                 cfg = RagConfig(k=k, answer_mode=mode, model=state.config.model, **extra)
                 with state.lm_lock:  # the LM loads only if something relevant was retrieved
-                    return answer(question, store=store, knnlm=state.knnlm, collection=collection, config=cfg)
+                    return answer(question, store=store, knnlm=lambda: state.ask_knnlm(collection),
+                                  collection=collection, config=cfg)
 
         res = await T.run(work)
         d = res.to_dict()
@@ -127,7 +128,8 @@ def _register_ask(server: Any) -> None:
                                 citations=cites, model=d["model"], used_knn=d["used_knn"],
                                 attributed=bool(d.get("attributed")), note=d.get("note"), mode=d["mode"],
                                 answer_span=T.jsonable(d["answer_span"]) if d.get("answer_span") else None,
-                                confidence=d.get("confidence")))
+                                confidence=d.get("confidence"), agreement=d.get("agreement"),
+                                spans=[S.SpanCitationOut(**T.jsonable(sp)) for sp in d.get("spans") or []]))
 
 
 def _register_get_chunks(server: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lm.rag.citations import EchoCutStream, attribute, cut_echo, extract_citations
+from lm.rag.citations import EchoCutStream, cut_echo, echoes, extract_citations
 from lm.rag.modes import GENERATE_MIN_PARAMS  # noqa: F401  (re-exported: the answer-mode size rule)
 from retrieval.errors import InvalidInputError
 
@@ -81,12 +81,14 @@ class RagAnswer:
     used_knn: bool
     prompt_tokens: int = 0
     invalid_citations: list[int] = field(default_factory=list)
-    attributed: bool = False  # True: the LM cited nothing and markers were added by word overlap
+    attributed: bool = False  # True: the LM cited no valid source and we added the markers (provenance, else overlap)
     note: str | None = None
     streamed: bool = False
     mode: str = "generate"  # the mode that produced the answer: extractive | generate | abstain
     answer_span: dict[str, Any] | None = None  # extractive: the copied span's file, lines, chars and sentence
     confidence: float | None = None  # p(answerable) from lm.rag.abstain
+    spans: list[dict[str, Any]] = field(default_factory=list)  # generate: each sentence's chunks and basis (lm.rag.provenance)
+    agreement: float | None = None  # generate: share of sentences whose provenance and overlap top chunks agree
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -243,13 +245,13 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
             on_token(res.answer)
             res.streamed = True
         return res
-    res = _generate(question, relevant, knnlm, lm, cfg, on_token)
+    res = _generate(question, relevant, knnlm, lm, cfg, on_token, store, collection)
     res.confidence = p
     return res
 
 
 def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any, cfg: RagConfig,
-              on_token: Callable[[str], None] | None) -> RagAnswer:
+              on_token: Callable[[str], None] | None, store: Any = None, collection: str = "default") -> RagAnswer:
     if callable(knnlm) and not hasattr(knnlm, "generate"):
         knnlm = knnlm()
     lm = lm if lm is not None else knnlm.lm
@@ -262,43 +264,80 @@ def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any
     prompt, used, n_prompt = fit_sources(question, relevant, tok, budget, cfg.max_source_tokens)
     log.info("rag: %d relevant hits, %d in a %d-token prompt", len(relevant), len(used), n_prompt)
     stream = EchoCutStream(on_token) if on_token else None
+    from lm.generate import ProvenanceLog, generate
     from lm.knnlm import KNNLM
+    from lm.rag import provenance as prov
 
+    plog = None
     if isinstance(knnlm, KNNLM):  # with the repetition guards (a no-repeat n-gram, a stop on a repeated sentence)
-        from lm.generate import generate
-
+        plog = ProvenanceLog() if knnlm.has_datastore else None
         raw = generate(knnlm, prompt, knnlm._cfg(lambda_=cfg.lambda_, temperature=cfg.temperature),
                        max_new_tokens=cfg.max_new_tokens, chat=False, on_token=stream,
-                       no_repeat_ngram_size=cfg.no_repeat_ngram, stop_on_repeat=True)
+                       no_repeat_ngram_size=cfg.no_repeat_ngram, stop_on_repeat=True, provenance=plog,
+                       stop_text=echoes)
     else:
         raw = knnlm.generate(prompt, max_new_tokens=cfg.max_new_tokens, lambda_=cfg.lambda_,
                              temperature=cfg.temperature, chat=False, on_token=stream)
     if stream:
         stream.close()
     text = cut_echo(raw).strip()
+    numbered = [str(h.get("id")) for h in used]
+    spans = prov.spans_for(raw, text, plog, getattr(knnlm, "store", None), tok,
+                           [(c, h.get("text") or "") for c, h in zip(numbered, used)])
     cited = extract_citations(text)
     valid = [n for n in cited if 1 <= n <= len(used)]
     invalid = [n for n in cited if n not in valid]
-    attributed = False
     notes = []
+    basis = {n: "lm" for n in valid}
+    extra: list[dict[str, Any]] = []
+    attributed = False
     if not valid:
-        text, valid = attribute(text, [h.get("text") or "" for h in used])
+        outside = prov.outside_chunks(spans, numbered)
+        found = {h.id: h.to_dict() for h in store.get(outside, collection=collection)} if outside and store else {}
+        marks, extra_ids, basis = prov.markers(spans, numbered, set(found))
+        text = prov.apply_markers(text, spans, marks)
+        extra = [{**found[c], "collection": collection} for c in extra_ids]
+        valid = sorted(basis)
         attributed = bool(valid)
-        notes.append("the LM cited no source; markers were attributed by word overlap between answer sentences "
-                     "and sources (fallback)" if valid else "the LM cited no source and no answer sentence matches one")
+        notes.append(_attribution_note(spans) if valid else "the LM cited no source and no answer sentence matches one")
     if invalid:
         notes.append(f"markers {invalid} name no source and were made up by the LM")
-    citations = [_citation(i + 1, h, (i + 1) in valid) for i, h in enumerate(used)]
-    grounded = bool(valid)
-    return RagAnswer(question, text, grounded, citations, str(lm.model_id), bool(knnlm.has_datastore),
+    citations = [_citation(i + 1, h, (i + 1) in valid) for i, h in enumerate(used + extra)]
+    for c in citations:
+        c.update(basis=basis.get(c["n"]), in_prompt=c["n"] <= len(used))
+    _locate_span_chunks(spans, citations)
+    return RagAnswer(question, text, bool(valid), citations, str(lm.model_id), bool(knnlm.has_datastore),
                      prompt_tokens=n_prompt, invalid_citations=invalid, attributed=attributed,
-                     note="; ".join(notes) or None, streamed=on_token is not None, mode="generate")
+                     note="; ".join(notes) or None, streamed=on_token is not None, mode="generate",
+                     spans=[asdict(sp) for sp in spans], agreement=prov.agreement(spans))
+
+
+def _attribution_note(spans: list[Any]) -> str:
+    n_p = sum(sp.basis == "provenance" for sp in spans)
+    n_o = sum(sp.basis == "overlap" for sp in spans)
+    return (f"the LM cited no source; markers were attributed by kNN provenance ({n_p} sentences) and by word "
+            f"overlap between answer sentences and sources ({n_o} sentences, fallback)")
+
+
+def _locate_span_chunks(spans: list[Any], citations: list[dict[str, Any]]) -> None:
+    """Give each span's cited chunks their [n], file and lines (chunks outside the prompt and store: none)."""
+    by_id = {c["chunk_id"]: c for c in citations}
+    for sp in spans:
+        for ch in sp.chunks:
+            c = by_id.get(str(ch["chunk_id"]))
+            ch.update(n=c["n"] if c else None, source=c["source"] if c else None,
+                      start_line=c["start_line"] if c else None, end_line=c["end_line"] if c else None)
+
+
+BASIS_MARK = {"provenance": "  (attributed by kNN provenance)", "overlap": "  (attributed by word overlap, fallback)"}
 
 
 def format_sources(res: RagAnswer) -> str:
     lines = ["Sources:"]
     for c in res.citations:
-        mark = ("  (attributed by word overlap)" if res.attributed else "") if c["cited"] else "  (not cited)"
+        mark = BASIS_MARK.get(c.get("basis") or "", "") if c["cited"] else "  (not cited)"
+        if c.get("in_prompt") is False:
+            mark += " (not in the prompt: the kNN neighbours came from it)"
         if c["cited"] and res.answer_span:
             mark = f"  (answer copied from line {c['start_line']}, characters {c['start_char']}-{c['end_char']})"
         lines.append(f"  [{c['n']}] {c['source']}:{c.get('chunk_start_line', c['start_line'])}-"

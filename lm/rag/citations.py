@@ -39,36 +39,64 @@ def cut_echo(text: str) -> str:
     return text.rstrip()
 
 
+ECHO_WORDS = ("question:", "sources:", "system:", "user:")
+
+
+def _could_echo(line: str) -> bool:
+    """Whether a line that starts like this may still turn out to echo the prompt."""
+    s = re.sub(r"\s+", "", line).lower()
+    return s.startswith("[") or any(w.startswith(s) for w in ECHO_WORDS)
+
+
+def echoes(text: str) -> bool:
+    """Whether the text already holds a prompt echo (generation can stop: cut_echo drops the rest)."""
+    return cut_echo(text) != text.rstrip()
+
+
 class EchoCutStream:
-    """Wraps an on_token callback: forwards text line by line and goes silent at a prompt echo,
-    so the terminal shows exactly cut_echo(full text). Blank lines are held back until a real
-    line follows, so a cut leaves no trailing blank lines."""
+    """Wraps an on_token callback so the terminal shows exactly cut_echo(full text), at once:
+    a line is forwarded piece by piece as soon as its start cannot be a prompt echo (the first
+    line always), and goes silent at an echo. Only a line that starts like one ("Sources", "[2]")
+    waits for its end. Newlines and blank lines are held until a real line follows, so a cut
+    leaves no trailing blank lines (the streamed text is the answer before strip())."""
 
     def __init__(self, sink: Callable[[str], None]) -> None:
-        self.sink, self.buf, self.stopped, self.first, self.blank = sink, "", False, True, 0
+        self.sink, self.buf, self.stopped, self.first, self.live, self.newlines = sink, "", False, True, False, 0
 
     def __call__(self, piece: str) -> None:
-        if self.stopped:
-            return
-        self.buf += piece
-        while "\n" in self.buf and not self.stopped:
-            line, self.buf = self.buf.split("\n", 1)
-            self._line(line, end="\n")
+        for i, part in enumerate(piece.split("\n")):
+            if self.stopped:
+                return
+            if i:
+                self._end_line()
+            if part and self.live:
+                self.sink(part)
+            elif part:
+                self.buf += part
+                self._decide(final=False)
 
-    def _line(self, line: str, end: str) -> None:
+    def _decide(self, final: bool) -> None:
+        line = self.buf
         if not line.strip():
-            self.blank += 1 if end else 0
             return
         if not self.first and ECHO_RE.match(line):
             self.stopped = True
             return
-        self.first = False
-        self.sink("\n" * self.blank + line + end)
-        self.blank = 0
+        if final or self.first or not _could_echo(line):
+            self.sink("\n" * self.newlines + line)
+            self.first, self.live, self.buf, self.newlines = False, True, "", 0
+
+    def _end_line(self) -> None:
+        if not self.live:
+            self._decide(final=True)
+            if self.stopped:
+                return
+        self.newlines += 1 if self.live or not self.first else 0
+        self.live, self.buf = False, ""
 
     def close(self) -> None:
-        if not self.stopped and self.buf:
-            self._line(self.buf, end="")
+        if not self.stopped and not self.live and self.buf:
+            self._decide(final=True)
         self.buf = ""
 
 
@@ -76,27 +104,51 @@ def _words(text: str) -> set[str]:
     return {w.lower() for w in WORD_RE.findall(text)} - STOP
 
 
+SENT_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each answer sentence (a break after . ! ? or at a newline), whitespace excluded."""
+    out, a = [], 0
+    for m in [*SENT_BREAK.finditer(text), None]:
+        b = len(text) if m is None else m.start()
+        if text[a:b].strip():
+            out.append((a, b))
+        a = len(text) if m is None else m.end()
+    return out
+
+
+def overlap_best(sentence: str, sources: Sequence[str], min_overlap: float = 0.5) -> tuple[int, float] | None:
+    """(index, share) of the source holding most (>= min_overlap) of the sentence's content words."""
+    words = _words(sentence)
+    if len(words) < 2 or not sources:
+        return None
+    scores = [len(words & _words(s)) / len(words) for s in sources]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return (best, scores[best]) if scores[best] >= min_overlap else None
+
+
+def add_markers(text: str, marks: Sequence[tuple[int, int, int]]) -> str:
+    """Insert [n] at the end of each (start, end, n) span, before its closing . ! or ?."""
+    out, last = [], 0
+    for start, end, n in sorted(marks):
+        part = text[start:end].rstrip()
+        cut = start + len(part)
+        if part and part[-1] in ".!?":
+            out.append(f"{text[last:cut - 1]} [{n}]{part[-1]}")
+        else:
+            out.append(f"{text[last:cut]} [{n}]")
+        last = cut
+    return "".join(out) + text[last:]
+
+
 def attribute(answer: str, sources: Sequence[str], min_overlap: float = 0.5) -> tuple[str, list[int]]:
     """Append [n] to each answer sentence whose content words are mostly (>= min_overlap) in source n."""
-    src_words = [_words(s) for s in sources]
-    parts = re.split(r"(?<=[.!?])(\s+)|(\n+)", answer)
-    out, used = [], []
-    for part in parts:
-        if part is None:
-            continue
-        words = _words(part)
-        if len(words) >= 2 and src_words:
-            scores = [len(words & sw) / len(words) for sw in src_words]
-            best = max(range(len(scores)), key=scores.__getitem__)
-            if scores[best] >= min_overlap:
-                n = best + 1
-                stripped = part.rstrip()
-                tail = part[len(stripped):]
-                if stripped and stripped[-1] in ".!?":
-                    part = f"{stripped[:-1]} [{n}]{stripped[-1]}{tail}"
-                else:
-                    part = f"{stripped} [{n}]{tail}"
-                if n not in used:
-                    used.append(n)
-        out.append(part)
-    return "".join(out), used
+    marks, used = [], []
+    for a, b in sentence_spans(answer):
+        best = overlap_best(answer[a:b], sources, min_overlap)
+        if best is not None:
+            marks.append((a, b, best[0] + 1))
+            if best[0] + 1 not in used:
+                used.append(best[0] + 1)
+    return add_markers(answer, marks), used

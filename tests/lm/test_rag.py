@@ -169,7 +169,16 @@ def test_echo_is_cut_while_streaming_and_after():
     for i in range(0, len(raw), 3):  # arbitrary token boundaries
         s(raw[i:i + 3])
     s.close()
-    assert "".join(out) == cut_echo(raw) + "\n" and cut_echo(raw) == "Braces declare them [1].\nMore detail here."
+    assert "".join(out) == cut_echo(raw) and cut_echo(raw) == "Braces declare them [1].\nMore detail here."
+    first: list[str] = []
+    s = EchoCutStream(first.append)
+    s(" Braces")  # the first piece is shown at once, not when its line ends
+    assert first == [" Braces"]
+    s(" declare them.\nUs")  # "Us" may become "User:": held
+    assert "".join(first) == " Braces declare them."
+    s("ing [1].\nSources: a.md")
+    s.close()
+    assert "".join(first) == " Braces declare them.\nUsing [1]."
     assert cut_echo("Question: first line is kept") == "Question: first line is kept"
 
 

@@ -388,9 +388,17 @@ async def test_index_paths_with_knn_keeps_the_collection_datastore_and_delete_ma
     assert rep["entries_added"] > 0 and rep["chunks_added"] >= 3
     ds = TokenStore.open(datastore_dir(env["state"].store().path, "knnc"))
     assert ds.count == rep["entries_added"] and len(ds.dead) == 0
+    ask = {"question": "Run the server behind a reverse proxy?", "collection": "knnc", "mode": "generate"}
+    ans = (await call(env, "ask", ask)).structured_content
+    assert ans["used_knn"] is True and ans["spans"], ans  # the collection's own datastore, without --datastore
+    assert any(sp["basis"] == "provenance" for sp in ans["spans"])
+    assert all(c["basis"] in (None, "lm", "provenance", "overlap") for c in ans["citations"])
     gone = str(env["root"] / "deploy.md")
     res = await call(env, "delete", {"sources": [gone], "collection": "knnc"})
     assert not res.is_error, text_of(res)
+    ans = (await call(env, "ask", ask)).structured_content  # reopened after the delete: no neighbour from it
+    assert not any(str(ch.get("source")).endswith("deploy.md") for sp in ans["spans"] for ch in sp["chunks"])
+    assert len(env["state"].ask_knnlm("knnc").store.dead) > 0  # the tombstones are seen
     ds = TokenStore.open(datastore_dir(env["state"].store().path, "knnc"))
     dead_docs = {int(d) for d in ds.provenance(ds.dead)[:, 0]}
     assert dead_docs and all(ds.docs()[d]["source"].startswith("chunk:") for d in dead_docs)

@@ -35,11 +35,11 @@ def _bpe_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
-def _word_tokenizer():
+def _word_tokenizer(extra: str = ""):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = list(DOCS.values()) + ["the a of to and is in it you that was for on are with as I his they be at one"]
+    corpus = list(DOCS.values()) + ["the a of to and is in it you that was for on are with as I his they be at one", extra]
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(
@@ -50,14 +50,15 @@ def _word_tokenizer():
     return fast
 
 
-def make_tiny_lm(path: Path, arch: str = "llama", *, vocab: str = "bpe", seed: int = 0) -> Path:
-    """Build (once per path) and save a random tiny causal LM with its tokenizer; returns `path`."""
+def make_tiny_lm(path: Path, arch: str = "llama", *, vocab: str = "bpe", seed: int = 0, extra_words: str = "") -> Path:
+    """Build (once per path) and save a random tiny causal LM with its tokenizer; returns `path`.
+    `extra_words` joins the word vocabulary (a planted fact's words must not read as <unk>)."""
     if (path / "config.json").exists():
         return path
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-    tok = _bpe_tokenizer() if vocab == "bpe" else _word_tokenizer()
+    tok = _bpe_tokenizer() if vocab == "bpe" else _word_tokenizer(extra_words)
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     torch.manual_seed(seed)
     if arch == "llama":

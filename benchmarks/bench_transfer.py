@@ -132,7 +132,8 @@ def match_bm25_defaults(store: Path, name: str) -> dict:
     manifest = json.loads((coll / "manifest.json").read_text())
     want = BM25Config()
     have = manifest["bm25"]
-    retok = (have.get("title_weight", 1), have.get("stopwords"), have.get("stemmer")) != (want.title_weight, want.stopwords, want.stemmer)
+    retok = ((have.get("title_weight", 1), have.get("stopwords"), have.get("stemmer"), have.get("pattern", "bm25s"))
+             != (want.title_weight, want.stopwords, want.stemmer, want.pattern))
     if retok or (have["k1"], have["b"]) != (want.k1, want.b):
         import sqlite3
 

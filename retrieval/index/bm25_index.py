@@ -215,7 +215,7 @@ def update(old: BM25Index | None, remove_ids: np.ndarray, add_ids: np.ndarray, a
 def rescore(index: BM25Index, cfg: BM25Config) -> BM25Index:
     """The same postings scored with other k1/b (O(nnz), no re-tokenising): how k1 and b are tuned."""
     if (cfg.stemmer, cfg.stopwords, cfg.pattern) != (index.config.stemmer, index.config.stopwords, index.config.pattern):
-        raise ValueError("rescore changes k1, b and method only; the tokens depend on stemmer and stopwords")
+        raise ValueError("rescore changes k1, b and method only; the tokens depend on stemmer, stopwords and pattern")
     data, indices, indptr = _csc(np.asarray(index.doc_ptr), np.asarray(index.doc_terms), np.asarray(index.doc_tfs),
                                  len(index.vocab), cfg)
     return BM25Index(index.ids, data, indices, indptr, index.vocab, index.doc_ptr, index.doc_terms, index.doc_tfs, cfg)

@@ -23,6 +23,9 @@ FLAT_MAX = 100_000  # below this "auto" keeps exact search: Flat costs < ~10% of
 LARGE_FACTORY = "IVF{nlist},PQ{m}x4fs"
 FALLBACK_FACTORY = "IVF{nlist},PQ64"
 DEFAULT_NPROBE = 32
+# k-means needs points per list: FAISS warns below 39, and "auto" gives 1M entries 4096 lists,
+# which a fixed 100k-key training sample would leave at 24 each
+TRAIN_PER_LIST = 40
 _FIX = "rebuild it with `knnrag datastore build ... --out DIR` (the corpus files are not modified)"
 
 
@@ -129,12 +132,23 @@ def trained_index(store) -> Any:
             index.add(xb)  # (n, dim)
     return index
 
+def ivf_lists(index: Any) -> int:
+    """Inverted lists of an IVF index (0 when it is not one)."""
+    import faiss
+
+    try:
+        return int(faiss.extract_index_ivf(index).nlist)
+    except RuntimeError:
+        return 0
+
+
 def build_index(store, factory: str | None = None, *, train_size: int = 100_000, seed: int = 0, **ondisk_kw: Any) -> dict:
     """Bring the index up to date with every entry and commit it.
 
     A trained index of the same factory only gets the new entries added (append never
-    retrains); "Flat" stores nothing on disk. An on-disk datastore (index_storage "ondisk") goes
-    through lm.datastore.ondisk.build (ondisk_kw: part_entries, add_parts, by_shards). Returns the
+    retrains); "Flat" stores nothing on disk. Training samples `train_size` keys, and at least
+    TRAIN_PER_LIST per IVF list. An on-disk datastore (index_storage "ondisk") goes through
+    lm.datastore.ondisk.build (ondisk_kw: part_entries, add_parts, by_shards). Returns the
     manifest's index entry.
     """
     import faiss
@@ -147,36 +161,40 @@ def build_index(store, factory: str | None = None, *, train_size: int = 100_000,
     if is_ondisk(store):
         from lm.datastore import ondisk
 
-        return ondisk.build(store, fac, train_size=train_size, seed=seed, **ondisk_kw)
+        floor = TRAIN_PER_LIST * ivf_lists(faiss.index_factory(store.dim, fac))  # as below: >= 40 keys per list
+        return ondisk.build(store, fac, train_size=max(train_size, floor), seed=seed, **ondisk_kw)
     cur = store.manifest.get("index") or {}
     t0 = time.perf_counter()
+    trained = None
     if cur.get("factory") == fac and cur.get("file"):
         index = trained_index(store)
         store._index = None
     else:
         index = faiss.index_factory(store.dim, fac)
+        n = min(store.count, max(train_size, TRAIN_PER_LIST * ivf_lists(index)))
         try:  # factory PQ strings train polysemous codes by default: minutes of annealing we never use
             ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
             ivf.do_polysemous_training = False
         except (RuntimeError, AttributeError):
             pass
         rng = np.random.default_rng(seed)
-        n = min(store.count, train_size)
         ids = np.sort(rng.choice(store.count, size=n, replace=False))
         xt = store.keys(ids).astype(np.float32)  # (n, dim)
         log.info("training %s on %d keys", fac, n)
         index.train(xt)
+        trained = n
         for _a, xb in store.iter_keys():
             index.add(xb)  # (b, dim)
     name = f"index-{store.manifest['generation'] + 1:06d}-{os.getpid()}.faiss"
     faiss.write_index(index, str(store.path / name))
     with open(store.path / name, "rb") as f:
         os.fsync(f.fileno())
-    entry = {"factory": fac, "file": name, "ntotal": int(index.ntotal),
-             "bytes": (store.path / name).stat().st_size, "seconds": round(time.perf_counter() - t0, 2)}
+    entry = {"factory": fac, "file": name, "ntotal": int(index.ntotal), "bytes": (store.path / name).stat().st_size,
+             "seconds": round(time.perf_counter() - t0, 2), "trained_on": cur.get("trained_on") if trained is None else trained}
     store.commit(index=entry)
     store._index = index
     return entry
+
 
 def search_params(dead: np.ndarray, nprobe: int | None, ivf: bool) -> Any:
     """FAISS search parameters whose selector skips tombstoned entries *inside* the search, so a

@@ -190,3 +190,19 @@ def test_fast_scan_pq_finds_neighbours_and_appends(tmp_path):
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, Ie)]) >= 0.4  # 4-bit codes of random 16-d data
     Dr, Ir = st.search(xq, 10, nprobe=8, rerank=4)  # exact re-rank of 40 candidates recovers most of the rest
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(Ir, Ie)]) >= 0.8
+
+
+def test_ivf_training_sample_has_enough_keys_per_list(tmp_path):
+    """A fixed training sample would starve many lists (1M entries: 4096 lists, 24 keys each from 100k)."""
+    from lm.datastore.token_index import TRAIN_PER_LIST
+
+    keys, vals, prov = _data(3000)
+    st = _store(tmp_path / "ds", [(keys, vals, prov)], factory="IVF32,Flat")
+    assert st.build_index(train_size=200)["trained_on"] == 32 * TRAIN_PER_LIST  # raised to the per-list floor
+    st = _store(tmp_path / "ds2", [(keys, vals, prov)], factory="IVF4,Flat")
+    assert st.build_index(train_size=2500)["trained_on"] == 2500  # a larger sample is kept
+    st.stage_shard(keys[:10], vals[:10], prov[:10])
+    st.commit()
+    assert st.build_index(train_size=10)["trained_on"] == 2500  # an append does not retrain
+    st = _store(tmp_path / "ds3", [(keys[:500], vals[:500], prov[:500])], factory="IVF32,Flat")
+    assert st.build_index(train_size=100)["trained_on"] == 500  # never more than the store holds

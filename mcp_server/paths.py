@@ -26,7 +26,8 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
 def resolve_allowed(raw: str, roots: Sequence[Path]) -> Path:
     """The real path of `raw` if it lies under one of `roots`, else InvalidInputError.
 
-    Relative paths are taken relative to the first root (a client does not know our cwd).
+    Relative paths are taken relative to the first root (a client does not know our cwd), or,
+    when nothing is there, relative to the working folder if that lands inside a root.
     """
     if not roots:
         raise InvalidInputError(
@@ -44,7 +45,10 @@ def resolve_allowed(raw: str, roots: Sequence[Path]) -> Path:
             "pass the path without '..' components, under an allowed root: " + ", ".join(map(str, roots)),
         )
     if not p.is_absolute():
-        p = roots[0] / p
+        # under the first root; else, where it names a path inside a root from the server's working
+        # folder (a client that launched `knnrag serve --allow-root docs` and passes "docs")
+        here = Path(os.path.abspath(p))
+        p = here if not os.path.lexists(roots[0] / p) and _inside(Path(os.path.realpath(here)), roots) else roots[0] / p
     real = Path(os.path.realpath(p))
     if not _inside(real, roots):
         what = "is a symlink that points" if p.is_symlink() or real != Path(os.path.abspath(p)) else "is"

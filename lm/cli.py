@@ -97,6 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --sample)")
     g.add_argument("--seed", type=int, default=None, help="random seed for --sample")
+    g.add_argument("--allow-repeats", action="store_true",
+                   help="keep generating when a sentence repeats an earlier one (default: stop there)")
     g.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template (default: if the tokenizer has one)")
     g.add_argument("--no-chat", dest="chat", action="store_false", help="continue the raw prompt, no chat template")
     _knn_options(g)
@@ -275,7 +277,7 @@ def cmd_generate(args) -> int:
     knn = _knnlm(args)
     stream = None if args.json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     text = knn.generate(args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample, top_p=args.top_p,
-                        chat=args.chat, on_token=stream, seed=args.seed)
+                        chat=args.chat, on_token=stream, seed=args.seed, stop_on_repeat=not args.allow_repeats)
     if args.json:
         c = knn.config
         emit_json({"prompt": args.prompt, "text": text, "datastore": knn.has_datastore, "k": c.k, "lambda": c.lambda_,

@@ -284,10 +284,14 @@ class KNNLM:
 
     def generate(self, prompt: str, *, max_new_tokens: int = 64, lambda_: float | None = None,
                  temperature: float | None = None, do_sample: bool = False, top_p: float | None = None,
-                 chat: bool | None = None, on_token: Callable[[str], None] | None = None, seed: int | None = None) -> str:
-        """Generate with kNN-LM inside model.generate() (a LogitsProcessor); streams via on_token."""
+                 chat: bool | None = None, on_token: Callable[[str], None] | None = None, seed: int | None = None,
+                 stop_on_repeat: bool = True) -> str:
+        """Generate with kNN-LM inside model.generate() (a LogitsProcessor); streams via on_token.
+
+        Stops once a finished sentence repeats an earlier one (a small LM otherwise loops to
+        max_new_tokens: the demo printed one sentence 4 times); stop_on_repeat=False lets it run."""
         from lm.generate import generate
 
         cfg = self._cfg(lambda_=lambda_, temperature=temperature)
         return generate(self, prompt, cfg, max_new_tokens=max_new_tokens, do_sample=do_sample, top_p=top_p,
-                        chat=chat, on_token=on_token, seed=seed)
+                        chat=chat, on_token=on_token, seed=seed, stop_on_repeat=stop_on_repeat)

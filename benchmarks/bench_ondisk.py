@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_ray import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 DIM = 576
 
 
@@ -76,16 +77,6 @@ def rss_child(path: str, xq_file: str, nprobe: int) -> dict:
     loaded = mem()
     st.search(np.load(xq_file), 64, nprobe=nprobe)
     return {"opened": opened, "loaded": loaded, "searched": mem()}
-
-
-def median_ms(fn, reps: int) -> float:
-    fn()  # warm-up: first touch of mapped pages
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1000
 
 
 def recall(I: np.ndarray, ref: np.ndarray) -> float:

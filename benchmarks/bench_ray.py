@@ -112,8 +112,8 @@ def _synthetic_store(path: Path, n: int, dim: int, factory: str):
     return TokenStore.open(path)
 
 
-def _median_ms(fn, reps: int) -> float:
-    fn()  # warm-up (first touch of mmap pages, actor code paths)
+def median_ms(fn, reps: int) -> float:
+    fn()  # warm-up (first touch of mmap pages, actor code paths); bench_ondisk uses it too
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -136,12 +136,12 @@ def bench_search(tmp: Path, args) -> dict:
         # one thread too: OpenMP threads spin when the machine is oversubscribed (a shared CI box), so 2 threads
         # can be far slower than 1 there; the shards run 1 thread each
         faiss.omp_set_num_threads(1)
-        one_1t = _median_ms(lambda s=store, kw=kw: s.search(xq, 64, **kw), args.reps)
+        one_1t = median_ms(lambda s=store, kw=kw: s.search(xq, 64, **kw), args.reps)
         faiss.omp_set_num_threads(args.cores)
-        one = _median_ms(lambda s=store, kw=kw: s.search(xq, 64, **kw), args.reps)
+        one = median_ms(lambda s=store, kw=kw: s.search(xq, 64, **kw), args.reps)
         sh = ShardedStore.start(store, 2, address="local", cpus_per_shard=max(1, args.cores // 2))
         try:
-            two = _median_ms(lambda sh=sh, kw=kw: sh.search(xq, 64, **kw), args.reps)
+            two = median_ms(lambda sh=sh, kw=kw: sh.search(xq, 64, **kw), args.reps)
         finally:
             sh.close()
         res[name] = {"factory": factory, "one_ms_per_token": round(one / args.queries, 4),

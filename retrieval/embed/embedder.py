@@ -77,13 +77,12 @@ def onnx_available(model_dir: Path) -> bool:
     return supports(model_dir) and importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
-def _choose_backend(backend: str, model_dir: Path, bf16: bool) -> str:
+def _choose_backend(backend: str, model_dir: Path, bf16: bool, ok: bool) -> str:
     """auto: onnxruntime for BERT-shaped models (about 2x torch fp32 on this CPU), else torch.
 
     A CPU with native bf16 keeps torch + bf16 autocast, which the guide measured at 2x fp32."""
     if backend not in ("auto", "onnx", "torch"):
         raise InvalidInputError(f"unknown embedding backend {backend!r}", "use auto, onnx or torch (KNNRAG_EMBED_BACKEND)")
-    ok = onnx_available(model_dir)
     if backend == "onnx" and not ok:
         raise InvalidInputError(f"the onnx backend cannot run {model_dir.name}", "it needs a BERT model with onnx and onnxruntime installed; "
                                 "use KNNRAG_EMBED_BACKEND=torch")
@@ -191,8 +190,9 @@ class TransformerEmbedder:
         self._onnx_graph: Path | bytes | None = None
         self._onnx_lock = threading.Lock()
         self._queries = 0
-        self.backend = _choose_backend(backend, model_dir, self.bf16)
-        self._query_onnx = self.backend == "onnx" or (self._model_type == "bert" and onnx_available(model_dir))
+        ort_ok = onnx_available(model_dir)  # config.json and two module look-ups: once per embedder
+        self.backend = _choose_backend(backend, model_dir, self.bf16, ort_ok)
+        self._query_onnx = self.backend == "onnx" or (self._model_type == "bert" and ort_ok)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         if not text:

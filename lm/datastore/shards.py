@@ -6,7 +6,9 @@ PQ codes: only the inverted lists are split) or a Flat index of its keys, so the
 the top-k of the union of the shards' top-k lists, which is what one index returns at the same
 nprobe; an on-disk index (lm.datastore.ondisk) is mapped whole by every shard, which searches
 only its own id range (an IDSelectorRange: the same top-k). The exact re-rank follows
-token_index.search: merge the approximate top R*k first, then every shard scores the candidates it owns, op for op like token_index.exact_distances.
+token_index.search: merge the approximate top R*k first, then every shard scores the candidates
+it owns, op for op like token_index.exact_distances (one process scores them in FAISS's
+IndexRefine instead: the same neighbours, distances equal to float rounding).
 
 `ShardedStore` stands in for the TokenStore inside KNNLM (count, values, snippet, search), so
 eval, generate, explain and the MCP server run unchanged on shards.

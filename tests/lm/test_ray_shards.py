@@ -55,6 +55,16 @@ def test_merge_topk_is_the_topk_of_the_union():
     np.testing.assert_array_equal(Im, I[:, :5])
 
 
+def _same_distances(got, ref, kw):
+    """Bit for bit, except after a re-rank: one process scores the candidates in FAISS (IndexRefine over
+    fp16 codes), the shards in numpy (each scores only the ids it owns): the same neighbours, the
+    distances equal to float rounding."""
+    if kw.get("rerank"):
+        np.testing.assert_allclose(got, ref, rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("factory,kw", [
     ("Flat", {}),
     ("IVF16,Flat", {"nprobe": 3}),
@@ -72,7 +82,7 @@ def test_sharded_search_equals_one_index(ray, tmp_path, factory, kw):
     try:
         got = sh.search(xq, 8, **kw)
         np.testing.assert_array_equal(got.I, ref.I)
-        np.testing.assert_array_equal(got.D, ref.D)
+        _same_distances(got.D, ref.D, kw)
         if factory != "Flat" and not kw.get("exact"):
             assert ray.get(sh.actors[0].info.remote())["ivf"]
             wide = sh.search(xq, 8, nprobe=16)  # another nprobe gives other (more) neighbours: the check can fail
@@ -201,6 +211,6 @@ def test_sharded_search_skips_tombstones_inside_the_search(ray, tmp_path, factor
         ref = TokenStore.open(tmp_path / "ds").search(xq, 8, **kw)
         assert not (got.I % 3 == 1).any()
         np.testing.assert_array_equal(got.I, ref.I)
-        np.testing.assert_array_equal(got.D, ref.D)
+        _same_distances(got.D, ref.D, kw)
     finally:
         sh.close()

@@ -67,6 +67,30 @@ def test_ivf_neighbours_agree_with_flat(tmp_path):
     assert recall >= 0.6
 
 
+def test_faiss_refine_equals_the_numpy_rerank_and_skips_tombstones(tmp_path, monkeypatch):
+    """The fast re-rank (FAISS IndexRefine over fp16 codes) returns what the numpy re-rank of the same
+    candidates returns, the too-big-for-RAM fallback included, and never a tombstoned entry."""
+    from lm.datastore import token_index
+
+    keys, vals, prov = _data(3000)
+    st = _store(tmp_path / "ds", [(keys, vals, prov)], factory="IVF8,PQ4x4")
+    st.build_index()
+    xq = np.random.default_rng(5).normal(size=(40, DIM)).astype(np.float32)
+    fast = st.search(xq, 10, nprobe=4, rerank=3)
+    assert st._refine is not None and st._refine[1].ntotal == st.count
+    monkeypatch.setattr(token_index, "DENSE_MAX_BYTES", 0)  # the mmap gather + numpy path
+    slow = st.search(xq, 10, nprobe=4, rerank=3)
+    np.testing.assert_array_equal(fast.I, slow.I)
+    np.testing.assert_allclose(fast.D, slow.D, rtol=1e-5)
+    monkeypatch.setattr(token_index, "DENSE_MAX_BYTES", 2 << 30)
+    dead = np.unique(fast.I[:, :3])
+    monkeypatch.setattr(type(st), "dead", property(lambda self: dead))
+    again = st.search(xq, 10, nprobe=4, rerank=3)
+    assert not np.isin(again.I, dead).any()
+    tiny = st.search(xq[:2], 5, nprobe=1, rerank=600)  # more candidates asked than one list holds
+    assert ((tiny.I >= 0) | np.isinf(tiny.D)).all()
+
+
 def test_ivfpq_rerank_gives_exact_distances(tmp_path):
     keys, vals, prov = _data(3000)
     st = _store(tmp_path / "ds", [(keys, vals, prov)], factory="IVF8,PQ4x4")

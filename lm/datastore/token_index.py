@@ -115,8 +115,14 @@ def refine_index(store, index: Any) -> Any | None:
     store._refine = None
     store._dense = None  # the codes below replace the numpy copy
     sq = faiss.IndexScalarQuantizer(store.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
-    for _a, xb in store.iter_keys():
-        sq.add(xb)  # (b, dim) float32 read from fp16: encoding it back to fp16 is exact
+    nbytes = store.count * store.dim * 2
+    sq.codes.resize(nbytes)  # once: growing it shard by shard would copy it again at each doubling
+    dst = faiss.rev_swig_ptr(sq.codes.data(), nbytes).view(np.float16).reshape(store.count, store.dim)  # (N, dim)
+    a = 0
+    for keys in store._keys:  # QT_fp16 codes are the fp16 values themselves
+        dst[a:a + len(keys)] = keys
+        a += len(keys)
+    sq.ntotal = store.count
     refine = faiss.IndexRefine(index, sq)
     store._refine = (index, refine, sq)  # FAISS holds raw pointers: keep both alive with it
     return refine

@@ -73,7 +73,8 @@ def test_faiss_refine_equals_the_numpy_rerank_and_skips_tombstones(tmp_path, mon
     from lm.datastore import token_index
 
     keys, vals, prov = _data(3000)
-    st = _store(tmp_path / "ds", [(keys, vals, prov)], factory="IVF8,PQ4x4")
+    st = _store(tmp_path / "ds", [(keys[:1800], vals[:1800], prov[:1800]), (keys[1800:], vals[1800:], prov[1800:])],
+                factory="IVF8,PQ4x4")  # two shards: the codes are laid out in id order
     st.build_index()
     xq = np.random.default_rng(5).normal(size=(40, DIM)).astype(np.float32)
     fast = st.search(xq, 10, nprobe=4, rerank=3)

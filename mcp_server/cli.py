@@ -184,7 +184,8 @@ def ask(args: argparse.Namespace) -> int:
 
 
 def _has_uvloop() -> bool:
-    """uvloop's event loop when installed (a dependency): 1.0-1.5 ms less per stdio call (BENCHMARKS.md)."""
+    """uvloop's event loop when installed (a dependency on Linux and macOS); a plain asyncio loop otherwise.
+    Over stdio it measured within noise of asyncio (BENCHMARKS.md, session 3 MCP section)."""
     import importlib.util
 
     return importlib.util.find_spec("uvloop") is not None

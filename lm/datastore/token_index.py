@@ -100,12 +100,13 @@ def refine_index(store, index: Any) -> Any | None:
 
     Why: the numpy re-rank gathers, converts and subtracts (b, kk, dim) blocks; FAISS scores the
     same candidates in C++ straight from the fp16 codes: 0.05 vs 0.29 ms/token at k=64 x 2 on
-    576-d keys (BENCHMARKS.md). None when the keys would not fit the in-RAM copy that
-    `rerank_keys` also allows (2 GB), or the index is not a plain FAISS index (on disk).
+    576-d keys (BENCHMARKS.md, session 3 1M section). None when the keys would not fit the in-RAM
+    copy that `rerank_keys` also allows (2 GB), or the index is not a plain FAISS index (on disk).
     """
     import faiss
 
-    if not isinstance(index, faiss.Index) or store.count * store.dim * 2 > DENSE_MAX_BYTES:
+    nbytes = store.count * store.dim * 2
+    if not isinstance(index, faiss.Index) or nbytes > DENSE_MAX_BYTES:
         return None
     cached = getattr(store, "_refine", None)
     if cached is not None and cached[0] is index and cached[1].ntotal == store.count == index.ntotal:
@@ -115,7 +116,6 @@ def refine_index(store, index: Any) -> Any | None:
     store._refine = None
     store._dense = None  # the codes below replace the numpy copy
     sq = faiss.IndexScalarQuantizer(store.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
-    nbytes = store.count * store.dim * 2
     sq.codes.resize(nbytes)  # once: growing it shard by shard would copy it again at each doubling
     dst = faiss.rev_swig_ptr(sq.codes.data(), nbytes).view(np.float16).reshape(store.count, store.dim)  # (N, dim)
     a = 0
@@ -288,10 +288,10 @@ def search(store, xq: np.ndarray, k: int, *, nprobe: int | None = None, exact: b
     except RuntimeError:
         ivf = False  # not an IVF index
     params = search_params(dead, nprobe or (DEFAULT_NPROBE if ivf else None), ivf)
+    kk = min(live, k * rerank) if rerank else k
     refine = refine_index(store, index) if rerank else None
     if refine is not None:
-        return _refined(refine, xq, k, min(live, k * rerank) / k, params)
-    kk = min(live, k * rerank) if rerank else k
+        return _refined(refine, xq, k, kk / k, params)
     D, I = index.search(xq, kk, params=params)  # (n, kk)
     if not rerank:
         return Neighbours(D, I)

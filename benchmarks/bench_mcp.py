@@ -138,6 +138,8 @@ async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: lis
         raw_stdio = RawStdio(store)
         stack.callback(raw_stdio.close)
         raws = {"stdio_raw_client": raw_stdio, "http_raw_client": RawHttp(urls["http"])}
+        if "http_json_response" in urls:
+            raws["http_json_raw_client"] = RawHttp(urls["http_json_response"])
 
         def raw(client: Any) -> Callable[[str], Awaitable[None]]:
             async def go(q: str) -> None:
@@ -252,7 +254,18 @@ def direct_load(store_obj, queries: list[str], clients: int, duration: float) ->
             "req_per_s": round(len(ms) / wall, 1), **{k: v for k, v in summary(ms).items() if k != "n"}}
 
 
-async def http_load(url: str, queries: list[str], clients: int, duration: float) -> dict:
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), in seconds; NaN elsewhere."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def http_load(url: str, queries: list[str], clients: int, duration: float, server_pid: int | None = None) -> dict:
+    """`clients` SDK clients in this process calling one server; also the CPU each side spent per
+    request, since both share the machine's cores (the clients' work caps the throughput too)."""
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
@@ -274,13 +287,17 @@ async def http_load(url: str, queries: list[str], clients: int, duration: float)
                 done[0] += 1
                 j += clients
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    s0 = _proc_cpu_s(server_pid) if server_pid else float("nan")
     async with anyio.create_task_group() as tg:
         for i in range(clients):
             tg.start_soon(client, i)
     wall = time.perf_counter() - t0
+    n = max(done[0], 1)
+    cpu = {"server_cpu_ms_per_request": round((_proc_cpu_s(server_pid) - s0) / n * 1000, 1) if server_pid else None,
+           "client_cpu_ms_per_request": round((time.process_time() - c0) / n * 1000, 1)}
     return {"clients": clients, "seconds": round(wall, 1), "requests": done[0], "errors": errors[0],
-            "req_per_s": round(done[0] / wall, 1), **{k: v for k, v in summary(ms).items() if k != "n"}}
+            "req_per_s": round(done[0] / wall, 1), **{k: v for k, v in summary(ms).items() if k != "n"}, **cpu}
 
 
 def _each_ms(fn, n: int = 200) -> float:
@@ -336,7 +353,8 @@ LABELS = {"direct": "direct DocStore.search (peer)", "stdio": "MCP stdio (`knnra
           "stdio_sdk_transport": "MCP stdio, the SDK's stdio transport", "http": "MCP streamable HTTP (SSE replies)",
           "http_json_response": "MCP streamable HTTP, --json-response",
           "stdio_raw_client": "MCP stdio, bare JSON-RPC line client (no SDK client work)",
-          "http_raw_client": "MCP streamable HTTP (SSE), bare HTTP client (no SDK client work)"}
+          "http_raw_client": "MCP streamable HTTP (SSE), bare HTTP client (no SDK client work)",
+          "http_json_raw_client": "MCP streamable HTTP, --json-response, bare HTTP client"}
 
 
 def append(res: dict, cmd: str) -> None:
@@ -356,7 +374,9 @@ def append(res: dict, cmd: str) -> None:
         f"(p95 {dl['p95_ms']} ms); MCP HTTP clients **{hl['req_per_s']} req/s**, {hl['errors']} errors, p50 {hl['p50_ms']} ms, "
         f"p95 {hl['p95_ms']} ms (ratio {res['load_ratio']:.2f} of the peer); with --json-response "
         f"**{jl['req_per_s']} req/s**, {jl['errors']} errors, p95 {jl['p95_ms']} ms (ratio {res['json_load_ratio']:.2f}). "
-        "Target >= 60 req/s, 0 errors, p95 <= 250 ms.", "",
+        "Target >= 60 req/s, 0 errors, p95 <= 250 ms. CPU per request under load (server process / the 8 SDK clients, "
+        f"which share the same cores): SSE {hl['server_cpu_ms_per_request']} / {hl['client_cpu_ms_per_request']} ms, "
+        f"JSON {jl['server_cpu_ms_per_request']} / {jl['client_cpu_ms_per_request']} ms.", "",
         "Per call, in process: " + ", ".join(f"{k} {v}" for k, v in b.items()) + ".", "",
     ]
     with (REPO / "BENCHMARKS.md").open("a") as f:
@@ -386,8 +406,8 @@ def main() -> int:
             res["chunks"] = int(s.stats()["chunks"])
             res["latency"] = anyio.run(interleaved, s, store, {"http": url, "http_json_response": url_json}, queries)
             res["direct_load"] = direct_load(s, queries, args.clients, args.duration)
-            res["http_load"] = anyio.run(http_load, url, queries, args.clients, args.duration)
-            res["http_json_response_load"] = anyio.run(http_load, url_json, queries, args.clients, args.duration)
+            res["http_load"] = anyio.run(http_load, url, queries, args.clients, args.duration, proc.pid)
+            res["http_json_response_load"] = anyio.run(http_load, url_json, queries, args.clients, args.duration, proc_json.pid)
             res["breakdown"] = breakdown(s, queries)
     finally:
         for p in (proc, proc_json):

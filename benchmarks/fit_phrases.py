@@ -9,7 +9,11 @@ the committed and the fitted weights, with and without the masked re-ranking, on
 and odd (held-out) paragraphs' answerable questions (why/how-to questions, answered by a whole
 sentence, are left out).
 
-  python benchmarks/fit_phrases.py [--l2 1.0] [--json OUT]
+  python benchmarks/fit_phrases.py [--l2 1.0] [--json OUT] [--lm-rerank]
+
+With --lm-rerank it also tries the LM's own likelihood as one more re-ranking term: log p(span +
+end of turn | sentence, question) from SmolLM2 (lm.rag.lm_scorer) for the best N candidates after
+the masked re-ranking, its weight and N chosen on the even questions, reported on the odd ones.
 
 Needs the bench store (benchmarks/bench_answers.py builds it under .bench/store).
 """
@@ -27,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_answers import DATA, ROOT, build_store, f1, norm  # noqa: E402
 
 GRID = (-20.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 20.0)
+LM_WEIGHTS = (0.05, 0.1, 0.2, 0.3)
+LM_TOP = (3, 5, 10)
 
 
 def collect(store, questions: list[dict]) -> list[dict]:
@@ -55,7 +61,7 @@ def collect(store, questions: list[dict]) -> list[dict]:
         top = np.argsort(-linear_scores(cands))[: 3 * RERANK]
         mask = np.full(len(cands), np.nan)
         mask[top] = masked_cosines(ev, [cands[t] for t in top], embed)
-        out.append({"q": q, "X": X, "mask": mask, "text": [c.span.text for c in cands],
+        out.append({"q": q, "X": X, "mask": mask, "text": [c.span.text for c in cands], "sent": [c.sentence.span.text for c in cands],
                     "f1": np.array([f1(c.span.text, q["answers"]) for c in cands]),
                     "gold": np.array([str(ev.hits[c.sentence.hit].get("source", "")).endswith("/" + q["file"]) for c in cands])})
     return out
@@ -79,18 +85,48 @@ def fit(rows: list[dict], l2: float) -> np.ndarray:
     return minimize(loss, np.zeros(groups[0][0].shape[1]), jac=True, method="L-BFGS-B").x
 
 
-def score(rows: list[dict], w: np.ndarray, mask_weight: float, rerank: int, n_questions: int) -> dict:
+def _masked(r: dict, w: np.ndarray, mask_weight: float, rerank: int) -> np.ndarray:
+    s = r["X"] @ w
+    if mask_weight:
+        top = np.argsort(-s)[:rerank]
+        cos = r["mask"][top]
+        if not np.isnan(cos).any():
+            s2 = np.full(len(s), -np.inf)
+            s2[top] = s[top] + mask_weight * cos
+            s = s2
+    return s
+
+
+def add_lm(rows: list[dict], w: np.ndarray, mask_weight: float, rerank: int) -> float:
+    """r["lm"]: the LM's log p(candidate | sentence, question) for the best max(LM_TOP) candidates
+    of the runtime's scoring (NaN elsewhere); returns the median seconds per question."""
+    from lm.models import load_lm
+    from lm.rag.lm_scorer import span_log_probs
+
+    lm = load_lm(None)
+    secs = []
+    for r in rows:
+        top = np.argsort(-_masked(r, w, mask_weight, rerank))[: min(max(LM_TOP), len(r["text"]))]
+        r["lm"] = np.full(len(r["text"]), np.nan)
+        t0 = time.perf_counter()
+        for sent in {r["sent"][t] for t in top}:
+            idx = [int(t) for t in top if r["sent"][t] == sent]
+            r["lm"][idx] = span_log_probs(lm, sent, r["q"]["question"], [r["text"][i] for i in idx])
+        secs.append(time.perf_counter() - t0)
+    return float(np.median(secs))
+
+
+def score(rows: list[dict], w: np.ndarray, mask_weight: float, rerank: int, n_questions: int,
+          lm_weight: float = 0.0, lm_top: int = 0) -> dict:
     """Mean F1 / EM / gold cited over n_questions (a question without candidates scores 0)."""
     F, E, C = 0.0, 0.0, 0.0
     for r in rows:
-        s = r["X"] @ w
-        if mask_weight:
-            top = np.argsort(-s)[:rerank]
-            cos = r["mask"][top]
-            if not np.isnan(cos).any():
-                s2 = np.full(len(s), -np.inf)
-                s2[top] = s[top] + mask_weight * cos
-                s = s2
+        s = _masked(r, w, mask_weight, rerank)
+        if lm_weight and lm_top:
+            top = np.argsort(-s)[: min(lm_top, len(s))]
+            s2 = np.full(len(s), -np.inf)
+            s2[top] = s[top] + lm_weight * r["lm"][top]
+            s = s2
         b = int(np.argmax(s))
         F += r["f1"][b]
         E += float(any(norm(r["text"][b]) == norm(g) for g in r["q"]["answers"]))
@@ -104,6 +140,7 @@ def main() -> int:
     ap.add_argument("--store", default=str(ROOT / ".bench" / "store"))
     ap.add_argument("--l2", type=float, default=1.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--lm-rerank", action="store_true", help="also try the LM's span likelihood as a re-ranking term")
     args = ap.parse_args()
     from lm.rag.extract import MASK_WEIGHT, PHRASE_WEIGHTS, RERANK, SENTENCE_WEIGHTS
     from lm.rag.spans import FEATURES, answer_type
@@ -129,6 +166,17 @@ def main() -> int:
     for label, weights, m in (("fitted_linear", w, 0.0), ("fitted_masked", w, best_m),
                               ("committed_linear", committed, 0.0), ("committed_masked", committed, MASK_WEIGHT)):
         report[label] = {"even": score(r_even, weights, m, RERANK, len(even)), "odd": score(r_odd, weights, m, RERANK, len(odd))}
+    if args.lm_rerank:
+        secs = add_lm(r_even + r_odd, committed, MASK_WEIGHT, RERANK)
+        grid_lm = {f"{lw}@{n}": score(r_even, committed, MASK_WEIGHT, RERANK, len(even), lw, n)["f1"]
+                   for lw in LM_WEIGHTS for n in LM_TOP}
+        best = max(grid_lm, key=lambda k: grid_lm[k])
+        lw, n = float(best.split("@")[0]), int(best.split("@")[1])
+        report["lm_rerank"] = {"grid_even_f1": grid_lm, "chosen": best, "lm_seconds_per_question": round(secs, 2),
+                               "even": score(r_even, committed, MASK_WEIGHT, RERANK, len(even), lw, n),
+                               "odd": score(r_odd, committed, MASK_WEIGHT, RERANK, len(odd), lw, n),
+                               "odd_at_every_setting": {k: score(r_odd, committed, MASK_WEIGHT, RERANK, len(odd), float(k.split("@")[0]),
+                                                                 int(k.split("@")[1]))["f1"] for k in grid_lm}}
     out = json.dumps(report, indent=1)
     print(out)
     if args.json:

@@ -85,16 +85,20 @@ def fit(rows: list[dict], l2: float) -> np.ndarray:
     return minimize(loss, np.zeros(groups[0][0].shape[1]), jac=True, method="L-BFGS-B").x
 
 
+def _boost(s: np.ndarray, extra: np.ndarray, n: int) -> np.ndarray:
+    """s + extra over the n best of s, -inf elsewhere (the runtime's re-ranking); s unchanged where
+    extra is missing (NaN) for any of them."""
+    top = np.argsort(-s)[:n]
+    if np.isnan(extra[top]).any():
+        return s
+    out = np.full(len(s), -np.inf)
+    out[top] = s[top] + extra[top]
+    return out
+
+
 def _masked(r: dict, w: np.ndarray, mask_weight: float, rerank: int) -> np.ndarray:
     s = r["X"] @ w
-    if mask_weight:
-        top = np.argsort(-s)[:rerank]
-        cos = r["mask"][top]
-        if not np.isnan(cos).any():
-            s2 = np.full(len(s), -np.inf)
-            s2[top] = s[top] + mask_weight * cos
-            s = s2
-    return s
+    return _boost(s, mask_weight * r["mask"], rerank) if mask_weight else s
 
 
 def add_lm(rows: list[dict], w: np.ndarray, mask_weight: float, rerank: int) -> float:
@@ -123,10 +127,7 @@ def score(rows: list[dict], w: np.ndarray, mask_weight: float, rerank: int, n_qu
     for r in rows:
         s = _masked(r, w, mask_weight, rerank)
         if lm_weight and lm_top:
-            top = np.argsort(-s)[: min(lm_top, len(s))]
-            s2 = np.full(len(s), -np.inf)
-            s2[top] = s[top] + lm_weight * r["lm"][top]
-            s = s2
+            s = _boost(s, lm_weight * r["lm"], lm_top)
         b = int(np.argmax(s))
         F += r["f1"][b]
         E += float(any(norm(r["text"][b]) == norm(g) for g in r["q"]["answers"]))
@@ -168,15 +169,16 @@ def main() -> int:
         report[label] = {"even": score(r_even, weights, m, RERANK, len(even)), "odd": score(r_odd, weights, m, RERANK, len(odd))}
     if args.lm_rerank:
         secs = add_lm(r_even + r_odd, committed, MASK_WEIGHT, RERANK)
-        grid_lm = {f"{lw}@{n}": score(r_even, committed, MASK_WEIGHT, RERANK, len(even), lw, n)["f1"]
-                   for lw in LM_WEIGHTS for n in LM_TOP}
-        best = max(grid_lm, key=lambda k: grid_lm[k])
-        lw, n = float(best.split("@")[0]), int(best.split("@")[1])
-        report["lm_rerank"] = {"grid_even_f1": grid_lm, "chosen": best, "lm_seconds_per_question": round(secs, 2),
-                               "even": score(r_even, committed, MASK_WEIGHT, RERANK, len(even), lw, n),
-                               "odd": score(r_odd, committed, MASK_WEIGHT, RERANK, len(odd), lw, n),
-                               "odd_at_every_setting": {k: score(r_odd, committed, MASK_WEIGHT, RERANK, len(odd), float(k.split("@")[0]),
-                                                                 int(k.split("@")[1]))["f1"] for k in grid_lm}}
+        def lm_score(rows: list[dict], n_q: int, setting: tuple[float, int]) -> dict:
+            return score(rows, committed, MASK_WEIGHT, RERANK, n_q, *setting)
+
+        settings = [(lw, n) for lw in LM_WEIGHTS for n in LM_TOP]
+        grid_lm = {st: lm_score(r_even, len(even), st)["f1"] for st in settings}
+        best = max(settings, key=lambda st: grid_lm[st])
+        report["lm_rerank"] = {"grid_even_f1": {f"{lw}@{n}": v for (lw, n), v in grid_lm.items()},
+                               "chosen": f"{best[0]}@{best[1]}", "lm_seconds_per_question": round(secs, 2),
+                               "even": lm_score(r_even, len(even), best), "odd": lm_score(r_odd, len(odd), best),
+                               "odd_at_every_setting": {f"{lw}@{n}": lm_score(r_odd, len(odd), (lw, n))["f1"] for lw, n in settings}}
     out = json.dumps(report, indent=1)
     print(out)
     if args.json:

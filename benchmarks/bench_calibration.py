@@ -12,6 +12,8 @@ pass over the test text with 64 neighbours per token, and every setting re-score
   oracle    the best fixed (k, T, lambda) on the test text itself (the calibration grid)
   per-token the fitted per-token lambda at the calibrated (k, T) vs the best fixed lambda there
   defaults  the pre-calibration defaults k=64 lambda=0.25 T=2.55 (what a user got before)
+With --windowed-too each domain is also built with --no-kv-cache (every window run whole), so the
+two builds' speed and the perplexity their keys give compare in one run.
 
   nice python benchmarks/bench_calibration.py --store-tokens 40000 --test-tokens 4000
 """
@@ -143,7 +145,7 @@ def score_test(lm, ds: Path, test: str) -> dict:
     return res
 
 
-def run_domain(args, lm, name: str, root: Path) -> dict:
+def run_domain(args, lm, name: str, root: Path, windowed: bool = False) -> dict:
     from lm.datastore.build import BuildConfig, build_datastore
 
     docs, test = domain(name, lm.tokenizer, args.store_tokens, args.test_tokens)
@@ -154,19 +156,21 @@ def run_domain(args, lm, name: str, root: Path) -> dict:
     (d / "test.txt").write_text(test, encoding="utf-8")
     sample = "\n".join(docs)
     fwd1 = plain_forward_tps(lm, sample)
-    ds = d / "datastore"
+    tag = "-windowed" if windowed else ""
+    ds = d / f"datastore{tag}"
     if not (ds / "manifest.json").exists() or args.rebuild:
         import shutil
 
         shutil.rmtree(ds, ignore_errors=True)
-        rep = build_datastore(lm, [str(d / "corpus")], ds, BuildConfig(decontaminate=(str(d / "test.txt"),)), progress=False)
+        rep = build_datastore(lm, [str(d / "corpus")], ds, BuildConfig(decontaminate=(str(d / "test.txt"),), kv_cache=False if windowed else None),
+                             progress=False)
         fwd2 = plain_forward_tps(lm, sample)
         build = {"entries": rep.entries_total, "heldout_tokens": rep.heldout_tokens, "store_tokens_per_s": rep.store_tokens_per_s,
                  "plain_forward_tps": [fwd1, fwd2], "ratio": rep.store_tokens_per_s / statistics.mean([fwd1, fwd2]),
-                 "build_seconds": rep.seconds}
-        (d / "build.json").write_text(json.dumps(build))
-    build = json.loads((d / "build.json").read_text())
-    res = {"domain": name, "documents": len(docs), "build": build, **score_test(lm, ds, test)}
+                 "build_seconds": rep.seconds, "forward_tokens": rep.forward_tokens, "cached_windows": rep.cached_windows}
+        (d / f"build{tag}.json").write_text(json.dumps(build))
+    build = json.loads((d / f"build{tag}.json").read_text())
+    res = {"domain": name + (" (windowed build)" if windowed else ""), "documents": len(docs), "build": build, **score_test(lm, ds, test)}
     return res
 
 
@@ -189,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-tokens", type=int, default=4000, help="test text per domain")
     ap.add_argument("--root", default=None, help="work folder (default $KNNRAG_CACHE/bench-calibration)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild datastores that exist")
+    ap.add_argument("--windowed-too", action="store_true",
+                    help="also build each domain with --no-kv-cache (the strided windowed build) and score it, same run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from lm.models import load_lm
@@ -199,11 +205,12 @@ def main(argv=None) -> int:
     lm = load_lm()
     results = []
     for name in args.domains.split(","):
-        t0 = time.perf_counter()
-        r = run_domain(args, lm, name, root)
-        results.append(r)
-        (root / "results.json").write_text(json.dumps(results, indent=1))
-        out(f"[{name}] {time.perf_counter() - t0:.0f} s: {json.dumps(r)}")
+        for windowed in (False, True) if args.windowed_too else (False,):
+            t0 = time.perf_counter()
+            r = run_domain(args, lm, name, root, windowed)
+            results.append(r)
+            (root / "results.json").write_text(json.dumps(results, indent=1))
+            out(f"[{r['domain']}] {time.perf_counter() - t0:.0f} s: {json.dumps(r)}")
     out("| domain | entries | held out | test tokens | base ppl | calibrated ppl (no flags) | oracle ppl (best fixed on test) | "
         "oracle gain reached | old defaults ppl | per-token lambda ppl | best fixed lambda ppl at calibrated k,T | "
         "build stored tok/s / plain forward tok/s |")

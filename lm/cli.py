@@ -54,8 +54,9 @@ def _build_parser(dsub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, default=2, help="windows per forward pass")
     b.add_argument("--holdout", type=float, default=0.05,
                    help="fraction of the corpus kept out of the datastore to calibrate on (document tails; default 0.05, 0 = none)")
-    b.add_argument("--kv-cache", action="store_true",
-                   help="carry the KV cache across windows: each token is forwarded once instead of window/stride times")
+    b.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="carry the KV cache along documents longer than one window, so each token is forwarded once "
+                        "instead of window/stride times (default: on, off with --ray); --no-kv-cache: the strided windowed build")
     b.add_argument("--no-calibrate", action="store_true", help="skip the calibration after the build (the old defaults apply)")
     b.add_argument("--ray", default=None, metavar="ADDRESS", help="run the forwards on Ray: `local` or a cluster's HOST:PORT (needs knnrag[ray])")
     b.add_argument("--workers", type=int, default=1, help="with --ray: LM actors (default 1)")

@@ -24,12 +24,13 @@ from lm.datastore.build_steps import (
     CachedEncoder,
     DocTokens,
     ShardWriter,
-    batches,
     encode_windows,
     holdout_starts,
     plan_stats,
     plan_targets,
+    segment_start,
     tokenize_doc,
+    units,
     window_entries,
 )
 from lm.datastore.decontaminate import contaminated, eval_ngrams, ngram_hashes, ngram_positions
@@ -68,7 +69,10 @@ class BuildConfig:
     holdout_max_tokens: int = 8192  # enough to separate a 1% gain from noise; scoring it costs ~1 forward pass
     holdout_min_tokens: int = 128  # below this nothing is held out and the datastore keeps the defaults
     calibrate: bool = True  # choose k, temperature and lambda on the slice after the build
-    kv_cache: bool = False  # carry the KV cache across windows: each token is run once (build_steps.CachedEncoder)
+    # carry the KV cache along documents longer than one window, so each token is forwarded once
+    # (build_steps.CachedEncoder); one-window documents are batched either way. None: on locally,
+    # off on Ray (whose workers take windows in any order); False: the strided windowed build.
+    kv_cache: bool | None = None
 
 
 @dataclass
@@ -85,6 +89,7 @@ class BuildReport:
     windows_trimmed_decontamination: int = 0  # windows that lost some entries (scope "span")
     entries_dropped_decontamination: int = 0
     forward_tokens: int = 0
+    cached_windows: int = 0  # windows of long documents run through the carried KV cache (the rest whole)
     forward_seconds: float = 0.0
     seconds: float = 0.0
     tokens_per_s: float = 0.0  # stored entries per wall second of the whole build
@@ -195,59 +200,40 @@ def _run_plan(lm, store: TokenStore, toks: list[DocTokens], plan: list, state: B
 
     module = resolve_module(lm.model, lm.key_module_path)
     writer = ShardWriter(store, config.shard_tokens)
-    if config.kv_cache:
-        return _run_plan_cached(lm, module, writer, toks, plan, state, config, report, bar)
-    todo = batches(plan, state.windows_done, config.batch_size, config.batch_tokens)
+    enc = CachedEncoder(lm, module, context=state.window - state.stride)
+    todo = units(plan, state.windows_done, config.batch_size, config.batch_tokens, carry=config.kv_cache is not False)
+    if todo and todo[0][0]:  # resumed inside a long document: rebuild the cache the stored keys came from
+        for i in range(segment_start(plan, todo[0][1][0], lm.max_length), todo[0][1][0]):
+            enc.states(toks[plan[i].doc], plan[i].window)
+        report.forward_tokens += enc.forward_tokens
     entries = state.entries
-    for a, idx in enumerate(todo):
+    for a, (cached, idx) in enumerate(todo):
         if config.deadline and time.time() > config.deadline:
             log.warning("build deadline reached after %d entries; rerun the same command to resume", entries)
             report.stopped_at_deadline = True
             return state
         batch = [plan[i] for i in idx]
-        t0 = time.perf_counter()
-        H, n_fwd = encode_windows(lm, module, toks, batch)  # (B, T, D)
+        t0, before = time.perf_counter(), enc.forward_tokens
+        if cached:
+            H, first = enc.states(toks[batch[0].doc], batch[0].window)  # (T', D)
+            got = [window_entries(H, toks[batch[0].doc], batch[0], first)]
+            n_fwd = enc.forward_tokens - before
+            report.cached_windows += 1
+        else:
+            H, n_fwd = encode_windows(lm, module, toks, batch)  # (B, T, D)
+            got = [window_entries(H[b], toks[p.doc], p) for b, p in enumerate(batch)]
         report.forward_seconds += time.perf_counter() - t0
         report.forward_tokens += n_fwd
-        for b, p in enumerate(batch):
-            writer.add(window_entries(H[b], toks[p.doc], p))
-            bar.update(int(p.targets.size))
+        for e in got:
+            writer.add(e)
+            bar.update(int(e.values.size))
         entries += sum(int(p.targets.size) for p in batch)
         if writer.full or a + 1 == len(todo):
             writer.flush()
-            done = todo[a + 1][0] if a + 1 < len(todo) else len(plan)
+            done = todo[a + 1][1][0] if a + 1 < len(todo) else len(plan)
             state = replace(state, windows_done=done, entries=entries)
             store.commit(build=state.to_json())
     return replace(state, windows_done=len(plan), entries=entries) if not todo else state
-
-
-def _run_plan_cached(lm, module, writer: ShardWriter, toks: list[DocTokens], plan: list, state: BuildState,
-                     config: BuildConfig, report: BuildReport, bar) -> BuildState:
-    """_run_plan with the KV cache carried along each document: one window at a time, every window
-    of a document run (windows without targets still feed the cache), each token forwarded once."""
-    enc = CachedEncoder(lm, module, context=state.window - state.stride)
-    entries = state.entries
-    last = max((i for i in range(len(plan)) if plan[i].targets.size), default=-1)
-    for i in range(state.windows_done, last + 1):
-        if config.deadline and time.time() > config.deadline:
-            log.warning("build deadline reached after %d entries; rerun the same command to resume", entries)
-            report.stopped_at_deadline = True
-            return state
-        p = plan[i]
-        t0 = time.perf_counter()
-        before = enc.forward_tokens
-        H, first = enc.states(toks[p.doc], p.window)  # (T', D)
-        report.forward_seconds += time.perf_counter() - t0
-        report.forward_tokens += enc.forward_tokens - before
-        writer.add(window_entries(H, toks[p.doc], p, first))
-        bar.update(int(p.targets.size))
-        entries += int(p.targets.size)
-        if writer.full or i == last:
-            writer.flush()
-            state = replace(state, windows_done=i + 1 if i < last else len(plan), entries=entries)
-            store = writer.store
-            store.commit(build=state.to_json())
-    return replace(state, windows_done=len(plan), entries=entries) if last < state.windows_done else state
 
 
 def _start(store: TokenStore, prev: BuildState | None, fp: str, docs: list[dict], toks: list[DocTokens], base_docs: int,

@@ -3,9 +3,11 @@
 1. `tokenize_doc`: a document -> DocTokens (ids, char offsets, decontamination mask, held-out start).
 2. `holdout_starts`: which tail of which document is kept out for calibration (pure, deterministic).
 3. `plan_targets`: every window of every document and the target positions it stores (pure).
-4. `encode_windows` + `window_entries`: one forward to the key layer per batch -> (key, value, prov).
-5. `ShardWriter`: buffers entries and stages them as append-only shards of the TokenStore.
-6. `BuildState`: the resumable record in the manifest (how many planned windows are committed).
+4. `units`: the plan's windows grouped into forwards (batches of short documents, one window at a
+   time through a carried KV cache along long ones).
+5. `encode_windows` / `CachedEncoder` + `window_entries`: a forward to the key layer -> (key, value, prov).
+6. `ShardWriter`: buffers entries and stages them as append-only shards of the TokenStore.
+7. `BuildState`: the resumable record in the manifest (how many planned windows are committed).
 
 Steps 1-3 are pure functions of the documents and the settings, so a resumed or distributed
 build sees the same plan; only `windows_done` (an index into the plan) has to be persisted.
@@ -138,24 +140,62 @@ def plan_stats(plan: Sequence[PlannedWindow], upto: int | None = None) -> PlanSt
                      sum(p.dropped for p in part), sum(int(p.targets.size) for p in part))
 
 
-def batches(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Plan indices from `start` with targets, grouped into forwards of at most `max_windows`
-    windows (and, when given, `max_tokens` padded tokens, so short documents can share a forward)."""
-    out: list[list[int]] = []
+def _chained(plan: Sequence[PlannedWindow], a: int, b: int) -> bool:
+    """Window b continues window a of the same document (and both store something)."""
+    if a < 0 or b >= len(plan) or not plan[a].targets.size or not plan[b].targets.size:
+        return False
+    return plan[a].doc == plan[b].doc and plan[b].window.first_target == plan[a].window.end
+
+
+def units(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_tokens: int | None = None,
+          carry: bool = False) -> list[tuple[bool, list[int]]]:
+    """Plan indices from `start` with targets, in plan order, as (cached, indices) forwards.
+
+    With `carry`, a window that continues or is continued by its neighbour in the plan (a document
+    longer than one window) is its own unit, run through the carried KV cache (cached=True); the
+    others are grouped into batched forwards of at most `max_windows` windows (and, when given,
+    `max_tokens` padded tokens, so short documents can share a forward).
+    """
+    out: list[tuple[bool, list[int]]] = []
     cur: list[int] = []
     longest = 0
     for i in range(start, len(plan)):
         n = plan[i].window.end - plan[i].window.begin
         if not plan[i].targets.size:
             continue
+        if carry and (_chained(plan, i - 1, i) or _chained(plan, i, i + 1)):
+            if cur:
+                out.append((False, cur))
+                cur, longest = [], 0
+            out.append((True, [i]))
+            continue
         if cur and (len(cur) >= max_windows or (max_tokens is not None and (len(cur) + 1) * max(longest, n) > max_tokens)):
-            out.append(cur)
+            out.append((False, cur))
             cur, longest = [], 0
         cur.append(i)
         longest = max(longest, n)
     if cur:
-        out.append(cur)
+        out.append((False, cur))
     return out
+
+
+def segment_start(plan: Sequence[PlannedWindow], i: int, max_length: int) -> int:
+    """The plan index where CachedEncoder's segment holding window i begins: a build resumed at i
+    replays the windows from there (storing nothing) so its cache, and so its keys, are those of
+    the build that was interrupted. Bounded: a segment spans at most max_length tokens."""
+    j = i
+    while _chained(plan, j - 1, j):
+        j -= 1
+    start, seg = j, plan[j].window.begin
+    for k in range(j + 1, i + 1):
+        if plan[k].window.end - seg > max_length:  # CachedEncoder.states starts a fresh segment here
+            start, seg = k, plan[k].window.begin
+    return start
+
+
+def batches(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_tokens: int | None = None) -> list[list[int]]:
+    """The windowed build's forwards: `units` without the carried cache."""
+    return [idx for _cached, idx in units(plan, start, max_windows, max_tokens)]
 
 
 def encode_windows(lm, module, docs: Sequence[DocTokens], batch: Sequence[PlannedWindow]):
@@ -191,9 +231,10 @@ class CachedEncoder:
     model's position limit starts a fresh segment, run exactly as the windowed build runs it (the
     same keys). Later windows see at least as much context as in the windowed build, through
     states computed with their own, earlier context: their keys differ slightly. Measured with
-    SmolLM2 on 3k WikiText tokens (benchmarks/bench_build_speed.py): key cosine median 0.9988,
-    kNN-LM ppl 14.32 vs 14.33 windowed, but 0.82x vs 1.49x the plain forward on this 2-core CPU
-    (batch 1 with a cache is slower per token than two 1024-token windows): opt-in, off by default.
+    SmolLM2 on one 8k-token WikiText document (benchmarks/bench_build_speed.py, quiet machine):
+    1.22x the plain forward per stored token against 0.90x windowed, key cosine median 0.998;
+    on 3k tokens kNN-LM ppl 14.32 vs 14.33 windowed. Batch 1 costs little here: on this 2-core
+    CPU a (1, 768) forward over a 260-token cache ran at 375-385 tokens/s, (2, 768) at 362-371.
     """
 
     def __init__(self, lm, module, context: int, sinks: int = 4) -> None:

@@ -1,9 +1,11 @@
-"""The datastore build on Ray: the same plan as the one-process build, forwards in a pool of LM actors.
+"""The datastore build on Ray: the same plan as the one-process windowed build, forwards in a pool of LM actors.
 
 The driver does what needs the whole corpus (dedup, decontamination n-grams, the held-out slice,
 the window plan: lm.datastore.build / build_steps) and cuts the plan into tasks at exactly the
 one-process build's batch and shard boundaries, so every forward sees the same batch and every
-key comes out bit for bit the same. The tasks become a Ray Dataset; `map_batches` runs them on a
+key comes out bit for bit as in `--no-kv-cache` (the one-process default carries the KV cache
+along long documents, whose windows must then run in order in one process: their keys differ
+slightly). The tasks become a Ray Dataset; `map_batches` runs them on a
 callable LM-actor class (`concurrency` actors, each loading the LM once). An actor writes its
 task's key/value/provenance files under names fixed by the task, so a retried task (Ray restarts
 a killed actor and re-runs its task) overwrites its half-written files. The driver commits the

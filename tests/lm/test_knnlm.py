@@ -351,8 +351,8 @@ def test_kv_cache_build_stores_the_same_entries(llama, corpus, tmp_path):
     from lm.datastore.token_store import TokenStore
 
     cfg = BuildConfig(window=32, stride=24, shard_tokens=40, holdout=0.0)
-    win = build_datastore(llama, [str(corpus)], tmp_path / "win", cfg, progress=False)
-    kv = build_datastore(llama, [str(corpus)], tmp_path / "kv", replace(cfg, kv_cache=True), progress=False)
+    win = build_datastore(llama, [str(corpus)], tmp_path / "win", replace(cfg, kv_cache=False), progress=False)
+    kv = build_datastore(llama, [str(corpus)], tmp_path / "kv", cfg, progress=False)  # the default carries the cache
     a, b = TokenStore.open(tmp_path / "win"), TokenStore.open(tmp_path / "kv")
     assert a.count == b.count == win.entries_total
     np.testing.assert_array_equal(a.values, b.values)
@@ -362,3 +362,24 @@ def test_kv_cache_build_stores_the_same_entries(llama, corpus, tmp_path):
     np.testing.assert_allclose(ka[first], kb[first], atol=2e-2, rtol=1e-2)
     cos = (ka * kb).sum(1) / np.linalg.norm(ka, axis=1) / np.linalg.norm(kb, axis=1)
     assert cos.min() > 0.8 and kv.forward_tokens < win.forward_tokens  # more context, fewer forward tokens
+
+
+def test_units_carry_only_documents_longer_than_one_window():
+    """Short documents share batched forwards; a long document's windows run one at a time, in
+    plan order, so the cache follows it; windows with nothing to store are not run."""
+    from lm.datastore.build_steps import PlannedWindow, batches, units
+    from lm.windows import plan_windows
+
+    def doc(i, n, empty=()):
+        return [PlannedWindow(i, w, np.zeros(0 if j in empty else 1, dtype=np.int64), 0) for j, w in enumerate(plan_windows(n, 32, 24))]
+
+    plan = doc(0, 20) + doc(1, 30) + doc(2, 100) + doc(3, 10) + doc(4, 80, empty=(1,))
+    long2 = [i for i, p in enumerate(plan) if p.doc == 2]
+    assert len(long2) > 1
+    got = units(plan, 0, max_windows=4, carry=True)
+    d4 = [i for i, p in enumerate(plan) if p.doc == 4]  # its 2nd window stores nothing: 1st and 3rd no longer chain
+    assert got[:1 + len(long2)] == [(False, [0, 1]), *((True, [i]) for i in long2)]
+    assert got[1 + len(long2)] == (False, [long2[-1] + 1, d4[0], *d4[2:3]]) and all(c for c, _ in got[2 + len(long2):])
+    assert [i for _c, idx in got for i in idx] == [i for i, p in enumerate(plan) if p.targets.size]  # plan order, each once
+    assert all(not c for c, _ in units(plan, 0, 4)) and batches(plan, 0, 4) == [idx for _c, idx in units(plan, 0, 4)]
+    assert units(plan, long2[1], 4, carry=True)[0] == (True, [long2[1]])  # a resumed build starts mid-document

@@ -17,7 +17,7 @@ from tests.support.tiny_lm import CORPUS, make_tiny_lm
 OTHER = ("Volcanic islands form where magma rises through the crust. Basalt cools into columns, and "
          "new land appears in the sea within months; seabirds arrive first, then mosses and ferns. ") * 6
 CFG = BuildConfig(window=48, stride=32, batch_size=2, shard_tokens=60, calibrate=False, index_factory="IVF4,PQ4x4",
-                  index_ondisk=True, index_part_entries=100)
+                  index_ondisk=True, index_part_entries=100, kv_cache=False)
 
 
 @pytest.fixture(scope="module")

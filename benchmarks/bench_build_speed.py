@@ -3,12 +3,14 @@
 Interleaved in one run (the machine is shared: each round runs all three back to back, and the
 medians of the per-round ratios are reported):
   plain     the unmodified model (with lm_head) on 1024-token windows: tokens/s
-  windowed  build_datastore, window 1024 / stride 768 (each stored token costs 4/3 forward tokens)
-  kv-cache  build_datastore --kv-cache (each token forwarded once, the previous 256 tokens cached)
+  windowed  build_datastore --no-kv-cache, window 1024 / stride 768 (each stored token costs 4/3 forward tokens)
+  kv-cache  build_datastore's default (each token forwarded once, the previous 256 tokens cached)
 Then how close the two builds' keys are, and kNN-LM perplexity on held-apart text with each store
 (same k, T, lambda) so a difference in keys shows up as what it costs.
 
   nice python benchmarks/bench_build_speed.py --tokens 4096 --rounds 3
+
+One document of --tokens tokens: the corpus is one long document, where the two builds differ.
 """
 from __future__ import annotations
 

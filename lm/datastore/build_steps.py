@@ -179,6 +179,12 @@ def units(plan: Sequence[PlannedWindow], start: int, max_windows: int, max_token
     return out
 
 
+def _past_limit(w: Window, seg_begin: int, max_length: int) -> bool:
+    """Window w would take the segment that began at seg_begin past the model's position limit:
+    CachedEncoder starts a fresh segment there (and segment_start finds it the same way)."""
+    return w.end - seg_begin > max_length
+
+
 def segment_start(plan: Sequence[PlannedWindow], i: int, max_length: int) -> int:
     """The plan index where CachedEncoder's segment holding window i begins: a build resumed at i
     replays the windows from there (storing nothing) so its cache, and so its keys, are those of
@@ -188,7 +194,7 @@ def segment_start(plan: Sequence[PlannedWindow], i: int, max_length: int) -> int
         j -= 1
     start, seg = j, plan[j].window.begin
     for k in range(j + 1, i + 1):
-        if plan[k].window.end - seg > max_length:  # CachedEncoder.states starts a fresh segment here
+        if _past_limit(plan[k].window, seg, max_length):
             start, seg = k, plan[k].window.begin
     return start
 
@@ -227,10 +233,11 @@ class CachedEncoder:
     The windowed build runs every window whole, so each stored token costs window/stride forward
     tokens (4/3 at 1024/768). Here each window runs only its new tokens and attends to the
     previous `context` tokens through the cache: every position is computed once. A window that
-    does not continue the previous one (a new document, a resumed build) or would pass the
-    model's position limit starts a fresh segment, run exactly as the windowed build runs it (the
-    same keys). Later windows see at least as much context as in the windowed build, through
-    states computed with their own, earlier context: their keys differ slightly. Measured with
+    does not continue the previous one (a new document) or would pass the model's position limit
+    starts a fresh segment, run exactly as the windowed build runs it (the same keys); a resumed
+    build first replays its segment from `segment_start`, so its keys are the one-shot build's.
+    Later windows see at least as much context as in the windowed build, through states computed
+    with their own, earlier context: their keys differ slightly. Measured with
     SmolLM2 on one 8k-token WikiText document (benchmarks/bench_build_speed.py, quiet machine):
     1.22x the plain forward per stored token against 0.90x windowed, key cosine median 0.998;
     on 3k tokens kNN-LM ppl 14.32 vs 14.33 windowed. Batch 1 costs little here: on this 2-core
@@ -277,7 +284,7 @@ class CachedEncoder:
         import torch
         from transformers import DynamicCache
 
-        fresh = self._doc != d.doc or self._end != w.first_target or w.end - self._seg > self.lm.max_length
+        fresh = self._doc != d.doc or self._end != w.first_target or _past_limit(w, self._seg, self.lm.max_length)
         if fresh:
             self._cache = DynamicCache()
             H = self._run(d.ids[w.begin:w.end], 0, self._cache)  # (T, D) as the windowed build

@@ -86,7 +86,7 @@ def run_mode(store, questions, collection: str, cfg, knnlm) -> list[dict]:
         res = answer(q["question"], store=store, knnlm=knnlm, collection=collection, config=cfg,
                      on_token=lambda piece, first=first, t0=t0: first.append(time.perf_counter() - t0) if not first else None)
         dt = time.perf_counter() - t0
-        cited = [c["source"] for c in res.citations if c["cited"]]
+        cited = [c.source for c in res.citations if c.cited]
         out.append({"id": q["id"], "impossible": q["impossible"], "held_out": int(q["file"][6:9]) % 2 == 1,
                     "answered": res.grounded, "answer": res.answer if res.grounded else "",
                     "f1": f1(res.answer, q["answers"]) if res.grounded and q["answers"] else 0.0,
@@ -113,7 +113,7 @@ def compare_scorers(store, questions, n: int) -> dict:
     tot = {"text_features": 0.0, "lm_conditional": 0.0, "lm_pmi": 0.0, "text_plus_0.3_lm": 0.0}
     secs = []
     for q in questions[:n]:
-        hits = [h.to_dict() for h in store.search(q["question"], k=5, collection="rhine")]
+        hits = store.search(q["question"], k=5, collection="rhine")
         ev = gather(q["question"], hits, lambda t: np.stack([emb.embed_query(x) for x in t]), stats)
         table = candidate_table(ev, n_sentences=1)
         if not table:
@@ -195,7 +195,7 @@ def main() -> int:
             from lm.rag.answer import answer
 
             res = answer(q, store=s, knnlm=loader, collection="projdocs", config=cfg)
-            sent = (res.answer_span or {}).get("sentence", "")
+            sent = res.answer_span.sentence if res.answer_span else ""
             proj.append({"question": q, "answered": res.grounded, "answer": res.answer[:120],
                          "expected_in_sentence": want.lower() in sent.lower(),
                          "expected_in_answer": res.grounded and want.lower() in res.answer.lower()})

@@ -82,11 +82,11 @@ def one(store, q: dict, knnlm, cfg, gold_of: dict[str, str]) -> dict:
     prov: dict[str, float] = collections.defaultdict(float)
     over: dict[str, float] = collections.defaultdict(float)
     for sp in res.spans:
-        if sp["provenance_chunk"] is not None and sp["provenance_weight"] > 0:
-            prov[sp["provenance_chunk"]] += sp["provenance_weight"] * sp["tokens"]
-        if sp["overlap_chunk"] is not None:
-            over[sp["overlap_chunk"]] += sp["overlap_score"]
-    lm_cited = [c["source"] for c in res.citations if c.get("basis") == "lm"]
+        if sp.provenance_chunk is not None and sp.provenance_weight > 0:
+            prov[sp.provenance_chunk] += sp.provenance_weight * sp.tokens
+        if sp.overlap_chunk is not None:
+            over[sp.overlap_chunk] += sp.overlap_score
+    lm_cited = [c.source for c in res.citations if c.basis == "lm"]
     text = re.sub(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]", "", res.answer)
     return {"id": q["id"], "answer": res.answer[:300], "f1": f1(text, q["answers"]), "seconds": dt,
             "first_token_s": t_first - t0, "before_lm_s": t_gen - t0, "lm_first_token_s": t_first - t_gen,
@@ -94,11 +94,11 @@ def one(store, q: dict, knnlm, cfg, gold_of: dict[str, str]) -> dict:
             "gold_by_provenance": gold_of.get(top_chunk(prov) or "") == gold,
             "gold_by_overlap": gold_of.get(top_chunk(over) or "") == gold,
             "gold_by_lm": any(c.endswith("/" + gold) for c in lm_cited),
-            "sentences": len(res.spans), "provenance_sentences": sum(sp["basis"] == "provenance" for sp in res.spans),
-            "compared": sum(sp["agree"] is not None for sp in res.spans),
-            "agreed": sum(bool(sp["agree"]) for sp in res.spans), "agreement": res.agreement,
-            "span_weights": [[sp["basis"], sp["provenance_weight"], gold_of.get(sp["provenance_chunk"] or ""),
-                              gold_of.get(sp["overlap_chunk"] or "")] for sp in res.spans]}
+            "sentences": len(res.spans), "provenance_sentences": sum(sp.basis == "provenance" for sp in res.spans),
+            "compared": sum(sp.agree is not None for sp in res.spans),
+            "agreed": sum(bool(sp.agree) for sp in res.spans), "agreement": res.agreement,
+            "span_weights": [[sp.basis, sp.provenance_weight, gold_of.get(sp.provenance_chunk or ""),
+                              gold_of.get(sp.overlap_chunk or "")] for sp in res.spans]}
 
 
 def summary(rows: list[dict]) -> dict:

@@ -50,7 +50,7 @@ def collect(store, questions: list[dict]) -> list[dict]:
 
     out = []
     for q in questions:
-        hits = [h.to_dict() for h in store.search(q["question"], k=5, collection="rhine")]
+        hits = store.search(q["question"], k=5, collection="rhine")
         rel = [h for h in hits if relevance(h, RagConfig())]
         ev = gather(q["question"], rel, embed, stats)
         cands = candidate_table(ev) if answer_type(q["question"]) != "explain" else []
@@ -63,7 +63,7 @@ def collect(store, questions: list[dict]) -> list[dict]:
         mask[top] = masked_cosines(ev, [cands[t] for t in top], embed)
         out.append({"q": q, "X": X, "mask": mask, "text": [c.span.text for c in cands], "sent": [c.sentence.span.text for c in cands],
                     "f1": np.array([f1(c.span.text, q["answers"]) for c in cands]),
-                    "gold": np.array([str(ev.hits[c.sentence.hit].get("source", "")).endswith("/" + q["file"]) for c in cands])})
+                    "gold": np.array([ev.hits[c.sentence.hit].source.endswith("/" + q["file"]) for c in cands])})
     return out
 
 

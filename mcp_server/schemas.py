@@ -46,6 +46,7 @@ class CitationOut(BaseModel):
     uri: str
     score: float
     heading: str | None = None
+    truncated: bool = Field(default=False, description="generate: the LM was given only the start of the chunk")
     start_char: int | None = Field(default=None, description="extractive: where the copied answer starts in the file")
     end_char: int | None = Field(default=None, description="extractive: where the copied answer ends in the file")
     chunk_start_line: int | None = Field(default=None, description="first line of the whole source chunk")

@@ -9,6 +9,7 @@ drop_collection (exclusive) never closes a collection under a reader.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -122,14 +123,12 @@ def _register_ask(server: Any) -> None:
                                   collection=collection, config=cfg)
 
         res = await T.run(work)
-        d = res.to_dict()
-        cites = [S.CitationOut(**{f: c[f] for f in S.CitationOut.model_fields if f in c}) for c in d["citations"]]
-        return T.result(S.AskOut(question=question[:500], answer=d["answer"][:20_000], grounded=d["grounded"],
-                                citations=cites, model=d["model"], used_knn=d["used_knn"],
-                                attributed=bool(d.get("attributed")), note=d.get("note"), mode=d["mode"],
-                                answer_span=T.jsonable(d["answer_span"]) if d.get("answer_span") else None,
-                                confidence=d.get("confidence"), agreement=d.get("agreement"),
-                                spans=[S.SpanCitationOut(**T.jsonable(sp)) for sp in d.get("spans") or []]))
+        return T.result(S.AskOut(question=question[:500], answer=res.answer[:20_000], grounded=res.grounded,
+                                citations=[S.CitationOut(**asdict(c)) for c in res.citations], model=res.model,
+                                used_knn=res.used_knn, attributed=res.attributed, note=res.note, mode=res.mode,
+                                answer_span=asdict(res.answer_span) if res.answer_span else None,
+                                confidence=res.confidence, agreement=res.agreement,
+                                spans=[S.SpanCitationOut(**T.jsonable(asdict(sp))) for sp in res.spans]))
 
 
 def _register_get_chunks(server: Any) -> None:

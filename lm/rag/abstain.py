@@ -41,16 +41,16 @@ def features(ev: Evidence, hit_index: int, type_match: float) -> AbstainFeatures
         return AbstainFeatures(0.0, 0.0, 0.0, 0.0, ev.missing_idf, 0.0, 0.0)
     s = ev.sentences[0]
     h = ev.hits[hit_index]
-    scores = h.get("scores") or {}
+    scores = h.scores  # a mode that did not find the chunk has no entry
 
     def rank(key: str) -> int:
-        vals = sorted((float((x.get("scores") or {}).get(key) or 0.0) for x in ev.hits), reverse=True)
-        v = float(scores.get(key) or 0.0)
+        vals = sorted((x.scores.get(key, 0.0) for x in ev.hits), reverse=True)
+        v = scores.get(key, 0.0)
         return vals.index(v) if v > 0 else len(vals)
 
     rd, rb = rank("dense"), rank("bm25")
     agree = 1.0 if min(rd, rb) == 0 and max(rd, rb) <= 1 else 0.5 if min(rd, rb) == 0 else 0.0
-    return AbstainFeatures(s.coverage, s.chunk_coverage, s.cosine, float(scores.get("dense") or 0.0),
+    return AbstainFeatures(s.coverage, s.chunk_coverage, s.cosine, scores.get("dense", 0.0),
                            ev.missing_idf, agree, type_match)
 
 

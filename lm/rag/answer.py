@@ -26,7 +26,10 @@ import numpy as np
 
 from lm.rag.citations import EchoCutStream, cut_echo, echoes, extract_citations
 from lm.rag.modes import GENERATE_MIN_PARAMS  # noqa: F401  (re-exported: the answer-mode size rule)
+from lm.rag.provenance import SpanCitation
+from lm.rag.records import AnswerSpan, Citation, Source
 from retrieval.errors import InvalidInputError
+from retrieval.types import Hit
 
 ANSWER_MODES = ("auto", "extractive", "generate")
 
@@ -76,7 +79,7 @@ class RagAnswer:
     question: str
     answer: str
     grounded: bool
-    citations: list[dict[str, Any]]  # every numbered source given to the LM, with `cited`
+    citations: list[Citation]  # every numbered source (given to the LM, or retrieved), with `cited`
     model: str
     used_knn: bool
     prompt_tokens: int = 0
@@ -85,9 +88,9 @@ class RagAnswer:
     note: str | None = None
     streamed: bool = False
     mode: str = "generate"  # the mode that produced the answer: extractive | generate | abstain
-    answer_span: dict[str, Any] | None = None  # extractive: the copied span's file, lines, chars and sentence
+    answer_span: AnswerSpan | None = None  # extractive: the copied span's file, lines, chars and sentence
     confidence: float | None = None  # p(answerable) from lm.rag.abstain
-    spans: list[dict[str, Any]] = field(default_factory=list)  # generate: each sentence's chunks and basis (lm.rag.provenance)
+    spans: list[SpanCitation] = field(default_factory=list)  # generate: each sentence's chunks and basis (lm.rag.provenance)
     agreement: float | None = None  # generate: share of sentences whose provenance and overlap top chunks agree
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,18 +99,18 @@ class RagAnswer:
         return d
 
 
-def relevance(hit: dict[str, Any], cfg: RagConfig) -> bool:
-    scores = hit.get("scores") or {}
-    if scores.get("dense") is not None:
-        return float(scores["dense"]) >= cfg.min_score
-    if scores.get("bm25") is not None:
-        return float(scores["bm25"]) >= cfg.min_bm25
-    return float(hit.get("score") or 0.0) >= cfg.min_score
+def relevance(hit: Hit, cfg: RagConfig) -> bool:
+    """On the dense cosine where the dense search found the hit, else on its BM25 score."""
+    if "dense" in hit.scores:
+        return hit.scores["dense"] >= cfg.min_score
+    if "bm25" in hit.scores:
+        return hit.scores["bm25"] >= cfg.min_bm25
+    return hit.score >= cfg.min_score
 
 
-def source_header(n: int, hit: dict[str, Any]) -> str:
-    head = f" — {hit['heading']}" if hit.get("heading") else ""
-    return f"[{n}] {hit.get('source')} (lines {hit.get('start_line')}-{hit.get('end_line')}){head}\n"
+def source_header(n: int, hit: Hit) -> str:
+    head = f" — {hit.heading}" if hit.heading else ""
+    return f"[{n}] {hit.source} (lines {hit.start_line}-{hit.end_line}){head}\n"
 
 
 def build_messages(question: str, sources: Sequence[str]) -> list[dict[str, str]]:
@@ -132,29 +135,29 @@ def _cut(tokenizer: Any, text: str, n_tokens: int) -> str:
     return text if len(ids) <= n_tokens else tokenizer.decode(ids[:max(0, n_tokens)], skip_special_tokens=True)
 
 
-def fit_sources(question: str, hits: Sequence[dict[str, Any]], tokenizer: Any, budget: int,
-                max_source_tokens: int) -> tuple[str, list[dict[str, Any]], int]:
-    """Prompt text, the hits it numbers (with `truncated`), and its token count (<= budget)."""
+def fit_sources(question: str, hits: Sequence[Hit], tokenizer: Any, budget: int,
+                max_source_tokens: int) -> tuple[str, list[Source], int]:
+    """Prompt text, the sources it numbers, and its token count (<= budget)."""
     base = count_tokens(tokenizer, render_prompt(tokenizer, build_messages(question, [])))
     if base > budget:
         raise InvalidInputError(f"the question alone takes {base} tokens, over the prompt budget of {budget}",
                                 "shorten the question, or raise --context-tokens / lower --max-new-tokens")
     remaining = budget - base - 4
     blocks: list[str] = []
-    used: list[dict[str, Any]] = []
+    used: list[Source] = []
     for hit in hits:
         header = source_header(len(used) + 1, hit)
         h_cost = count_tokens(tokenizer, header) + 2
-        text = _cut(tokenizer, hit.get("text") or "", max_source_tokens)
+        text = _cut(tokenizer, hit.text, max_source_tokens)
         t_cost = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        truncated = text != (hit.get("text") or "")
+        truncated = text != hit.text
         if h_cost + t_cost > remaining:
             if remaining - h_cost < 48:
                 break
             text, truncated = _cut(tokenizer, text, remaining - h_cost), True
             t_cost = remaining - h_cost
         blocks.append(header + text)
-        used.append({**hit, "truncated": truncated})
+        used.append(Source(hit, truncated))
         remaining -= h_cost + t_cost
         if remaining < 48:
             break
@@ -170,15 +173,7 @@ def fit_sources(question: str, hits: Sequence[dict[str, Any]], tokenizer: Any, b
             blocks.pop(), used.pop()
         else:
             blocks[-1] = last.split("\n", 1)[0] + "\n" + _cut(tokenizer, body, n_body - max(16, total - budget))
-            used[-1]["truncated"] = True
-
-
-def _citation(n: int, hit: dict[str, Any], cited: bool) -> dict[str, Any]:
-    coll = hit.get("collection") or "default"
-    return {"n": n, "cited": cited, "source": str(hit.get("source")), "start_line": int(hit.get("start_line") or 0),
-            "end_line": int(hit.get("end_line") or 0), "chunk_id": str(hit.get("id")),
-            "uri": f"chunk://{coll}/{hit.get('id')}", "score": float(hit.get("score") or 0.0),
-            "heading": hit.get("heading") or None, "truncated": bool(hit.get("truncated"))}
+            used[-1] = used[-1]._replace(truncated=True)
 
 
 def not_found_answer(collection: str, best: float | None, cfg: RagConfig) -> str:
@@ -192,7 +187,7 @@ def _model_id(lm: Any, knnlm: Any) -> str:
 
 
 def _abstain(question: str, collection: str, knnlm: Any, lm: Any, why: str, on_token: Callable[[str], None] | None,
-             confidence: float | None = None, citations: list | None = None) -> RagAnswer:
+             confidence: float | None = None, citations: list[Citation] | None = None) -> RagAnswer:
     text = (f"I could not find anything relevant to this question in collection {collection!r} ({why}), "
             "so I will not guess. Try rephrasing, a larger k, or indexing more documents.")
     if on_token:
@@ -217,11 +212,10 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
     cfg = config or RagConfig()
     if not isinstance(question, str) or not question.strip():
         raise InvalidInputError("the question is empty", "ask something")
-    hits = [h.to_dict() if hasattr(h, "to_dict") else dict(h)
-            for h in store.search(question, k=cfg.k, mode=cfg.mode, collection=collection)]
+    hits: list[Hit] = store.search(question, k=cfg.k, mode=cfg.mode, collection=collection)
     relevant = [h for h in hits if relevance(h, cfg)]
     if not relevant:
-        dense = [float(d) for h in hits if (d := (h.get("scores") or {}).get("dense")) is not None]
+        dense = [h.scores["dense"] for h in hits if "dense" in h.scores]
         best = f"best relevance {max(dense):.2f} < threshold {cfg.min_score:.2f}" if dense else "nothing was retrieved"
         return _abstain(question, collection, knnlm, lm, best, on_token)
     emb = store.embedder_for(store.collection(collection))
@@ -250,7 +244,7 @@ def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection:
     return res
 
 
-def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any, cfg: RagConfig,
+def _generate(question: str, relevant: list[Hit], knnlm: Any, lm: Any, cfg: RagConfig,
               on_token: Callable[[str], None] | None, store: Any = None, collection: str = "default") -> RagAnswer:
     if callable(knnlm) and not hasattr(knnlm, "generate"):
         knnlm = knnlm()
@@ -281,52 +275,52 @@ def _generate(question: str, relevant: list[dict[str, Any]], knnlm: Any, lm: Any
     if stream:
         stream.close()
     text = cut_echo(raw).strip()
-    numbered = [str(h.get("id")) for h in used]
+    numbered = [src.hit.id for src in used]
     spans = prov.spans_for(raw, text, plog, getattr(knnlm, "store", None), tok,
-                           [(c, h.get("text") or "") for c, h in zip(numbered, used)])
+                           [(src.hit.id, src.hit.text) for src in used])
     cited = extract_citations(text)
     valid = [n for n in cited if 1 <= n <= len(used)]
     invalid = [n for n in cited if n not in valid]
     notes = []
     basis = {n: "lm" for n in valid}
-    extra: list[dict[str, Any]] = []
+    extra: list[Hit] = []
     attributed = False
     if not valid:
         outside = prov.outside_chunks(spans, numbered)
-        found = {h.id: h.to_dict() for h in store.get(outside, collection=collection)} if outside and store else {}
+        found = {h.id: h for h in store.get(outside, collection=collection)} if outside and store else {}
         marks, extra_ids, basis = prov.markers(spans, numbered, set(found))
         text = prov.apply_markers(text, spans, marks)
-        extra = [{**found[c], "collection": collection} for c in extra_ids]
+        extra = [found[c] for c in extra_ids]
         valid = sorted(basis)
         attributed = bool(valid)
         notes.append(_attribution_note(spans) if valid else "the LM cited no source and no answer sentence matches one")
     if invalid:
         notes.append(f"markers {invalid} name no source and were made up by the LM")
-    citations = [_citation(i + 1, h, (i + 1) in valid) for i, h in enumerate(used + extra)]
+    sources = used + [Source(h) for h in extra]
+    citations = [Citation.of(n, src.hit, n in valid, src.truncated) for n, src in enumerate(sources, 1)]
     for c in citations:
-        c.update(basis=basis.get(c["n"]), in_prompt=c["n"] <= len(used))
+        c.basis, c.in_prompt = basis.get(c.n), c.n <= len(used)
     _locate_span_chunks(spans, citations)
     return RagAnswer(question, text, bool(valid), citations, str(lm.model_id), bool(knnlm.has_datastore),
                      prompt_tokens=n_prompt, invalid_citations=invalid, attributed=attributed,
                      note="; ".join(notes) or None, streamed=on_token is not None, mode="generate",
-                     spans=[asdict(sp) for sp in spans], agreement=prov.agreement(spans))
+                     spans=spans, agreement=prov.agreement(spans))
 
 
-def _attribution_note(spans: list[Any]) -> str:
+def _attribution_note(spans: list[SpanCitation]) -> str:
     n_p = sum(sp.basis == "provenance" for sp in spans)
     n_o = sum(sp.basis == "overlap" for sp in spans)
     return (f"the LM cited no source; markers were attributed by kNN provenance ({n_p} sentences) and by word "
             f"overlap between answer sentences and sources ({n_o} sentences, fallback)")
 
 
-def _locate_span_chunks(spans: list[Any], citations: list[dict[str, Any]]) -> None:
+def _locate_span_chunks(spans: list[SpanCitation], citations: list[Citation]) -> None:
     """Give each span's cited chunks their [n], file and lines (chunks outside the prompt and store: none)."""
-    by_id = {c["chunk_id"]: c for c in citations}
+    by_id = {c.chunk_id: c for c in citations}
     for sp in spans:
         for ch in sp.chunks:
-            c = by_id.get(str(ch["chunk_id"]))
-            ch.update(n=c["n"] if c else None, source=c["source"] if c else None,
-                      start_line=c["start_line"] if c else None, end_line=c["end_line"] if c else None)
+            if (c := by_id.get(ch.chunk_id)) is not None:
+                ch.n, ch.source, ch.start_line, ch.end_line = c.n, c.source, c.start_line, c.end_line
 
 
 BASIS_MARK = {"provenance": "  (attributed by kNN provenance)", "overlap": "  (attributed by word overlap, fallback)"}
@@ -335,13 +329,14 @@ BASIS_MARK = {"provenance": "  (attributed by kNN provenance)", "overlap": "  (a
 def format_sources(res: RagAnswer) -> str:
     lines = ["Sources:"]
     for c in res.citations:
-        mark = BASIS_MARK.get(c.get("basis") or "", "") if c["cited"] else "  (not cited)"
-        if c.get("in_prompt") is False:
+        mark = BASIS_MARK.get(c.basis or "", "") if c.cited else "  (not cited)"
+        if c.in_prompt is False:
             mark += " (not in the prompt: the kNN neighbours came from it)"
-        if c["cited"] and res.answer_span:
-            mark = f"  (answer copied from line {c['start_line']}, characters {c['start_char']}-{c['end_char']})"
-        lines.append(f"  [{c['n']}] {c['source']}:{c.get('chunk_start_line', c['start_line'])}-"
-                     f"{c.get('chunk_end_line', c['end_line'])}{mark}")
+        if c.cited and res.answer_span:
+            mark = f"  (answer copied from line {c.start_line}, characters {c.start_char}-{c.end_char})"
+        first = c.start_line if c.chunk_start_line is None else c.chunk_start_line
+        last = c.end_line if c.chunk_end_line is None else c.chunk_end_line
+        lines.append(f"  [{c.n}] {c.source}:{first}-{last}{mark}")
     if res.note:
         lines.append(f"note: {res.note}")
     return "\n".join(lines)
@@ -353,18 +348,13 @@ def extractive_answer(question: str, ev: Any, ex: Any, model_id: str, used_knn: 
 
     hit = ev.hits[ex.sentence.hit]
     loc = locate(hit, ex.span)
-    text = (hit.get("text") or "")[loc.chunk_start:loc.chunk_end]
+    text = hit.text[loc.chunk_start:loc.chunk_end]
     sent = ex.sentence.span
-    span = {"text": text, "chunk_id": str(hit.get("id")), "source": str(hit.get("source")),
-            "start_line": loc.start_line, "end_line": loc.end_line, "start_char": loc.start_char, "end_char": loc.end_char,
-            "chunk_start": loc.chunk_start, "chunk_end": loc.chunk_end, "sentence": sent.text,
-            "sentence_start": sent.start, "sentence_end": sent.end}
-    citations = []
-    for i, h in enumerate(ev.hits):
-        c = _citation(i + 1, h, i == ex.sentence.hit)
-        if i == ex.sentence.hit:
-            c.update(chunk_start_line=c["start_line"], chunk_end_line=c["end_line"], start_line=loc.start_line,
-                     end_line=loc.end_line, start_char=loc.start_char, end_char=loc.end_char)
-        citations.append(c)
+    span = AnswerSpan(text, hit.id, hit.source, loc.start_line, loc.end_line, loc.start_char, loc.end_char,
+                      loc.chunk_start, loc.chunk_end, sent.text, sent.start, sent.end)
+    citations = [Citation.of(i + 1, h, i == ex.sentence.hit) for i, h in enumerate(ev.hits)]
+    c = citations[ex.sentence.hit]
+    c.chunk_start_line, c.chunk_end_line = c.start_line, c.end_line
+    c.start_line, c.end_line, c.start_char, c.end_char = loc.start_line, loc.end_line, loc.start_char, loc.end_char
     return RagAnswer(question, text, True, citations, model_id, used_knn, mode="extractive", answer_span=span,
                      note=f"extractive: copied from [{ex.sentence.hit + 1}] {loc.start_line}-{loc.end_line}; the LM was not called")

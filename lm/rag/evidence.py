@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lm.rag.spans import Span, sentences
+from retrieval.types import Hit
 
 QUESTION_WORDS = frozenset("what which who whom whose when where why how is are was were do does did can could would "
                            "should will the a an of".split())
@@ -59,7 +60,7 @@ class Sentence(NamedTuple):
 
 class Evidence(NamedTuple):
     question: str
-    hits: list[dict]
+    hits: list[Hit]
     sentences: list[Sentence]  # best first
     q_terms: list[str]  # the question's analysed terms
     missing_idf: float  # largest IDF (normalised by log N) of a question term absent from all hits
@@ -86,7 +87,7 @@ def _coverage(q_terms: Sequence[str], weights: Sequence[float], have: set[str]) 
     return sum(w for t, w in zip(q_terms, weights) if t in have) / tot if tot > 0 else 0.0
 
 
-def gather(question: str, hits: list[dict], embed: Callable[[list[str]], np.ndarray], stats: TermStats,
+def gather(question: str, hits: list[Hit], embed: Callable[[list[str]], np.ndarray], stats: TermStats,
            max_embed: int = 16) -> Evidence:
     """Split the hits into sentences and rank them: coverage first, the embedder on the best few.
 
@@ -101,7 +102,7 @@ def gather(question: str, hits: list[dict], embed: Callable[[list[str]], np.ndar
     cands = []
     all_terms: set[str] = set()
     for h_i, h in enumerate(hits):
-        text = h.get("text") or ""
+        text = h.text
         chunk_terms = set(stats.tokenize(text))
         all_terms |= chunk_terms
         c_cov = _coverage(q_terms, w, chunk_terms)

@@ -24,6 +24,7 @@ import numpy as np
 
 from lm.rag.evidence import Evidence, Sentence
 from lm.rag.spans import FEATURES, Span, answer_type, candidates, phrase_vector, sentence_words
+from retrieval.types import Hit
 
 SENTENCES = 2  # phrases come from this many best sentences
 RERANK = 10  # candidates re-scored by the masked-sentence cosine
@@ -68,7 +69,7 @@ def candidate_table(ev: Evidence, n_sentences: int = SENTENCES, max_words: int =
     top = ev.sentences[0].score if ev.sentences else 0.0
     out = []
     for rank, s in enumerate(ev.sentences[:n_sentences]):
-        text = ev.hits[s.hit].get("text") or ""
+        text = ev.hits[s.hit].text
         sw = sentence_words(s.span, weight, total)
         for i, j in candidates(sw, max_words):
             span = Span(sw.words[i].start, sw.words[j].end, text[sw.words[i].start:sw.words[j].end])
@@ -123,10 +124,10 @@ class Located(NamedTuple):
     chunk_end: int
 
 
-def locate(hit: dict, span: Span) -> Located:
-    text = hit.get("text") or ""
-    base_char = int(hit.get("start_char") or 0)
-    base_line = int(hit.get("start_line") or 1)
+def locate(hit: Hit, span: Span) -> Located:
+    text = hit.text
+    base_char = hit.start_char or 0  # None: a record without positions (JSONL); offsets are then the chunk's
+    base_line = hit.start_line or 1
     first = base_line + text.count("\n", 0, span.start)
     last = first + text.count("\n", span.start, span.end)
     return Located(base_char + span.start, base_char + span.end, first, last, span.start, span.end)

@@ -55,7 +55,7 @@ def span_log_probs(lm, sentence: str, question: str | None, cands: Sequence[str]
         cache = out.past_key_values
         cache.batch_repeat_interleave(len(enc))
         full_mask = torch.cat([torch.ones((len(enc), ids.shape[1]), dtype=torch.long), mask], 1)  # (n, P + L)
-        logits = lm.model(input_ids=x, attention_mask=full_mask, past_key_values=cache, use_cache=True).logits  # (n, L, V)
+        logits = lm.model(input_ids=x, attention_mask=full_mask, cache=cache, use_cache=True).logits  # (n, L, V)
         lp = torch.log_softmax(logits.float(), -1)  # (n, L, V)
     tot = first[x[:, 0]]  # (n,)
     if L > 1:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lm.rag.citations import overlap_best, sentence_spans
+from lm.rag.records import ChunkRef
 
 MIN_WEIGHT = 0.05
 SECOND_RATIO = 0.5  # a second chunk is cited too when it has at least half the top chunk's weight
@@ -36,7 +37,7 @@ class SpanCitation:
     end: int
     text: str
     basis: str  # provenance | overlap | none
-    chunks: list[dict[str, Any]] = field(default_factory=list)  # the cited chunks: chunk_id, weight (+ n, source, lines)
+    chunks: list[ChunkRef] = field(default_factory=list)  # the cited chunks, best first
     provenance_chunk: str | None = None  # top chunk by provenance, even under MIN_WEIGHT
     provenance_weight: float = 0.0
     overlap_chunk: str | None = None  # the numbered source with most of the sentence's words
@@ -114,9 +115,9 @@ def attribute_spans(text: str, offsets: Sequence[tuple[int, int]], weights: Sequ
         if cited and sp.overlap_chunk is not None:
             sp.agree = cited[0][0] == sp.overlap_chunk
         if cited:
-            sp.basis, sp.chunks = "provenance", [{"chunk_id": c, "weight": round(x, 4)} for c, x in cited]
+            sp.basis, sp.chunks = "provenance", [ChunkRef(c, round(x, 4)) for c, x in cited]
         elif sp.overlap_chunk is not None:
-            sp.basis, sp.chunks = "overlap", [{"chunk_id": sp.overlap_chunk, "weight": sp.overlap_score}]
+            sp.basis, sp.chunks = "overlap", [ChunkRef(sp.overlap_chunk, sp.overlap_score)]
         out.append(sp)
     return out
 
@@ -139,8 +140,8 @@ def spans_for(raw: str, text: str, log: Any, ds: Any, tokenizer: Any, sources: S
 
 def outside_chunks(spans: Sequence[SpanCitation], numbered: Sequence[str]) -> list[str]:
     """The top provenance chunks that are not numbered sources (to look up in the store)."""
-    return list(dict.fromkeys(str(sp.chunks[0]["chunk_id"]) for sp in spans
-                              if sp.chunks and str(sp.chunks[0]["chunk_id"]) not in numbered))
+    return list(dict.fromkeys(sp.chunks[0].chunk_id for sp in spans
+                              if sp.chunks and sp.chunks[0].chunk_id not in numbered))
 
 
 def markers(spans: Sequence[SpanCitation], numbered: Sequence[str], known: set[str]
@@ -153,12 +154,12 @@ def markers(spans: Sequence[SpanCitation], numbered: Sequence[str], known: set[s
     marks: list[tuple[int, int, int]] = []
     basis: dict[int, str] = {}
     for sp in spans:
-        if sp.chunks and str(sp.chunks[0]["chunk_id"]) not in numbered and str(sp.chunks[0]["chunk_id"]) not in known:
-            sp.basis, sp.chunks = ("overlap", [{"chunk_id": sp.overlap_chunk, "weight": sp.overlap_score}]) \
+        if sp.chunks and sp.chunks[0].chunk_id not in numbered and sp.chunks[0].chunk_id not in known:
+            sp.basis, sp.chunks = ("overlap", [ChunkRef(sp.overlap_chunk, sp.overlap_score)]) \
                 if sp.overlap_chunk is not None else ("none", [])
         if not sp.chunks:
             continue
-        c = str(sp.chunks[0]["chunk_id"])
+        c = sp.chunks[0].chunk_id
         if c not in numbered and c not in extra:
             extra.append(c)
         n = numbered.index(c) + 1 if c in numbered else len(numbered) + extra.index(c) + 1

@@ -69,14 +69,14 @@ def test_extractive_answer_is_a_span_of_the_cited_chunk(store):
     res = rag.answer("How long is the Rhine?", store=store, knnlm=MustNotLoad(), config=rag.RagConfig(min_score=0.0))
     assert res.mode == "extractive" and res.grounded and res.model == "not loaded"
     sp = res.answer_span
-    cited = [c for c in res.citations if c["cited"]]
-    assert len(cited) == 1 and cited[0]["chunk_id"] == sp["chunk_id"]
-    chunk = store.get([sp["chunk_id"]])[0]
-    assert chunk.text[sp["chunk_start"]:sp["chunk_end"]] == res.answer  # offsets into the chunk reproduce it
-    source = Path(sp["source"]).read_text()
-    assert source[sp["start_char"]:sp["end_char"]] == res.answer  # ... and into the file
-    assert source.count("\n", 0, sp["start_char"]) + 1 == sp["start_line"] == cited[0]["start_line"]
-    assert "1,230" in res.answer and res.answer in sp["sentence"]
+    cited = [c for c in res.citations if c.cited]
+    assert len(cited) == 1 and cited[0].chunk_id == sp.chunk_id
+    chunk = store.get([sp.chunk_id])[0]
+    assert chunk.text[sp.chunk_start:sp.chunk_end] == res.answer  # offsets into the chunk reproduce it
+    source = Path(sp.source).read_text()
+    assert source[sp.start_char:sp.end_char] == res.answer  # ... and into the file
+    assert source.count("\n", 0, sp.start_char) + 1 == sp.start_line == cited[0].start_line
+    assert "1,230" in res.answer and res.answer in sp.sentence
     assert "answer copied from line" in rag.format_sources(res)
 
 
@@ -93,7 +93,7 @@ def test_off_topic_question_abstains_without_loading_the_lm(store):
 def test_how_to_questions_get_the_whole_sentence(store):
     res = rag.answer("How do I start the HTTP transport?", store=store, knnlm=MustNotLoad(),
                      config=rag.RagConfig(min_score=0.0, abstain_threshold=0.0))
-    assert res.mode == "extractive" and res.answer == res.answer_span["sentence"]
+    assert res.mode == "extractive" and res.answer == res.answer_span.sentence
     assert res.answer.startswith("Start the HTTP transport")
 
 

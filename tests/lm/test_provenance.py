@@ -5,6 +5,7 @@ import pytest
 
 from lm.rag import answer as rag
 from lm.rag import provenance as prov
+from lm.rag.records import ChunkRef
 from tests.support.docs import write_docs
 from tests.support.tiny_lm import make_tiny_lm
 
@@ -42,16 +43,16 @@ def test_provenance_points_to_the_chunk_of_a_planted_fact(setup):
     store, knn, _lm, _dir = setup
     planted = next(h for h in store.search(QUESTION, k=5) if h.source.endswith("bridges.md"))
     res = rag.answer(QUESTION, store=store, knnlm=knn, config=_cfg())
-    span = next(sp for sp in res.spans if "1911" in sp["text"])
-    assert span["basis"] == "provenance" and span["provenance_chunk"] == planted.id
-    top = span["chunks"][0]
-    assert top["chunk_id"] == planted.id and top["source"].endswith("bridges.md") and top["weight"] >= prov.MIN_WEIGHT
-    assert (top["start_line"], top["end_line"]) == (planted.start_line, planted.end_line)
-    assert res.answer[span["start"]:span["end"]] == span["text"] and f"[{top['n']}]" in span["text"]
-    cite = next(c for c in res.citations if c["n"] == top["n"])
-    assert cite["cited"] and cite["basis"] == "provenance" and res.attributed and res.used_knn
+    span = next(sp for sp in res.spans if "1911" in sp.text)
+    assert span.basis == "provenance" and span.provenance_chunk == planted.id
+    top = span.chunks[0]
+    assert top.chunk_id == planted.id and top.source.endswith("bridges.md") and top.weight >= prov.MIN_WEIGHT
+    assert (top.start_line, top.end_line) == (planted.start_line, planted.end_line)
+    assert res.answer[span.start:span.end] == span.text and f"[{top.n}]" in span.text
+    cite = next(c for c in res.citations if c.n == top.n)
+    assert cite.cited and cite.basis == "provenance" and res.attributed and res.used_knn
     assert "kNN provenance" in res.note and "kNN provenance" in rag.format_sources(res)
-    assert span["agree"] is (span["overlap_chunk"] == planted.id) and res.agreement is not None
+    assert span.agree is (span.overlap_chunk == planted.id) and res.agreement is not None
 
 
 def test_token_shares_follow_the_emitted_tokens(setup):
@@ -75,12 +76,12 @@ def test_without_a_datastore_overlap_is_the_labelled_fallback():
     sources = [("a", "routing words only here"), ("b", "Trams cross the old bridge daily")]
     words = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
     spans = prov.attribute_spans(text, [], None, sources)
-    assert [sp.basis for sp in spans] == ["none", "overlap"] and spans[1].chunks[0]["chunk_id"] == "b"
+    assert [sp.basis for sp in spans] == ["none", "overlap"] and spans[1].chunks[0].chunk_id == "b"
     # with weights: the first sentence from chunk "a" (provenance), the second too weak -> overlap
     weights = [{"a": 0.4} for _ in words[:5]] + [{"b": 0.01} for _ in words[5:]]
     spans = prov.attribute_spans(text, words, weights, sources)
     assert [sp.basis for sp in spans] == ["provenance", "overlap"]
-    assert spans[0].chunks == [{"chunk_id": "a", "weight": 0.4}] and spans[1].provenance_weight == 0.01
+    assert spans[0].chunks == [ChunkRef("a", 0.4)] and spans[1].provenance_weight == 0.01
     assert spans[1].agree is None and prov.agreement(spans) is None
     marks, extra, basis = prov.markers(spans, ["b"], {"a"})
     assert extra == ["a"] and basis == {2: "provenance", 1: "overlap"}

@@ -9,6 +9,7 @@ import pytest
 
 from lm.rag import answer as rag  # noqa: E402
 from retrieval.errors import InvalidInputError  # noqa: E402
+from retrieval.types import Hit
 from tests.support.docs import write_docs
 from tests.support.tiny_lm import make_tiny_lm
 
@@ -64,11 +65,11 @@ def test_config_is_validated():
 @pytest.mark.parametrize("budget", [90, 130, 200, 400, 1000])
 def test_prompt_never_overflows(tiny_lm, budget):
     tok = tiny_lm.tokenizer
-    hits = [{"id": str(i), "source": f"doc{i}.md", "start_line": 1, "end_line": 40, "heading": "H",
-             "text": ("the path is in the route and it is passed to you " * 60)} for i in range(6)]
+    hits = [Hit(str(i), 0.5, {"dense": 0.5}, "the path is in the route and it is passed to you " * 60, f"doc{i}.md",
+                0, 3000, 1, 40, "H") for i in range(6)]
     prompt, used, n = rag.fit_sources("how are path parameters declared", hits, tok, budget, max_source_tokens=200)
     assert n == rag.count_tokens(tok, prompt) <= budget
-    assert all(u["truncated"] for u in used)  # every source was cut to fit
+    assert all(u.truncated for u in used)  # every source was cut to fit
     assert "[1] doc0.md (lines 1-40)" in prompt if used else "(no sources)" in prompt
     assert "Question: how are path parameters declared" in prompt
 
@@ -93,12 +94,12 @@ def test_answer_with_citations_mapped_to_lines(store, knnlm, tiny_lm):
     res = rag.answer("How are path parameters declared in the route?", store=store, knnlm=knnlm, lm=tiny_lm,
                      config=cfg, on_token=pieces.append)
     assert res.citations and res.mode == "generate"
-    assert res.grounded == any(c["cited"] for c in res.citations)
+    assert res.grounded == any(c.cited for c in res.citations)
     assert res.prompt_tokens <= min(tiny_lm.max_length, 1024) - cfg.max_new_tokens
     first = res.citations[0]
-    assert first["n"] == 1 and first["source"].endswith("routing.md")
-    assert (first["start_line"], first["end_line"]) == (1, 4)
-    assert first["uri"] == f"chunk://default/{first['chunk_id']}"
+    assert first.n == 1 and first.source.endswith("routing.md")
+    assert (first.start_line, first.end_line) == (1, 4)
+    assert first.uri == f"chunk://default/{first.chunk_id}"
     shown = "".join(pieces).strip()  # the streamed text is the answer, less any attributed markers
     assert shown == (re.sub(r" \[\d+\]", "", res.answer) if res.attributed else res.answer)
     assert res.model == tiny_lm.model_id and res.used_knn is False
@@ -115,7 +116,7 @@ def test_citation_markers_are_checked(store, tiny_lm, monkeypatch):
     res = rag.answer("How are path parameters declared in the route?", store=store, knnlm=Scripted(), lm=tiny_lm,
                      config=rag.RagConfig(answer_mode="generate"))
     assert res.mode == "generate" and res.grounded
-    assert [c["n"] for c in res.citations if c["cited"]] == [1]
+    assert [c.n for c in res.citations if c.cited] == [1]
     assert res.invalid_citations == [9] and "[9]" in res.note
     assert res.used_knn is True
     text = rag.format_sources(res)
@@ -155,7 +156,7 @@ def test_bundled_models_answer_with_a_citation(tmp_path):
         res = rag.answer("How are path parameters declared?", store=s, knnlm=knn, lm=lm,
                          config=rag.RagConfig(k=3, max_new_tokens=48, answer_mode="generate"))
         assert res.grounded and res.answer.strip()
-        assert any(c["cited"] and c["source"].endswith("routing.md") for c in res.citations), res.to_dict()
+        assert any(c.cited and c.source.endswith("routing.md") for c in res.citations), res.to_dict()
         off = rag.answer("What is the boiling point of liquid nitrogen on Mars?", store=s, knnlm=knn, lm=lm)
         assert not off.grounded
 

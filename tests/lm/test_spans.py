@@ -8,6 +8,7 @@ import numpy as np
 from lm.rag.evidence import Evidence, Sentence
 from lm.rag.extract import MASK, Candidate, best_span, candidate_table, masked_cosines
 from lm.rag.spans import FEATURES, Span, answer_type, candidates, phrase_vector, sentence_words, words
+from retrieval.types import Hit
 
 TEXT = "Intro line.\nThe largest city on the Rhine is Cologne, and the longest bridge was built in 1939 by Karl Otto."
 Q = "What is the largest city on the Rhine?"
@@ -24,7 +25,7 @@ def _sentence(text: str = TEXT) -> Span:
 
 def _evidence(question: str, weights: dict[str, float], text: str = TEXT) -> Evidence:
     sent = Sentence(0, _sentence(text), 1.0, 1.0, 0.5, 1.0)
-    return Evidence(question, [{"text": text}], [sent], list(weights), 0.0, weights,
+    return Evidence(question, [Hit("0", 1.0, {"dense": 1.0}, text, "t.md", 0, len(text), 1, 1, "")], [sent], list(weights), 0.0, weights,
                     lambda w: re.findall(r"\w+", w.lower()))
 
 

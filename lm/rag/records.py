@@ -1,0 +1,77 @@
+"""The records an answer is made of: its numbered sources, the copied span, a sentence's cited chunks.
+
+Dataclasses rather than dicts, so every field exists with one meaning and one default whichever
+mode produced the answer; `RagAnswer.to_dict` (dataclasses.asdict) turns them into the JSON of
+`ask --json` and the MCP `ask` tool, whose field names stay fixed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from retrieval.types import Hit, chunk_uri
+
+
+class Source(NamedTuple):
+    """A hit given to the LM as source [n], and whether its text was cut to fit the prompt."""
+
+    hit: Hit
+    truncated: bool = False
+
+
+@dataclass
+class Citation:
+    """Source [n] of an answer: the chunk, and the lines (and, extractive, characters) it supports."""
+
+    n: int  # the [n] marker
+    cited: bool  # the answer cites [n]
+    source: str
+    start_line: int  # the copied answer's lines when extractive, else the chunk's
+    end_line: int
+    chunk_id: str
+    uri: str
+    score: float
+    heading: str | None = None
+    truncated: bool = False  # generate: the LM saw only the start of the chunk
+    basis: str | None = None  # generate: lm (the LM's marker), provenance or overlap (the fallback)
+    in_prompt: bool | None = None  # generate: the LM was given the chunk (one cited by provenance may not be)
+    start_char: int | None = None  # extractive: the copied answer's characters in the file
+    end_char: int | None = None
+    chunk_start_line: int | None = None  # extractive: the whole chunk's lines
+    chunk_end_line: int | None = None
+
+    @classmethod
+    def of(cls, n: int, hit: Hit, cited: bool, truncated: bool = False) -> Citation:
+        return cls(n, cited, str(hit.source), int(hit.start_line or 0), int(hit.end_line or 0), str(hit.id),
+                   chunk_uri(hit.collection, hit.id), float(hit.score), hit.heading or None, truncated)
+
+
+@dataclass(frozen=True)
+class AnswerSpan:
+    """An extractive answer: chunk_text[chunk_start:chunk_end] == text, inside `sentence`."""
+
+    text: str
+    chunk_id: str
+    source: str
+    start_line: int  # in the source file, 1-based, inclusive
+    end_line: int
+    start_char: int  # in the source file
+    end_char: int
+    chunk_start: int  # in the chunk text
+    chunk_end: int
+    sentence: str  # the whole sentence the span was cut from
+    sentence_start: int  # the sentence's characters in the chunk text
+    sentence_end: int
+
+
+@dataclass
+class ChunkRef:
+    """One chunk an answer sentence is attributed to, with its share of the sentence's kNN mass
+    (or its overlap score, for the fallback); n, source and lines once it is a numbered source."""
+
+    chunk_id: str
+    weight: float
+    n: int | None = None
+    source: str | None = None
+    start_line: int | None = None
+    end_line: int | None = None

@@ -104,7 +104,61 @@ SDK_STDIO = ("import sys, anyio; from pathlib import Path; from mcp_server.serve
              "anyio.run(build_server(ServerConfig(store=Path(sys.argv[1]))).run_stdio_async)")
 
 
-async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: list[str]) -> dict:
+# The floor: the same server class, transports and `search` output schema, whose tool does no work and
+# returns one stored result of the same shape and size. What the SDK client and the transport cost
+# alone, so "server + search" can be told apart from "what any server costs through this client".
+STUB = r"""
+import sys, anyio
+from pathlib import Path
+from typing import Annotated
+from mcp_types import CallToolResult
+from mcp_server import schemas as S, tool_support as T
+from mcp_server.server import _server_class
+payload = S.SearchOut.model_validate_json(Path(sys.argv[1]).read_text())
+server = _server_class()("stub", log_level="WARNING")
+
+@server.tool()
+async def search(query: str, k: int = 10) -> Annotated[CallToolResult, S.SearchOut]:
+    return T.result(payload, links=payload.hits)
+
+if sys.argv[2] == "stdio":
+    from mcp_server.stdio import serve_stdio
+    anyio.run(serve_stdio, server)
+else:
+    from mcp_server.http import HttpConfig, run_http
+    run_http(server, HttpConfig(port=int(sys.argv[3])))
+"""
+
+
+def stub_payload(store_obj, query: str, path: Path) -> Path:
+    """A real 10-hit SearchOut, as JSON, for the stub server to return on every call."""
+    from mcp_server import schemas as S
+    from mcp_server import tool_support as T
+
+    outs = [T.hit(h) for h in store_obj.search(query, k=10)]
+    path.write_text(S.SearchOut(query=query, collection="default", mode="hybrid", hits=outs, returned=len(outs),
+                                truncated=False).model_dump_json())
+    return path
+
+
+def start_stub_http(payload: Path) -> tuple[subprocess.Popen, str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-c", STUB, str(payload), "http", str(port)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc, f"http://127.0.0.1:{port}/mcp"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("stub HTTP server did not start")
+
+
+async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: list[str], payload: Path) -> dict:
     """Per query: direct, then each MCP path, back to back, the order rotating, after 5 warm-up rounds."""
     from contextlib import AsyncExitStack
 
@@ -116,7 +170,9 @@ async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: lis
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     stdio = {"stdio": StdioServerParameters(command=cmd[0], args=cmd[1:] + ["serve", "--store", str(store)], env=env),
              "stdio_sdk_transport": StdioServerParameters(command=sys.executable, args=["-c", SDK_STDIO, str(store)],
-                                                          env=env)}
+                                                          env=env),
+             "stdio_floor": StdioServerParameters(command=sys.executable, args=["-c", STUB, str(payload), "stdio"],
+                                                  env=env, cwd=str(REPO))}
     async with AsyncExitStack() as stack:
         sessions = {}
         for name, params in stdio.items():
@@ -354,7 +410,9 @@ LABELS = {"direct": "direct DocStore.search (peer)", "stdio": "MCP stdio (`knnra
           "http_json_response": "MCP streamable HTTP, --json-response",
           "stdio_raw_client": "MCP stdio, bare JSON-RPC line client (no SDK client work)",
           "http_raw_client": "MCP streamable HTTP (SSE), bare HTTP client (no SDK client work)",
-          "http_json_raw_client": "MCP streamable HTTP, --json-response, bare HTTP client"}
+          "http_json_raw_client": "MCP streamable HTTP, --json-response, bare HTTP client",
+          "stdio_floor": "floor: SDK client -> a stub server over our stdio transport (same schema and result, no search)",
+          "http_floor": "floor: SDK client -> a stub server over streamable HTTP (SSE; same schema and result, no search)"}
 
 
 def append(res: dict, cmd: str) -> None:
@@ -366,10 +424,15 @@ def append(res: dict, cmd: str) -> None:
         f"shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end); {res['queries']} SciFact queries, "
         f"store of {res['chunks']} SciFact chunks (MiniLM, hybrid), {res['date']}. Latency interleaved per query.", "",
         "| path | p50 ms | p95 ms | p50 ratio to direct |", "|---|---|---|---|",
-        *[f"| {LABELS[name]} | {v['p50_ms']} | {v['p95_ms']} | {res['ratios'][name]:.2f} |" for name, v in lat.items()],
+        *[f"| {LABELS[name]} | {v['p50_ms']} | {v['p95_ms']} | {res['ratios'][name]:.2f} |" for name, v in lat.items()
+          if not name.endswith("_floor")],
+        *[f"| {LABELS[name]} | {v['p50_ms']} | {v['p95_ms']} | (no search) |" for name, v in lat.items() if name.endswith("_floor")],
         "", "Targets: stdio <= 1.3x, HTTP <= 1.5x. The SDK rows include the Python SDK client's own work per "
         "result (anyio streams, pydantic parse, jsonschema check of the structured content: `client_jsonschema_check_ms` "
-        "below); the bare-client rows are the server and the transport alone.", "",
+        "below); the bare-client rows are the server and the transport alone. The floor rows time a stub server that "
+        "returns a stored result of the same shape at once: the SDK client and transport with no search. Search plus "
+        f"floor, over direct, is the best ratio any server could show through the SDK client: stdio "
+        f"{res['sdk_client_floor_ratio']['stdio']:.2f}, HTTP {res['sdk_client_floor_ratio']['http']:.2f}.", "",
         f"Throughput, {hl['clients']} concurrent callers for {hl['seconds']} s: direct threads (peer) **{dl['req_per_s']} req/s** "
         f"(p95 {dl['p95_ms']} ms); MCP HTTP clients **{hl['req_per_s']} req/s**, {hl['errors']} errors, p50 {hl['p50_ms']} ms, "
         f"p95 {hl['p95_ms']} ms (ratio {res['load_ratio']:.2f} of the peer); with --json-response "
@@ -401,21 +464,29 @@ def main() -> int:
     res: dict = {"queries": len(queries), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     proc, url = start_http(store, [])
     proc_json, url_json = start_http(store, ["--json-response"])
+    procs = [proc, proc_json]
     try:
         with DocStore.open(store, read_only=True) as s:
             res["chunks"] = int(s.stats()["chunks"])
-            res["latency"] = anyio.run(interleaved, s, store, {"http": url, "http_json_response": url_json}, queries)
+            payload = stub_payload(s, queries[0], store.parent / "stub-search-result.json")
+            proc_stub, url_stub = start_stub_http(payload)
+            procs.append(proc_stub)
+            urls = {"http": url, "http_json_response": url_json, "http_floor": url_stub}
+            res["latency"] = anyio.run(interleaved, s, store, urls, queries, payload)
             res["direct_load"] = direct_load(s, queries, args.clients, args.duration)
             res["http_load"] = anyio.run(http_load, url, queries, args.clients, args.duration, proc.pid)
             res["http_json_response_load"] = anyio.run(http_load, url_json, queries, args.clients, args.duration, proc_json.pid)
             res["breakdown"] = breakdown(s, queries)
     finally:
-        for p in (proc, proc_json):
+        for p in procs:
             p.terminate()
             p.wait(timeout=30)
     lat = res["latency"]
     res["ratios"] = {name: round(v["p50_ms"] / lat["direct"]["p50_ms"], 3) for name, v in lat.items()}
     res["stdio_ratio"], res["http_ratio"] = res["ratios"]["stdio"], res["ratios"]["http"]
+    # the best ratio any server could show through the SDK client: the search itself plus the floor
+    res["sdk_client_floor_ratio"] = {t: round((lat["direct"]["p50_ms"] + lat[f"{t}_floor"]["p50_ms"]) / lat["direct"]["p50_ms"], 3)
+                                     for t in ("stdio", "http")}
     res["load_ratio"] = res["http_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
     res["json_load_ratio"] = res["http_json_response_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
     print(json.dumps(res, indent=2))

@@ -17,6 +17,7 @@ usage: python benchmarks/bench_mcp.py [--store DIR] [--docs N] [--queries N] [--
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -211,7 +212,10 @@ async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: lis
             order = order[1:] + order[:1]
             for name in order:
                 t = time.perf_counter()
-                await paths[name](q)
+                try:
+                    await paths[name](q)
+                except Exception as e:  # name the path: a bare ExceptionGroup from the SDK hides it
+                    raise RuntimeError(f"{name} failed on query {i}: {e!r}") from None
                 if i >= 5:
                     ms[name].append((time.perf_counter() - t) * 1000)
     return {name: summary(v) for name, v in ms.items()}
@@ -253,7 +257,6 @@ class RawHttp:
     """A bare keep-alive HTTP client posting JSON-RPC (SSE or JSON replies), parsed with json.loads."""
 
     def __init__(self, url: str) -> None:
-        import http.client
         from urllib.parse import urlparse
 
         u = urlparse(url)
@@ -268,8 +271,15 @@ class RawHttp:
         h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         if self.sid:
             h.update({"Mcp-Session-Id": self.sid, "MCP-Protocol-Version": "2025-06-18"})
-        self.conn.request("POST", self.path, json.dumps(msg), h)
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("POST", self.path, json.dumps(msg), h)
+            r = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # uvicorn closes a keep-alive connection idle for 5 s (the first round, while every
+            # server loads its embedder, can take longer): reconnect once, as HTTP clients do
+            self.conn.close()
+            self.conn.request("POST", self.path, json.dumps(msg), h)
+            r = self.conn.getresponse()
         body = r.read()
         self.sid = self.sid or r.getheader("mcp-session-id")
         assert r.status in (200, 202), (r.status, body[:200])

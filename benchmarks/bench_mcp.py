@@ -82,14 +82,13 @@ def ensure_store(store: Path, docs: int) -> None:
     print(f"  indexed {rep.to_dict().get('chunks_added')} chunks in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
 
-def start_http(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def _serve_http(argv_for_port: Callable[[int], list[str]], what: str, **popen: Any) -> tuple[subprocess.Popen, str]:
+    """Start an HTTP MCP server on a free port and wait for its /healthz -> (process, MCP url)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen(knnrag() + ["serve", "--store", str(store), "--transport", "http", "--port", str(port),
-                                        *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(argv_for_port(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
     for _ in range(300):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -97,7 +96,13 @@ def start_http(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("HTTP server did not start")
+    raise RuntimeError(f"{what} did not start")
+
+
+def start_http(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    return _serve_http(lambda port: knnrag() + ["serve", "--store", str(store), "--transport", "http",
+                                                "--port", str(port), *extra],
+                       "HTTP server", env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 # The same server on the SDK's own stdio transport (mcp.server.stdio), to show what ours saves.
@@ -143,20 +148,8 @@ def stub_payload(store_obj, query: str, path: Path) -> Path:
 
 
 def start_stub_http(payload: Path) -> tuple[subprocess.Popen, str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen([sys.executable, "-c", STUB, str(payload), "http", str(port)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return proc, f"http://127.0.0.1:{port}/mcp"
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("stub HTTP server did not start")
+    return _serve_http(lambda port: [sys.executable, "-c", STUB, str(payload), "http", str(port)],
+                       "stub HTTP server", cwd=REPO)
 
 
 async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: list[str], payload: Path) -> dict:

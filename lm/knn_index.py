@@ -122,14 +122,22 @@ def _rename_sources(ds: Any, names: dict[str, str]) -> None:
     ds.commit()
 
 
-def _index(inner, args) -> int:
-    if not getattr(args, "knn", False):
-        return inner(args)
+def _run_inner(inner, args) -> tuple[int, str]:
+    """Run the wrapped store command; with --json its output is held back so that the kNN half can
+    be added to the same JSON object (on failure it is written out as it was)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf) if args.json else contextlib.nullcontext():
         rc = inner(args)
     if rc:
         sys.stdout.write(buf.getvalue())
+    return rc, buf.getvalue()
+
+
+def _index(inner, args) -> int:
+    if not getattr(args, "knn", False):
+        return inner(args)
+    rc, held = _run_inner(inner, args)
+    if rc:
         return rc
     from lm.datastore.token_store import TokenStore
     from lm.models import load_lm
@@ -142,7 +150,7 @@ def _index(inner, args) -> int:
     with DocStore.open(Path(args.store), create=False, read_only=True) as store:
         rep = sync(store, args.collection, load_lm(spec), out, lm_spec=spec)
     if args.json:
-        d = json.loads(buf.getvalue())
+        d = json.loads(held)
         d["knn"] = rep
         from retrieval.cli.output import emit_json
 
@@ -166,17 +174,14 @@ def knn_stats(store: str | Path, collection: str) -> dict | None:
 
 def _stats(inner, args) -> int:
     cols = [args.collection] if args.collection else sorted(p.name for p in (Path(args.store) / ".knn").glob("*") if p.is_dir())
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf) if args.json else contextlib.nullcontext():
-        rc = inner(args)
+    rc, held = _run_inner(inner, args)
     if rc:
-        sys.stdout.write(buf.getvalue())
         return rc
     knn = {c: s for c in cols if (s := knn_stats(args.store, c)) is not None}
     if args.json:
         from retrieval.cli.output import emit_json
 
-        d = json.loads(buf.getvalue())
+        d = json.loads(held)
         d["knn"] = knn
         emit_json(d)
     else:

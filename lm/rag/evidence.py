@@ -52,8 +52,8 @@ def term_stats(store: Any, collection: str) -> TermStats:
 class Sentence(NamedTuple):
     hit: int  # index into the hits
     span: Span  # offsets into the hit's chunk text
-    coverage: float  # IDF-weighted share of question terms in the sentence
-    chunk_coverage: float  # ... in the whole chunk
+    coverage: float  # IDF-weighted share of question terms in the sentence or its chunk's heading
+    chunk_coverage: float  # ... in the whole chunk (and its heading)
     cosine: float  # MiniLM (the collection's embedder) cosine to the question
     score: float  # the ranking score
 
@@ -104,10 +104,13 @@ def gather(question: str, hits: list[Hit], embed: Callable[[list[str]], np.ndarr
     for h_i, h in enumerate(hits):
         text = h.text
         chunk_terms = set(stats.tokenize(text))
+        # a heading names what every sentence under it is about: "**Default** - ``10``" under
+        # "max_concurrent_requests" answers "the default max_concurrent_requests?" (no heading: no change)
+        head_terms = set(stats.tokenize(h.heading)) if h.heading else set()
         all_terms |= chunk_terms
-        c_cov = _coverage(q_terms, w, chunk_terms)
+        c_cov = _coverage(q_terms, w, chunk_terms | head_terms)
         for s in sentences(text):
-            cands.append((h_i, s, _coverage(q_terms, w, set(stats.tokenize(s.text))), c_cov))
+            cands.append((h_i, s, _coverage(q_terms, w, set(stats.tokenize(s.text)) | head_terms), c_cov))
     missing = [wt for t, wt in zip(q_terms, w) if t not in all_terms]
     norm = math.log(1.0 + (stats.n_docs + 1) / 0.5)
     missing_idf = max(missing) / norm if missing else 0.0

@@ -23,7 +23,18 @@ from typing import NamedTuple
 import numpy as np
 
 from lm.rag.evidence import Evidence, Sentence
-from lm.rag.spans import FEATURES, Span, answer_type, candidates, phrase_vector, sentence_words
+from lm.rag.spans import (
+    FEATURES,
+    SentenceWords,
+    Span,
+    answer_type,
+    asks_default,
+    candidates,
+    code_spans,
+    default_values,
+    phrase_vector,
+    sentence_words,
+)
 from retrieval.types import Hit
 
 SENTENCES = 2  # phrases come from this many best sentences
@@ -45,6 +56,12 @@ PHRASE_WEIGHTS: dict[str, float] = {
     'year_place': -0.08, 'number_place': -0.42, 'name_place': 0.7, 'capital_place': 0.9, 'lower_place': -1.09,
     'year_thing': -0.42, 'number_thing': -0.04, 'name_thing': 0.09, 'capital_thing': -0.16, 'lower_thing': 0.53}
 MASK_WEIGHT = 5.0
+# Not fitted (squad2-rhine asks no "default" question): a value stated next to the word "default" answers
+# "what is the default X?" in documentation, so it outranks any other phrase of the best sentences
+# (the linear scores of one question's candidates span ~10; sentence choice is part of them).
+DEFAULT_CUE_BONUS = 10.0
+CUE_SENTENCES = 6  # a "default" question also takes cue phrases from this many best sentences ("**Default** - ``10``"
+# under its option's heading has the question's terms but little for MiniLM to match)
 _TYPED = {"date": ("year",), "number": ("number", "year"), "person": ("name",), "place": ("name",)}
 
 
@@ -59,27 +76,58 @@ class Candidate(NamedTuple):
     sentence: Sentence
     span: Span
     features: list[float]  # [sentence_rel, sentence_top] + spans.FEATURES
+    cue: bool = False  # the question asks for a default and the phrase starts a value stated as one (default_values)
+
+
+def _code_candidates(sw: SentenceWords, sent: Span, seen: set[tuple[int, int]], question: str) -> list[tuple[Span, int, int]]:
+    """Inline code spans as whole candidates (with the words inside them for the features), unless a
+    word candidate already has the same offsets or the question names the code itself (its words may
+    be the question's: `~/.aws/config` answers "where is the AWS config file?")."""
+    out = []
+    q = question.lower()
+    for c in code_spans(sent):
+        inside = [k for k, w in enumerate(sw.words) if w.start >= c.start and w.end <= c.end]
+        if not any(not sw.stop[k] for k in inside) or (c.start, c.end) in seen or c.text.lower() in q:
+            continue  # `a`, `to`: no content word, nothing to answer with
+        out.append((c, inside[0], inside[-1]))
+    return out
+
+
+def _topical(ev: Evidence, s: Sentence) -> bool:
+    """Whether the sentence (or its chunk's heading) holds a question term besides "default": a
+    default stated about something else ("the config file, which defaults to ...") answers nothing."""
+    tok = ev.tokenize or (lambda t: t.lower().split())
+    have = set(tok(s.span.text + " " + (ev.hits[s.hit].heading or "")))
+    return any(t in have for t in ev.q_terms if t not in tok("default defaults"))
 
 
 def candidate_table(ev: Evidence, n_sentences: int = SENTENCES, max_words: int = 8) -> list[Candidate]:
     """Every candidate phrase of the best sentences with its features (shared with the fitting)."""
     kind = answer_type(ev.question)
+    cue = asks_default(ev.question)
     weight = ev.word_weight()
     total = sum(ev.q_weight.values())
     top = ev.sentences[0].score if ev.sentences else 0.0
     out = []
-    for rank, s in enumerate(ev.sentences[:n_sentences]):
+    for rank, s in enumerate(ev.sentences[:max(n_sentences, CUE_SENTENCES if cue else 0)]):
         text = ev.hits[s.hit].text
         sw = sentence_words(s.span, weight, total)
-        for i, j in candidates(sw, max_words):
-            span = Span(sw.words[i].start, sw.words[j].end, text[sw.words[i].start:sw.words[j].end])
-            out.append(Candidate(s, span, [s.score - top, float(rank == 0)] + phrase_vector(sw, i, j, s.span.start, kind)))
+        head = [s.score - top, float(rank == 0)]
+        found = [(Span(sw.words[i].start, sw.words[j].end, text[sw.words[i].start:sw.words[j].end]), i, j)
+                 for i, j in candidates(sw, max_words)]
+        seen = {(span.start, span.end) for span, _i, _j in found}
+        values = default_values(sw, s.span) if cue and _topical(ev, s) else set()
+        for span, i, j in found + _code_candidates(sw, s.span, seen, ev.question):
+            hit_cue = i in values
+            if rank < n_sentences or hit_cue:  # past the best sentences only stated default values
+                out.append(Candidate(s, span, head + phrase_vector(sw, i, j, s.span.start, kind), hit_cue))
     return out
 
 
 def linear_scores(cands: Sequence[Candidate], weights: Sequence[float] | None = None) -> np.ndarray:
     w = np.asarray(weights if weights is not None else [*SENTENCE_WEIGHTS, *(PHRASE_WEIGHTS[f] for f in FEATURES)])
-    return np.array([c.features for c in cands]).reshape(len(cands), len(w)) @ w  # (n,)
+    cue = np.array([DEFAULT_CUE_BONUS * c.cue for c in cands])  # (n,)
+    return np.array([c.features for c in cands]).reshape(len(cands), len(w)) @ w + cue  # (n,)
 
 
 def masked_cosines(ev: Evidence, cands: Sequence[Candidate], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:

@@ -13,7 +13,10 @@ from typing import NamedTuple
 # a sentence ends at . ! ? followed by space + capital/digit/quote, or at a blank line / list item
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|\n(?=\s*(?:[-*+]|\d+\.)\s)")
 _WORD = re.compile(r"\d[\d,.]*\d%?|[\w][\w'\-.%/]*[\w%]|[\w]", re.UNICODE)
-_CLAUSE = re.compile(r"[,;:()\"]|\s(?:and|or|but|which|who|that|where|when|while|because|although)\s")
+_CLAUSE = re.compile(r"[,;:()\"`]|\s(?:and|or|but|which|who|that|where|when|while|because|although)\s")
+# a reStructuredText / setext title: one line, then a line of one repeated punctuation mark
+_TITLE = re.compile(r"^[^\n]+\n\s*([=\-~^\"'`#*+])\1{2,}\s*$")
+_CODE = re.compile(r"``([^`\n]+?)``|(?<!`)`([^`\n]+?)`(?!`)")  # inline code (rst ``x``, markdown `x`)
 
 
 class Span(NamedTuple):
@@ -35,7 +38,7 @@ def sentences(text: str, min_chars: int = 12) -> list[Span]:
         pos = b
         if e <= s:
             continue
-        if text.startswith("#", s) and "\n" not in text[s:e]:  # a markdown heading is no answer
+        if (text.startswith("#", s) and "\n" not in text[s:e]) or _TITLE.match(text[s:e]):  # a heading is no answer
             continue
         if pending is not None:
             s = pending
@@ -189,6 +192,56 @@ def phrase_vector(sw: SentenceWords, i: int, j: int, sent_start: int, kind: str)
            1.0 / min(gaps) if gaps else 0.0, caps]
     vec += [float(s == shape and k == kind) for k in _KINDS for s in _SHAPES]
     return vec
+
+
+def code_spans(sent: Span) -> list[Span]:
+    """The insides of a sentence's inline code (``10``, `~/.aws/config`), offsets into the chunk text:
+    in technical docs a value, path or command is one answer however many words the word pattern
+    would cut it into."""
+    out = []
+    for m in _CODE.finditer(sent.text):
+        g = 1 if m.group(1) is not None else 2
+        inner = m.group(g)
+        lead = len(inner) - len(inner.lstrip())
+        start, end = sent.start + m.start(g) + lead, sent.start + m.start(g) + len(inner.rstrip())
+        if end > start:
+            out.append(Span(start, end, sent.text[start - sent.start:end - sent.start]))
+    return out
+
+
+DEFAULT_CUES = frozenset(("default", "defaults"))
+_LITERALS = frozenset("true false none null yes no on off auto enabled disabled".split())
+_BULLET = re.compile(r"^\s*[-*+]\s")
+
+
+def asks_default(question: str) -> bool:
+    """"What is the default X?" / "X defaults to what?": documentation states such a value next to the
+    word default ("**Default** - ``10``", "(default 0.25)", "by default, it is set to ``legacy``")."""
+    return any(w in DEFAULT_CUES for w in re.findall(r"[a-z]+", question.lower()))
+
+
+def default_values(sw: SentenceWords, sent: Span, reach: int = 8) -> set[int]:
+    """Indices of the words that start a default value stated in the sentence: the first value-like
+    word (a number, inline code, true/false/auto..., a capitalised word inside the sentence) within
+    `reach` words after "default(s)"; and in a list item that calls itself the default ("* true - This
+    is the default value", "* ``ignore`` - (Default) ...") the item's own leading value."""
+    code = {k for c in code_spans(sent) for k, w in enumerate(sw.words) if w.start >= c.start and w.end <= c.end}
+
+    def value_like(k: int) -> bool:
+        t = sw.words[k].text
+        return (k in code or bool(_NUMISH.match(t) or _YEARISH.match(t)) or t.lower() in _LITERALS
+                or (t[:1].isupper() and sw.words[k].start != sent.start))
+
+    cues = [k for k, w in enumerate(sw.words) if w.text.lower() in DEFAULT_CUES]
+    if cues and _BULLET.match(sent.text) and cues[0] <= reach and (0 in code or sw.words[0].text.lower() in _LITERALS
+                                                                   or _NUMISH.match(sw.words[0].text)):
+        return {0}  # the item names its value, then calls it the default: what follows describes it
+    out = set()
+    for c in cues:
+        after = next((k for k in range(c + 1, min(len(sw.words), c + 1 + reach)) if value_like(k)), None)
+        if after is not None:
+            out.add(after)
+    return out
 
 
 def trim(text: str, span: Span, q_terms: set[str]) -> Span:

@@ -1,0 +1,110 @@
+"""Extractive answers on technical documentation: questions a new user asks of docs, most about defaults.
+
+squad2-rhine (bench_answers.py) is prose with no headings, inline code or stated defaults; this is the
+other kind of corpus. Two question sets with known answers, asked through lm.rag.answer (extractive,
+the LM never loads), scored by SQuAD token F1 of the answer:
+  - the AWS CLI's topic pages (`awscli/topics/*.rst` of the awscli package, 6 files, MIT-0/Apache-2.0
+    text shipped in its wheel): 17 questions; "dev" were written first and used to shape the rules
+    in lm.rag.spans (default_values, code_spans), "second" after, and then also used to refine them;
+  - this project's own README / ARCHITECTURE / BENCHMARKS / docs: bench_answers.PROJECT_QUESTIONS,
+    never used to shape the rules ("answer holds the value": the expected string in the answer).
+
+  python benchmarks/bench_doc_answers.py [--awscli DIR] [--store DIR] [--json OUT]
+
+The AWS store is built under .bench/aws-store; the project-docs store is bench_answers' .bench/store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_answers import PROJECT_QUESTIONS, ROOT, build_store, f1  # noqa: E402
+
+DEV = [
+    ("What is the default value of max_concurrent_requests?", ["10"]),
+    ("What return code means the command failed?", ["255"]),
+    ("Where is the AWS config file located by default?", ["~/.aws/config"]),
+    ("What is the default max_queue_size?", ["1000"]),
+    ("What is the default multipart_threshold?", ["8MB"]),
+    ("What is the default multipart_chunksize?", ["8MB"]),
+    ("What are the valid values for addressing_style?", ["path, virtual, and auto", "auto"]),
+    ("What is the default addressing_style?", ["auto"]),
+]
+SECOND = [
+    ("Where is the shared credentials file located by default?", ["~/.aws/credentials"]),
+    ("What is the default duration_seconds of the role session?", ["3600 seconds", "3600"]),
+    ("What is the default value of sts_regional_endpoints?", ["legacy"]),
+    ("What is the default case conflict setting?", ["ignore"]),
+    ("What is the default value of parameter_validation?", ["True"]),
+    ("Which algorithm is used to calculate checksums by default?", ["Cyclic Redundancy Check 32 (CRC32)", "CRC32"]),
+    ("Which environment variable changes the location of the shared credentials file?", ["AWS_SHARED_CREDENTIALS_FILE"]),
+    ("What is the default value of cli_follow_urlparam?", ["true"]),
+    ("What is the minimum duration of a role session?", ["900 seconds", "900 seconds (15 minutes)"]),
+]
+
+
+def _awscli_topics() -> Path | None:
+    import glob
+
+    found = sorted(glob.glob("/root/.pyenv/versions/*/lib/python*/site-packages/awscli/topics")
+                   + glob.glob("/usr/lib/python3*/dist-packages/awscli/topics"))
+    return Path(found[0]) if found else None
+
+
+def never_load():
+    raise RuntimeError("extractive answers must not load the LM")
+
+
+def ask_all(store, collection: str, questions: list[tuple[str, list[str]]]) -> dict:
+    from lm.rag.answer import RagConfig, answer
+
+    rows, secs = [], []
+    for q, golds in questions:
+        t = time.perf_counter()
+        r = answer(q, store=store, knnlm=never_load, collection=collection, config=RagConfig())
+        secs.append(time.perf_counter() - t)
+        rows.append({"question": q, "answer": r.answer[:120], "grounded": r.grounded,
+                     "f1": round(f1(r.answer, golds) if r.grounded else 0.0, 3),
+                     "holds_value": r.grounded and any(g.lower() in r.answer.lower() for g in golds)})
+    return {"n": len(rows), "f1": round(statistics.fmean(x["f1"] for x in rows), 3),
+            "holds_value": sum(x["holds_value"] for x in rows), "answered": sum(x["grounded"] for x in rows),
+            "median_s": round(statistics.median(secs), 2), "rows": rows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--awscli", default=None, help="the awscli/topics folder (found in this machine's Pythons by default)")
+    ap.add_argument("--store", default=str(ROOT / ".bench" / "store"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from retrieval.store.docstore import DocStore
+
+    report: dict = {}
+    topics = Path(args.awscli) if args.awscli else _awscli_topics()
+    if topics is not None and topics.is_dir():
+        with DocStore.open(ROOT / ".bench" / "aws-store") as s:
+            s.index_paths([str(topics)])  # incremental: unchanged files are skipped
+            report["awscli_dev"] = ask_all(s, "default", DEV)
+            report["awscli_second"] = ask_all(s, "default", SECOND)
+    else:
+        print("no awscli/topics folder found (pass --awscli DIR): skipping those sets", file=sys.stderr)
+    build_store(Path(args.store))
+    with DocStore.open(Path(args.store), read_only=True) as s:
+        report["project_docs"] = ask_all(s, "projdocs", [(q, [want]) for q, want in PROJECT_QUESTIONS])
+    out = json.dumps(report, indent=1)
+    print(out)
+    if args.json:
+        Path(args.json).write_text(out)
+    for name, part in report.items():
+        print(f"{name}: F1 {part['f1']}, answer holds the value {part['holds_value']}/{part['n']}, "
+              f"answered {part['answered']}/{part['n']}, {part['median_s']} s median", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Extractive answers over technical documentation: titles, inline code and stated defaults.
+
+SQuAD-style prose (what the phrase scorer was fitted on) has none of these, and a new user's first
+questions about docs are often "what is the default X?": the answer is a value written next to the
+word default, under X's heading, usually as inline code.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lm.rag import answer as rag
+from lm.rag.spans import Span, asks_default, code_spans, default_values, sentence_words, sentences
+
+OPTIONS_RST = """S3 Configuration
+================
+
+These values must be set under the top level ``s3`` key in the config file,
+which has a default location of ``~/.aws/config``.
+
+max_concurrent_requests
+-----------------------
+
+**Default** - ``10``
+
+The transfer commands are multithreaded. At any given time, multiple requests
+are in flight, and this setting caps how many.
+
+max_queue_size
+--------------
+
+**Default** - ``1000``
+
+The tool queues up tasks that are then executed by a bound thread pool. A larger
+queue size will require more memory.
+
+retry_mode
+----------
+
+The retry mode decides how failed calls are repeated. By default, this option
+is set to ``legacy``. Valid values are ``standard`` and ``adaptive``.
+"""
+
+FLAGS_MD = """# Server flags
+
+| flag | meaning |
+|---|---|
+| `--port N` | the port to listen on (default 8000) |
+| `--workers N` | worker threads for search (default 4) |
+
+The server reads its settings at start.
+"""
+
+
+class MustNotLoad:
+    def __call__(self):
+        raise AssertionError("the LM was loaded")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from retrieval.store.docstore import DocStore
+
+    root = tmp_path_factory.mktemp("docs")
+    (root / "s3-config.rst").write_text(OPTIONS_RST)
+    (root / "flags.md").write_text(FLAGS_MD)
+    s = DocStore.open(tmp_path_factory.mktemp("store") / "s")  # the bundled MiniLM: relevance and abstention are real
+    s.index_paths([str(root)])
+    yield s
+    s.close()
+
+
+def _words(sent: Span):
+    return sentence_words(sent, lambda w: 0.0, 1.0)
+
+
+def test_titles_are_no_sentences_and_inline_code_is_one_span():
+    ss = sentences(OPTIONS_RST)
+    assert not any(s.text.startswith(("S3 Configuration", "max_concurrent_requests", "max_queue_size")) for s in ss)
+    assert "**Default** - ``10``" in [s.text for s in ss]
+    loc = next(s for s in ss if "default location" in s.text)
+    codes = code_spans(loc)
+    assert [c.text for c in codes] == ["s3", "~/.aws/config"]
+    assert all(OPTIONS_RST[c.start:c.end] == c.text for c in codes)
+    assert [c.text for c in code_spans(Span(0, 21, "set `--port N` first."))] == ["--port N"]
+
+
+@pytest.mark.parametrize("text, value", [
+    ("**Default** - ``10``", "10"),
+    ("the port to listen on (default 8000)", "8000"),
+    ("and by default, the value is set to 3600 seconds.", "3600"),
+    ("By default, this option is set to ``legacy``.", "legacy"),
+    ("* true - This is the default value.", "true"),
+    ("* ``ignore`` - (Default) Case conflicts are not handled.", "ignore"),
+])
+def test_default_values_are_the_value_next_to_the_word_default(text, value):
+    sent = Span(0, len(text), text)
+    sw = _words(sent)
+    assert [sw.words[k].text for k in sorted(default_values(sw, sent))] == [value]
+
+
+def test_no_default_value_without_one():
+    for text in ("by default we queue tasks ahead.", "The default behaviour is described below.",
+                 "* Decreasing this value - On some systems the default is too high."):
+        sent = Span(0, len(text), text)
+        assert not default_values(_words(sent), sent), text
+    assert asks_default("What is the default max_queue_size?") and asks_default("What does retry_mode default to?")
+    assert not asks_default("Which defaulting rules apply?") and not asks_default("What is the queue size?")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("question, want", [
+    ("What is the default max_queue_size?", "1000"),
+    ("What is the default value of max_concurrent_requests?", "10"),
+    ("What is the default retry_mode?", "legacy"),
+    ("What is the default port of the server?", "8000"),
+])
+def test_default_questions_get_the_stated_value_with_exact_offsets(store, question, want):
+    res = rag.answer(question, store=store, knnlm=MustNotLoad(), config=rag.RagConfig(answer_mode="extractive"))
+    assert res.mode == "extractive" and res.grounded and res.answer == want, (res.answer, res.answer_span)
+    span = res.answer_span
+    assert span is not None
+    (chunk,) = store.get([span.chunk_id])
+    assert chunk.text[span.chunk_start:span.chunk_end] == want  # the offsets reproduce the answer
+    doc = Path(span.source).read_text()
+    assert doc[span.start_char:span.end_char] == want
+    assert span.start_line == span.end_line and want in doc.splitlines()[span.start_line - 1]
+
+
+@pytest.mark.integration
+def test_a_default_stated_about_something_else_is_not_taken(store):
+    """No sentence states a default compression level: the defaults stated for other things are no answer."""
+    res = rag.answer("What is the default compression level?", store=store, knnlm=MustNotLoad(),
+                     config=rag.RagConfig(answer_mode="extractive"))
+    assert res.answer not in {"10", "1000", "~/.aws/config", "legacy", "8000", "4"}, res.answer
+
+
+def test_inline_code_of_stop_words_only_is_no_candidate():
+    """`a` / ``to`` hold no content word: as candidates they crashed the phrase features."""
+    from lm.rag.evidence import Evidence, Sentence
+    from lm.rag.extract import best_span, candidate_table
+    from retrieval.types import Hit
+
+    text = "Pass `a` or ``to`` with the default set to ``fast mode``."
+    sent = Sentence(0, Span(0, len(text), text), 1.0, 1.0, 0.5, 1.0)
+    ev = Evidence("What is the default setting?", [Hit("0", 1.0, {"dense": 1.0}, text, "t.md", 0, len(text), 1, 1, "")],
+                  [sent], ["default", "setting"], 0.0, {"default": 1.0, "setting": 0.5}, lambda w: re.findall(r"\w+", w.lower()))
+    spans = [c.span.text for c in candidate_table(ev)]
+    assert "a" not in spans and "to" not in spans and "fast mode" in spans
+    ex = best_span(ev)
+    assert ex is not None and ex.span.text == "fast mode"

@@ -7,7 +7,9 @@ the LM never loads), scored by SQuAD token F1 of the answer:
     text shipped in its wheel): 17 questions; "dev" were written first and used to shape the rules
     in lm.rag.spans (default_values, code_spans), "second" after, and then also used to refine them;
   - this project's own README / ARCHITECTURE / BENCHMARKS / docs: bench_answers.PROJECT_QUESTIONS,
-    never used to shape the rules ("answer holds the value": the expected string in the answer).
+    never used to shape the rules ("answer holds the value": the expected string in the answer);
+  - "which X" questions whose answer is a table row's or list item's key (KEYS_*), used to shape
+    the row-key rule.
 
   python benchmarks/bench_doc_answers.py [--awscli DIR] [--store DIR] [--json OUT]
 
@@ -45,6 +47,21 @@ SECOND = [
     ("Which environment variable changes the location of the shared credentials file?", ["AWS_SHARED_CREDENTIALS_FILE"]),
     ("What is the default value of cli_follow_urlparam?", ["true"]),
     ("What is the minimum duration of a role session?", ["900 seconds", "900 seconds (15 minutes)"]),
+]
+
+
+# "which X" questions answered by a table row's or list item's key, written with the row-key rule and
+# used to shape it (project docs and AWS CLI topics)
+KEYS_PROJECT = [
+    ("Which option sets the near-duplicate threshold?", ["--near-dup T", "--near-dup"]),
+    ("Which flag skips files larger than N MB?", ["--max-file-mb N", "--max-file-mb"]),
+    ("Which option tags every chunk of these files?", ["--tag T", "--tag"]),
+    ("Which environment variable holds the MCP bearer token?", ["KNNRAG_MCP_TOKEN"]),
+]
+KEYS_AWSCLI = [
+    ("What return code means the command failed?", ["255"]),
+    ("Which environment variable sets the default region?", ["AWS_DEFAULT_REGION"]),
+    ("Which option caps the bandwidth of S3 transfers?", ["max_bandwidth"]),
 ]
 
 
@@ -91,11 +108,13 @@ def main() -> int:
             s.index_paths([str(topics)])  # incremental: unchanged files are skipped
             report["awscli_dev"] = ask_all(s, "default", DEV)
             report["awscli_second"] = ask_all(s, "default", SECOND)
+            report["awscli_keys"] = ask_all(s, "default", KEYS_AWSCLI)
     else:
         print("no awscli/topics folder found (pass --awscli DIR): skipping those sets", file=sys.stderr)
     build_store(Path(args.store))
     with DocStore.open(Path(args.store), read_only=True) as s:
         report["project_docs"] = ask_all(s, "projdocs", [(q, [want]) for q, want in PROJECT_QUESTIONS])
+        report["project_keys"] = ask_all(s, "projdocs", KEYS_PROJECT)
     out = json.dumps(report, indent=1)
     print(out)
     if args.json:

@@ -29,10 +29,12 @@ from lm.rag.spans import (
     Span,
     answer_type,
     asks_default,
+    asks_key,
     candidates,
     code_spans,
     default_values,
     phrase_vector,
+    row_key,
     sentence_words,
 )
 from retrieval.types import Hit
@@ -60,7 +62,7 @@ MASK_WEIGHT = 5.0
 # "what is the default X?" in documentation, so it outranks any other phrase of the best sentences
 # (the linear scores of one question's candidates span ~10; sentence choice is part of them).
 DEFAULT_CUE_BONUS = 10.0
-CUE_SENTENCES = 6  # a "default" question also takes cue phrases from this many best sentences ("**Default** - ``10``"
+CUE_SENTENCES = 6  # a "default" or "which X" question also takes cue phrases from this many best sentences ("**Default** - ``10``"
 # under its option's heading has the question's terms but little for MiniLM to match)
 _TYPED = {"date": ("year",), "number": ("number", "year"), "person": ("name",), "place": ("name",)}
 
@@ -76,7 +78,8 @@ class Candidate(NamedTuple):
     sentence: Sentence
     span: Span
     features: list[float]  # [sentence_rel, sentence_top] + spans.FEATURES
-    cue: bool = False  # the question asks for a default and the phrase starts a value stated as one (default_values)
+    cue: bool = False  # the phrase starts the default value the question asks for (default_values), or the key of a
+    # table row / list item for a "which X" question (row_key)
 
 
 def _code_candidates(sw: SentenceWords, sent: Span, seen: set[tuple[int, int]], question: str) -> list[tuple[Span, int, int]]:
@@ -104,22 +107,23 @@ def _topical(ev: Evidence, s: Sentence) -> bool:
 def candidate_table(ev: Evidence, n_sentences: int = SENTENCES, max_words: int = 8) -> list[Candidate]:
     """Every candidate phrase of the best sentences with its features (shared with the fitting)."""
     kind = answer_type(ev.question)
-    cue = asks_default(ev.question)
+    cue, key = asks_default(ev.question), asks_key(ev.question)
     weight = ev.word_weight()
     total = sum(ev.q_weight.values())
     top = ev.sentences[0].score if ev.sentences else 0.0
     out = []
-    for rank, s in enumerate(ev.sentences[:max(n_sentences, CUE_SENTENCES if cue else 0)]):
+    for rank, s in enumerate(ev.sentences[:max(n_sentences, CUE_SENTENCES if cue or key else 0)]):
         text = ev.hits[s.hit].text
         sw = sentence_words(s.span, weight, total)
         head = [s.score - top, float(rank == 0)]
         found = [(Span(sw.words[i].start, sw.words[j].end, text[sw.words[i].start:sw.words[j].end]), i, j)
                  for i, j in candidates(sw, max_words)]
         seen = {(span.start, span.end) for span, _i, _j in found}
-        values = default_values(sw, s.span) if cue and _topical(ev, s) else set()
+        values = ((default_values(sw, s.span) if cue else row_key(sw, s.span) if key else set())
+                  if (cue or key) and _topical(ev, s) else set())
         for span, i, j in found + _code_candidates(sw, s.span, seen, ev.question):
             hit_cue = i in values
-            if rank < n_sentences or hit_cue:  # past the best sentences only stated default values
+            if rank < n_sentences or hit_cue:  # past the best sentences only stated defaults and row keys
                 out.append(Candidate(s, span, head + phrase_vector(sw, i, j, s.span.start, kind), hit_cue))
     return out
 

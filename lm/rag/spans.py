@@ -10,8 +10,10 @@ import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-# a sentence ends at . ! ? followed by space + capital/digit/quote, or at a blank line / list item
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|\n(?=\s*(?:[-*+]|\d+\.)\s)")
+# a sentence ends at . ! ? followed by space + capital/digit/quote, at a blank line, before a list item,
+# and before each markdown table row (a row is one record: "| `--tag T` | tag every chunk ... |")
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|\n(?=\s*(?:[-*+]|\d+\.)\s)|\n(?=\s*\|)")
+_RULE_ROW = re.compile(r"^\|?[\s|:\-]+\|?$")  # a table's |---|---| line
 _WORD = re.compile(r"\d[\d,.]*\d%?|[\w][\w'\-.%/]*[\w%]|[\w]", re.UNICODE)
 _CLAUSE = re.compile(r"[,;:()\"`]|\s(?:and|or|but|which|who|that|where|when|while|because|although)\s")
 # a reStructuredText / setext title: one line, then a line of one repeated punctuation mark
@@ -38,8 +40,8 @@ def sentences(text: str, min_chars: int = 12) -> list[Span]:
         pos = b
         if e <= s:
             continue
-        if (text.startswith("#", s) and "\n" not in text[s:e]) or _TITLE.match(text[s:e]):  # a heading is no answer
-            continue
+        if (text.startswith("#", s) and "\n" not in text[s:e]) or _TITLE.match(text[s:e]) or _RULE_ROW.match(text[s:e]):
+            continue  # a heading or a table rule is no answer
         if pending is not None:
             s = pending
             pending = None
@@ -212,6 +214,29 @@ def code_spans(sent: Span) -> list[Span]:
 DEFAULT_CUES = frozenset(("default", "defaults"))
 _LITERALS = frozenset("true false none null yes no on off auto enabled disabled".split())
 _BULLET = re.compile(r"^\s*[-*+]\s")
+
+
+_ASKS_KEY = re.compile(r"^\s*(which|what)\s+(?!(is|are|was|were|does|do|did|can|could|should|would|will|has|have|if|happens)\b)\w+",
+                       re.I)
+_KEYED = re.compile(r"^\s*(\||[-*+]\s)")  # a table row, or a list item
+
+
+def asks_key(question: str) -> bool:
+    """"Which option tags every chunk?", "What return code means failure?": a wh-word straight before a
+    noun asks for the name of a thing the docs describe; a table row or list item names it first."""
+    return bool(_ASKS_KEY.match(question)) and not asks_default(question)
+
+
+def row_key(sw: SentenceWords, sent: Span) -> set[int]:
+    """The first word of a table row's or list item's leading inline code ("| `--tag T` | tag every
+    chunk ... |", "* ``255`` -- Command failed."): the name the rest of the row describes."""
+    if not _KEYED.match(sent.text):
+        return set()
+    codes = code_spans(sent)
+    if not codes or sent.text[:codes[0].start - sent.start].strip(" |*+-`\t") != "":
+        return set()  # the row does not start with its code
+    first = next((k for k, w in enumerate(sw.words) if w.start >= codes[0].start and w.end <= codes[0].end), None)
+    return set() if first is None else {first}
 
 
 def asks_default(question: str) -> bool:

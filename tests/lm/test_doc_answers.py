@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lm.rag import answer as rag
-from lm.rag.spans import Span, asks_default, code_spans, default_values, sentence_words, sentences
+from lm.rag.spans import Span, asks_default, asks_key, code_spans, default_values, row_key, sentence_words, sentences
 
 OPTIONS_RST = """S3 Configuration
 ================
@@ -116,6 +116,7 @@ def test_no_default_value_without_one():
     ("What is the default value of max_concurrent_requests?", "10"),
     ("What is the default retry_mode?", "legacy"),
     ("What is the default port of the server?", "8000"),
+    ("Which flag sets the worker threads for search?", "--workers N"),
 ])
 def test_default_questions_get_the_stated_value_with_exact_offsets(store, question, want):
     res = rag.answer(question, store=store, knnlm=MustNotLoad(), config=rag.RagConfig(answer_mode="extractive"))
@@ -151,3 +152,18 @@ def test_inline_code_of_stop_words_only_is_no_candidate():
     assert "a" not in spans and "to" not in spans and "fast mode" in spans
     ex = best_span(ev)
     assert ex is not None and ex.span.text == "fast mode"
+
+
+def test_table_rows_are_sentences_and_name_their_key():
+    ss = [x.text for x in sentences(FLAGS_MD)]
+    assert "| `--port N` | the port to listen on (default 8000) |" in ss and not any(set(x) <= set("|- :") for x in ss)
+    row = next(x for x in sentences(FLAGS_MD) if "--workers" in x.text)
+    sw = _words(row)
+    assert [sw.words[k].text for k in row_key(sw, row)] == ["workers"]  # the first word of `--workers N`
+    item = "* ``255`` -- Command failed."
+    sent = Span(0, len(item), item)
+    assert [_words(sent).words[k].text for k in row_key(_words(sent), sent)] == ["255"]
+    prose = "The `--port N` flag sets the port."
+    assert not row_key(_words(Span(0, len(prose), prose)), Span(0, len(prose), prose))
+    assert asks_key("Which option tags every chunk?") and asks_key("What return code means failure?")
+    assert not asks_key("What is the port?") and not asks_key("What does --tag do?") and not asks_key("Which default applies?")

@@ -60,8 +60,10 @@ PHRASE_WEIGHTS: dict[str, float] = {
 MASK_WEIGHT = 5.0
 # Not fitted (squad2-rhine asks no "default" question): a value stated next to the word "default" answers
 # "what is the default X?" in documentation, so it outranks any other phrase of the best sentences
-# (the linear scores of one question's candidates span ~10; sentence choice is part of them).
+# (the linear scores of one question's candidates span ~10; sentence choice is part of them). Scaled by
+# the sentence's topicality (0-1], so of two stated defaults the one about more of the question wins.
 DEFAULT_CUE_BONUS = 10.0
+CONTEXT_CHARS = 250  # a stated default's subject may be in the text just before it (the sentence before, a list's lead-in)
 CUE_SENTENCES = 6  # a "default" or "which X" question also takes cue phrases from this many best sentences ("**Default** - ``10``"
 # under its option's heading has the question's terms but little for MiniLM to match)
 _TYPED = {"date": ("year",), "number": ("number", "year"), "person": ("name",), "place": ("name",)}
@@ -78,8 +80,8 @@ class Candidate(NamedTuple):
     sentence: Sentence
     span: Span
     features: list[float]  # [sentence_rel, sentence_top] + spans.FEATURES
-    cue: bool = False  # the phrase starts the default value the question asks for (default_values), or the key of a
-    # table row / list item for a "which X" question (row_key)
+    cue: float = 0.0  # > 0 when the phrase starts the default value the question asks for (default_values) or the key
+    # of a table row / list item for a "which X" question (row_key): the sentence's topicality, which scales the bonus
 
 
 def _code_candidates(sw: SentenceWords, sent: Span, seen: set[tuple[int, int]], question: str) -> list[tuple[Span, int, int]]:
@@ -96,12 +98,17 @@ def _code_candidates(sw: SentenceWords, sent: Span, seen: set[tuple[int, int]], 
     return out
 
 
-def _topical(ev: Evidence, s: Sentence) -> bool:
-    """Whether the sentence (or its chunk's heading) holds a question term besides "default": a
-    default stated about something else ("the config file, which defaults to ...") answers nothing."""
+def _topicality(ev: Evidence, s: Sentence) -> float:
+    """The IDF-weighted share of the question's terms besides "default" that the sentence, the text just
+    before it or its chunk's heading holds: a default stated about something else ("the config file, which defaults to ...")
+    answers nothing, and of two stated defaults the one about more of the question wins."""
     tok = ev.tokenize or (lambda t: t.lower().split())
-    have = set(tok(s.span.text + " " + (ev.hits[s.hit].heading or "")))
-    return any(t in have for t in ev.q_terms if t not in tok("default defaults"))
+    hit = ev.hits[s.hit]
+    before = hit.text[max(0, s.span.start - CONTEXT_CHARS):s.span.start]  # "X controls ... The default is True."
+    have = set(tok(before + " " + s.span.text + " " + (hit.heading or "")))
+    cues = set(tok("default defaults"))
+    w = {t: ev.q_weight.get(t, 1.0) for t in ev.q_terms if t not in cues}
+    return sum(x for t, x in w.items() if t in have) / sum(w.values()) if w else 0.0
 
 
 def candidate_table(ev: Evidence, n_sentences: int = SENTENCES, max_words: int = 8) -> list[Candidate]:
@@ -119,10 +126,10 @@ def candidate_table(ev: Evidence, n_sentences: int = SENTENCES, max_words: int =
         found = [(Span(sw.words[i].start, sw.words[j].end, text[sw.words[i].start:sw.words[j].end]), i, j)
                  for i, j in candidates(sw, max_words)]
         seen = {(span.start, span.end) for span, _i, _j in found}
-        values = ((default_values(sw, s.span) if cue else row_key(sw, s.span) if key else set())
-                  if (cue or key) and _topical(ev, s) else set())
+        topical = _topicality(ev, s) if cue or key else 0.0
+        values = (default_values(sw, s.span) if cue else row_key(sw, s.span)) if topical > 0 else set()
         for span, i, j in found + _code_candidates(sw, s.span, seen, ev.question):
-            hit_cue = i in values
+            hit_cue = topical if i in values else 0.0
             if rank < n_sentences or hit_cue:  # past the best sentences only stated defaults and row keys
                 out.append(Candidate(s, span, head + phrase_vector(sw, i, j, s.span.start, kind), hit_cue))
     return out

@@ -257,7 +257,9 @@ def default_values(sw: SentenceWords, sent: Span, reach: int = 8) -> set[int]:
         return (k in code or bool(_NUMISH.match(t) or _YEARISH.match(t)) or t.lower() in _LITERALS
                 or (t[:1].isupper() and sw.words[k].start != sent.start))
 
-    cues = [k for k, w in enumerate(sw.words) if w.text.lower() in DEFAULT_CUES]
+    words = [w.text.lower() for w in sw.words]
+    # "defaults" states a value only as a verb ("defaults to auto"); "the old defaults were" names none
+    cues = [k for k, w in enumerate(words) if w == "default" or (w == "defaults" and words[k + 1:k + 2] == ["to"])]
     if cues and _BULLET.match(sent.text) and cues[0] <= reach and (0 in code or sw.words[0].text.lower() in _LITERALS
                                                                    or _NUMISH.match(sw.words[0].text)):
         return {0}  # the item names its value, then calls it the default: what follows describes it

@@ -107,7 +107,7 @@ def gather(question: str, hits: list[Hit], embed: Callable[[list[str]], np.ndarr
         # a heading names what every sentence under it is about: "**Default** - ``10``" under
         # "max_concurrent_requests" answers "the default max_concurrent_requests?" (no heading: no change)
         head_terms = set(stats.tokenize(h.heading)) if h.heading else set()
-        all_terms |= chunk_terms
+        all_terms |= chunk_terms | head_terms  # a term only in the heading is found, not missing
         c_cov = _coverage(q_terms, w, chunk_terms | head_terms)
         for s in sentences(text):
             cands.append((h_i, s, _coverage(q_terms, w, set(stats.tokenize(s.text)) | head_terms), c_cov))

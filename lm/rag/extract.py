@@ -17,6 +17,7 @@ even ones with benchmarks/fit_phrases.py: held-out token F1 0.417 linear, 0.449 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -31,8 +32,9 @@ from lm.rag.spans import (
     asks_default,
     asks_key,
     candidates,
-    code_spans,
+    code_words,
     default_values,
+    is_stop,
     phrase_vector,
     row_key,
     sentence_words,
@@ -58,11 +60,14 @@ PHRASE_WEIGHTS: dict[str, float] = {
     'year_place': -0.08, 'number_place': -0.42, 'name_place': 0.7, 'capital_place': 0.9, 'lower_place': -1.09,
     'year_thing': -0.42, 'number_thing': -0.04, 'name_thing': 0.09, 'capital_thing': -0.16, 'lower_thing': 0.53}
 MASK_WEIGHT = 5.0
-# Not fitted (squad2-rhine asks no "default" question): a value stated next to the word "default" answers
-# "what is the default X?" in documentation, so it outranks any other phrase of the best sentences
-# (the linear scores of one question's candidates span ~10; sentence choice is part of them). Scaled by
-# the sentence's topicality (0-1], so of two stated defaults the one about more of the question wins.
-DEFAULT_CUE_BONUS = 10.0
+# Not fitted (squad2-rhine has no stated defaults, tables or list keys): a value stated next to the word
+# "default" answers "what is the default X?", and a table row's or list item's key answers "which option
+# ...?", so such a phrase outranks the other phrases of the best sentences (one question's linear scores
+# span ~10; sentence choice is part of them). Scaled by the sentence's topicality, so of two stated
+# defaults the one about more of the question wins; below MIN_TOPICALITY a cue counts for nothing.
+CUE_BONUS = 10.0
+MIN_TOPICALITY = 0.34  # share of the question's other terms (IDF-weighted): "the default compression level of the server?"
+# must not take a default from the "Server flags" table (server: 1 term of 3)
 CONTEXT_CHARS = 250  # a stated default's subject may be in the text just before it (the sentence before, a list's lead-in)
 CUE_SENTENCES = 6  # a "default" or "which X" question also takes cue phrases from this many best sentences ("**Default** - ``10``"
 # under its option's heading has the question's terms but little for MiniLM to match)
@@ -86,14 +91,16 @@ class Candidate(NamedTuple):
 
 def _code_candidates(sw: SentenceWords, sent: Span, seen: set[tuple[int, int]], question: str) -> list[tuple[Span, int, int]]:
     """Inline code spans as whole candidates (with the words inside them for the features), unless a
-    word candidate already has the same offsets or the question names the code itself (its words may
-    be the question's: `~/.aws/config` answers "where is the AWS config file?")."""
+    word candidate already has the same offsets, the code holds no word but stop words (`a`, `to`), or
+    the question names the code itself (its words may be the question's: `~/.aws/config` answers
+    "where is the AWS config file?")."""
     out = []
     q = question.lower()
-    for c in code_spans(sent):
-        inside = [k for k, w in enumerate(sw.words) if w.start >= c.start and w.end <= c.end]
-        if not any(not sw.stop[k] for k in inside) or (c.start, c.end) in seen or c.text.lower() in q:
-            continue  # `a`, `to`: no content word, nothing to answer with
+    for c, inside in code_words(sw, sent):
+        if not inside or all(is_stop(sw.words[k].text) for k in inside) or (c.start, c.end) in seen:
+            continue
+        if re.search(r"(?<![\w-])" + re.escape(c.text.lower()) + r"(?![\w-])", q):
+            continue
         out.append((c, inside[0], inside[-1]))
     return out
 
@@ -127,18 +134,25 @@ def candidate_table(ev: Evidence, n_sentences: int = SENTENCES, max_words: int =
                  for i, j in candidates(sw, max_words)]
         seen = {(span.start, span.end) for span, _i, _j in found}
         topical = _topicality(ev, s) if cue or key else 0.0
-        values = (default_values(sw, s.span) if cue else row_key(sw, s.span)) if topical > 0 else set()
+        values = (default_values(sw, s.span) if cue else row_key(sw, s.span)) if topical >= MIN_TOPICALITY else set()
+        in_code = {k: c for c, inside in code_words(sw, s.span) for k in inside}
         for span, i, j in found + _code_candidates(sw, s.span, seen, ev.question):
-            hit_cue = topical if i in values else 0.0
+            whole = i not in in_code or (span.start, span.end) == (in_code[i].start, in_code[i].end)
+            hit_cue = topical if i in values and whole else 0.0  # a value in code is the whole code, not a cut of it
             if rank < n_sentences or hit_cue:  # past the best sentences only stated defaults and row keys
                 out.append(Candidate(s, span, head + phrase_vector(sw, i, j, s.span.start, kind), hit_cue))
     return out
 
 
 def linear_scores(cands: Sequence[Candidate], weights: Sequence[float] | None = None) -> np.ndarray:
+    """The fitted part of the score (benchmarks/fit_phrases.py fits these weights)."""
     w = np.asarray(weights if weights is not None else [*SENTENCE_WEIGHTS, *(PHRASE_WEIGHTS[f] for f in FEATURES)])
-    cue = np.array([DEFAULT_CUE_BONUS * c.cue for c in cands])  # (n,)
-    return np.array([c.features for c in cands]).reshape(len(cands), len(w)) @ w + cue  # (n,)
+    return np.array([c.features for c in cands]).reshape(len(cands), len(w)) @ w  # (n,)
+
+
+def cue_bonus(cands: Sequence[Candidate]) -> np.ndarray:
+    """The unfitted documentation rules' part of the score (see CUE_BONUS)."""
+    return np.array([CUE_BONUS * c.cue for c in cands], dtype=float)  # (n,)
 
 
 def masked_cosines(ev: Evidence, cands: Sequence[Candidate], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
@@ -161,11 +175,12 @@ def best_span(ev: Evidence, embed: Callable[[list[str]], np.ndarray] | None = No
     if not cands:
         s = ev.sentences[0]
         return Extract(s, s.span, s.score, 0.0)
-    scores = linear_scores(cands)
+    scores = linear_scores(cands) + cue_bonus(cands)
     if embed is not None and RERANK > 0 and len(cands) > 1:
         top = np.argsort(-scores)[:RERANK]
+        best = [cands[t] for t in top]
         scores = np.full(len(cands), -np.inf)
-        scores[top] = linear_scores([cands[t] for t in top]) + MASK_WEIGHT * masked_cosines(ev, [cands[t] for t in top], embed)
+        scores[top] = linear_scores(best) + cue_bonus(best) + MASK_WEIGHT * masked_cosines(ev, best, embed)
     c = cands[int(np.argmax(scores))]
     kind = answer_type(ev.question)
     match = float(any(c.features[2 + FEATURES.index(f"{shape}_{kind}")] for shape in _TYPED.get(kind, ())))

@@ -17,7 +17,7 @@ _RULE_ROW = re.compile(r"^\|?[\s|:\-]+\|?$")  # a table's |---|---| line
 _WORD = re.compile(r"\d[\d,.]*\d%?|[\w][\w'\-.%/]*[\w%]|[\w]", re.UNICODE)
 _CLAUSE = re.compile(r"[,;:()\"`]|\s(?:and|or|but|which|who|that|where|when|while|because|although)\s")
 # a reStructuredText / setext title: one line, then a line of one repeated punctuation mark
-_TITLE = re.compile(r"^[^\n]+\n\s*([=\-~^\"'`#*+])\1{2,}\s*$")
+_TITLE = re.compile(r"^(?:\s*([=\-~^\"'`#*+])\1{2,}\s*\n)?[^\n]+\n\s*([=\-~^\"'`#*+])\2{2,}\s*$")  # optional overline
 _CODE = re.compile(r"``([^`\n]+?)``|(?<!`)`([^`\n]+?)`(?!`)")  # inline code (rst ``x``, markdown `x`)
 
 
@@ -30,7 +30,7 @@ class Span(NamedTuple):
 def sentences(text: str, min_chars: int = 12) -> list[Span]:
     """Sentences of `text` with offsets; very short fragments merge into the next one."""
     out: list[Span] = []
-    pos = 0
+    pos = pending_end = 0
     pending = None
     bounds = [m.start() for m in _SENT_END.finditer(text)] + [len(text)]
     for b in bounds:
@@ -40,13 +40,20 @@ def sentences(text: str, min_chars: int = 12) -> list[Span]:
         pos = b
         if e <= s:
             continue
-        if (text.startswith("#", s) and "\n" not in text[s:e]) or _TITLE.match(text[s:e]) or _RULE_ROW.match(text[s:e]):
-            continue  # a heading or a table rule is no answer
+        if _RULE_ROW.match(text[s:e]):
+            if out and out[-1].text.startswith("|") and not text[out[-1].end:s].strip():
+                out.pop()  # the row above a table's rule is its header ("| flag | meaning |"): no answer
+            continue
+        if (text.startswith("#", s) and "\n" not in text[s:e]) or _TITLE.match(text[s:e]):
+            continue  # a heading is no answer
+        if pending is not None and _KEYED.match(text[s:e]):
+            out.append(Span(pending, pending_end, text[pending:pending_end]))  # "Codes:" stays out of the first item
+            pending = None
         if pending is not None:
             s = pending
             pending = None
         if e - s < min_chars and b < len(text):
-            pending = s
+            pending, pending_end = s, e
             continue
         out.append(Span(s, e, text[s:e]))
     if pending is not None:
@@ -179,7 +186,7 @@ def phrase_vector(sw: SentenceWords, i: int, j: int, sent_start: int, kind: str)
     """The features of words i..j of the sentence, in FEATURES order."""
     n, total, qw = j - i + 1, len(sw.words), sw.q_weight
     content = [k for k in range(i, j + 1) if not sw.stop[k]]
-    in_q = sum(qw[k] for k in content) / len(content)
+    in_q = sum(qw[k] for k in content) / max(1, len(content))  # inline code like `-v` may hold no content word
     prev = sw.words[i - 1].text.lower() if i > 0 else ""
     left = max((qw[k] / (i - k) for k in range(i) if qw[k] > 0), default=0.0)
     right = max((qw[k] / (k - j) for k in range(j + 1, total) if qw[k] > 0), default=0.0)
@@ -211,32 +218,42 @@ def code_spans(sent: Span) -> list[Span]:
     return out
 
 
+def code_words(sw: SentenceWords, sent: Span) -> list[tuple[Span, list[int]]]:
+    """Each inline code span of the sentence with the indices of the words inside it."""
+    return [(c, [k for k, w in enumerate(sw.words) if w.start >= c.start and w.end <= c.end]) for c in code_spans(sent)]
+
+
+def is_stop(word: str) -> bool:
+    return word.lower() in _STOP
+
+
 DEFAULT_CUES = frozenset(("default", "defaults"))
-_LITERALS = frozenset("true false none null yes no on off auto enabled disabled".split())
-_BULLET = re.compile(r"^\s*[-*+]\s")
-
-
-_ASKS_KEY = re.compile(r"^\s*(which|what)\s+(?!(is|are|was|were|does|do|did|can|could|should|would|will|has|have|if|happens)\b)\w+",
-                       re.I)
-_KEYED = re.compile(r"^\s*(\||[-*+]\s)")  # a table row, or a list item
+_LITERALS = frozenset("true false none null yes off auto enabled disabled".split())
+_KEYED = re.compile(r"^\s*(?:\||[-*+]\s|\d+\.\s)")  # a table row or a list item (bulleted or numbered)
+_LINKED = re.compile(r"^[*_`'\")\]]*\s*(?::|-|=|is\b|to\b|was\b|are\b)", re.I)  # "Default: X", "default is X"
+_SELF_DEFAULT = frozenset("this is the a an".split())  # "* true - This is the default value"
+# the nouns of "which X" questions that ask for a name the docs define (a flag, a variable, a code)
+_ASKS_KEY = re.compile(r"^\s*(which|what)\s+(\w+\s+){0,2}?(option|flag|setting|key|command|code|variable|parameter|argument|"
+                       r"field|header|property|attribute|switch|env|method|function|endpoint|subcommand)s?\b", re.I)
 
 
 def asks_key(question: str) -> bool:
-    """"Which option tags every chunk?", "What return code means failure?": a wh-word straight before a
-    noun asks for the name of a thing the docs describe; a table row or list item names it first."""
+    """"Which option tags every chunk?", "What return code means failure?": the name of a thing the docs
+    define, which a table row or list item states first and then describes. Other "what X" questions
+    ("What port ...?", "What year ...?") ask for a value inside the description, not its key."""
     return bool(_ASKS_KEY.match(question)) and not asks_default(question)
 
 
 def row_key(sw: SentenceWords, sent: Span) -> set[int]:
     """The first word of a table row's or list item's leading inline code ("| `--tag T` | tag every
-    chunk ... |", "* ``255`` -- Command failed."): the name the rest of the row describes."""
+    chunk ... |", "* ``255`` -- Command failed."): docs define a name by stating it first, so when the
+    row's words are the question's, its key is the answer."""
     if not _KEYED.match(sent.text):
         return set()
-    codes = code_spans(sent)
-    if not codes or sent.text[:codes[0].start - sent.start].strip(" |*+-`\t") != "":
+    codes = code_words(sw, sent)
+    if not codes or not codes[0][1] or re.sub(r"^\s*\d+\.", "", sent.text[:codes[0][0].start - sent.start]).strip(" |*+-`\t"):
         return set()  # the row does not start with its code
-    first = next((k for k, w in enumerate(sw.words) if w.start >= codes[0].start and w.end <= codes[0].end), None)
-    return set() if first is None else {first}
+    return {codes[0][1][0]}
 
 
 def asks_default(question: str) -> bool:
@@ -247,25 +264,32 @@ def asks_default(question: str) -> bool:
 
 def default_values(sw: SentenceWords, sent: Span, reach: int = 8) -> set[int]:
     """Indices of the words that start a default value stated in the sentence: the first value-like
-    word (a number, inline code, true/false/auto..., a capitalised word inside the sentence) within
-    `reach` words after "default(s)"; and in a list item that calls itself the default ("* true - This
-    is the default value", "* ``ignore`` - (Default) ...") the item's own leading value."""
-    code = {k for c in code_spans(sent) for k, w in enumerate(sw.words) if w.start >= c.start and w.end <= c.end}
-
-    def value_like(k: int) -> bool:
-        t = sw.words[k].text
-        return (k in code or bool(_NUMISH.match(t) or _YEARISH.match(t)) or t.lower() in _LITERALS
-                or (t[:1].isupper() and sw.words[k].start != sent.start))
-
+    word (inline code, a number, true/false/auto..., or a capitalised word when a link such as ":" or
+    "is" follows "default") within `reach` words after "default"; and in a list item that calls itself
+    the default ("* true - This is the default value", "* ``ignore`` - (Default) ...") the item's own
+    leading value. Why so narrow: in prose "default" is also a noun ("when a company defaults, Moody's
+    ..."), and a capitalised word after it is then no value."""
+    code = {k for _c, inside in code_words(sw, sent) for k in inside}
     words = [w.text.lower() for w in sw.words]
     # "defaults" states a value only as a verb ("defaults to auto"); "the old defaults were" names none
     cues = [k for k, w in enumerate(words) if w == "default" or (w == "defaults" and words[k + 1:k + 2] == ["to"])]
-    if cues and _BULLET.match(sent.text) and cues[0] <= reach and (0 in code or sw.words[0].text.lower() in _LITERALS
-                                                                   or _NUMISH.match(sw.words[0].text)):
+    lead_value = bool(words) and (0 in code or words[0] in _LITERALS or bool(_NUMISH.match(words[0])))
+    if cues and _KEYED.match(sent.text) and lead_value and set(words[1:cues[0]]) <= _SELF_DEFAULT:
         return {0}  # the item names its value, then calls it the default: what follows describes it
+
+    def value_like(k: int, linked: bool) -> bool:
+        t = sw.words[k].text
+        if k in code:
+            return True
+        if sw.stop[k]:
+            return False  # "by default on Linux": "on" is no value
+        return (bool(_NUMISH.match(t) or _YEARISH.match(t)) or t.lower() in _LITERALS
+                or (linked and t[:1].isupper() and sw.words[k].start != sent.start))
+
     out = set()
     for c in cues:
-        after = next((k for k in range(c + 1, min(len(sw.words), c + 1 + reach)) if value_like(k)), None)
+        linked = bool(_LINKED.match(sent.text[sw.words[c].end - sent.start:]))
+        after = next((k for k in range(c + 1, min(len(sw.words), c + 1 + reach)) if value_like(k, linked)), None)
         if after is not None:
             out.add(after)
     return out

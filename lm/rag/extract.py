@@ -7,13 +7,18 @@ citation is that span's exact file, lines and characters.
 How a phrase is chosen (each step measured on squad2-rhine's odd paragraphs after fitting on the
 even ones with benchmarks/fit_phrases.py: held-out token F1 0.417 linear, 0.449 re-ranked):
 1. candidates: every run of words inside one clause of the `SENTENCES` best sentences that does
-   not start or end with a stop word or a question word (spans.candidates);
+   not start or end with a stop word or a question word (spans.candidates), and each inline code
+   span whole (documentation: `~/.aws/config` is one answer);
 2. a linear score over dependency-free features (spans.FEATURES: answer shape x wh-type, length,
    IDF-weighted distance to the question's words, clause edges) plus the sentence's rank score;
    the weights are a conditional logit fitted by `python benchmarks/fit_phrases.py`;
 3. the `RERANK` best are re-scored with MiniLM: the question's cosine to the sentence with the
    candidate masked. Masking the answer leaves what the question already says, so the cosine rises
    most for the span that is the question's missing piece.
+Documentation adds what SQuAD prose cannot fit (bench_doc_answers.py measures it): a "default"
+question prefers the value stated next to "default", a "which option / flag / code" question the
+key of a table row or list item, from the `CUE_SENTENCES` best sentences, with `CUE_BONUS` scaled by
+how much of the question the sentence, the text before it and its heading hold.
 """
 from __future__ import annotations
 
@@ -119,7 +124,8 @@ def _topicality(ev: Evidence, s: Sentence) -> float:
 
 
 def candidate_table(ev: Evidence, n_sentences: int = SENTENCES, max_words: int = 8) -> list[Candidate]:
-    """Every candidate phrase of the best sentences with its features (shared with the fitting)."""
+    """Every candidate phrase of the best sentences with its features (shared with the fitting, which
+    sees no cue: the squad2-rhine paragraphs state no defaults and have no tables)."""
     kind = answer_type(ev.question)
     cue, key = asks_default(ev.question), asks_key(ev.question)
     weight = ev.word_weight()

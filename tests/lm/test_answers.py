@@ -9,6 +9,7 @@ import pytest
 from lm.rag import abstain, modes
 from lm.rag import answer as rag
 from lm.rag.spans import Span, answer_type, phrases, sentences, snap, trim, words
+from tests.support.guards import MustNotLoad
 
 DOCS = {
     "rivers.md": "# Rivers\n\nThe Rhine rises in the Swiss Alps.\nThe Rhine is 1,230 km long and empties into the North Sea "
@@ -17,13 +18,6 @@ DOCS = {
     "server.md": "# Server\n\nStart the HTTP transport with the serve command and the --transport http flag. "
                  "The default port is 8000.\n",
 }
-
-
-class MustNotLoad:
-    """A lazy LM loader that fails the test if anything calls it."""
-
-    def __call__(self):
-        raise AssertionError("the LM was loaded")
 
 
 @pytest.fixture(scope="module")

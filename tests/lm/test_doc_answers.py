@@ -13,6 +13,7 @@ import pytest
 
 from lm.rag import answer as rag
 from lm.rag.spans import Span, asks_default, asks_key, code_spans, default_values, row_key, sentence_words, sentences
+from tests.support.guards import MustNotLoad
 
 OPTIONS_RST = """S3 Configuration
 ================
@@ -52,11 +53,6 @@ FLAGS_MD = """# Server flags
 
 The server reads its settings at start.
 """
-
-
-class MustNotLoad:
-    def __call__(self):
-        raise AssertionError("the LM was loaded")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from mcp_server import schemas as S
 from mcp_server.jobs import StageProgress
 from mcp_server.server import ServerConfig, ServerState, build_server
 from mcp_server.tool_support import mcp_hint
-from tests.support.docs import write_docs
+from tests.support.docs import docs_server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -29,12 +29,9 @@ def anyio_backend():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("mcp15")
-    root = write_docs(base / "root")
-    cfg = ServerConfig(store=base / "store", embedder="hash-64", allow_roots=(root,))
-    state = ServerState(cfg)
-    yield {"cfg": cfg, "state": state, "root": root, "base": base}
-    state.close()
+    env = docs_server_env(tmp_path_factory.mktemp("mcp15"))
+    yield env
+    env["state"].close()
 
 
 def server(env, **overrides):

@@ -9,8 +9,8 @@ import pytest
 from mcp import Client
 
 from mcp_server import schemas as S
-from mcp_server.server import ServerConfig, ServerState, build_server
-from tests.support.docs import write_docs
+from mcp_server.server import build_server
+from tests.support.docs import docs_server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -22,12 +22,9 @@ def anyio_backend():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("mcp-schemas")
-    root = write_docs(base / "root")
-    cfg = ServerConfig(store=base / "store", embedder="hash-64", allow_roots=(root,))
-    state = ServerState(cfg)
-    yield {"cfg": cfg, "state": state, "root": root}
-    state.close()
+    env = docs_server_env(tmp_path_factory.mktemp("mcp-schemas"))
+    yield env
+    env["state"].close()
 
 
 def text_of(res) -> str:

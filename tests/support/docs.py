@@ -18,3 +18,13 @@ def write_docs(root: Path) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
     return root
+
+
+def docs_server_env(base: Path) -> dict:
+    """A docs root, and an MCP server config + state over a store with the deterministic "hash-64"
+    embedder that may index it; the caller closes env["state"]."""
+    from mcp_server.server import ServerConfig, ServerState
+
+    root = write_docs(base / "root")
+    cfg = ServerConfig(store=base / "store", embedder="hash-64", allow_roots=(root,))
+    return {"cfg": cfg, "state": ServerState(cfg), "root": root, "base": base}

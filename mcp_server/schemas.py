@@ -29,9 +29,9 @@ def light_hits(*lists: str) -> Callable[[dict[str, Any]], None]:
     full typed HitOut under `$defs` for reading.
 
     Why: the Python SDK client checks every structured result against the output schema with
-    `jsonschema`, which walks each property of each hit (~20 us a node on this CPU): 3.6 ms of a
-    10-hit search with HitOut referenced, 0.4 ms with this light item schema (the SDK client against a
-    stub server: 6.1 -> 3.1-3.7 ms a call; BENCHMARKS.md, session 8). The server itself validates every
+    `jsonschema`, which walks each property of each hit (~20 us a node on this CPU): 2.7 ms of a
+    10-hit search with HitOut referenced, 0.3 ms with this light item schema (benchmarks/bench_mcp.py,
+    BENCHMARKS.md session 8: the SDK client's own cost per call fell ~2 ms). The server itself validates every
     result against the full pydantic model before sending it, so the client's walk re-checks what
     was already checked; a client that wants it anyway validates against `$defs/HitOut`."""
     required = list(HitOut.model_fields)
@@ -39,7 +39,7 @@ def light_hits(*lists: str) -> Callable[[dict[str, Any]], None]:
     def extra(schema: dict[str, Any]) -> None:
         for name in lists:
             prop = schema["properties"][name]
-            target = prop if name == "chunk" else prop["items"]
+            target = prop["items"] if prop.get("type") == "array" else prop  # a list of hits, or one hit
             target.clear()
             target.update({"type": "object", "required": required,
                            "description": "a chunk hit: each field's type and meaning is `$defs/HitOut`"})

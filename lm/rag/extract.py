@@ -30,6 +30,7 @@ import numpy as np
 
 from lm.rag.evidence import Evidence, Sentence
 from lm.rag.spans import (
+    DEFAULT_CUES,
     FEATURES,
     SentenceWords,
     Span,
@@ -37,7 +38,6 @@ from lm.rag.spans import (
     asks_default,
     asks_key,
     candidates,
-    code_words,
     default_values,
     is_stop,
     phrase_vector,
@@ -94,14 +94,14 @@ class Candidate(NamedTuple):
     # of a table row / list item for a "which X" question (row_key): the sentence's topicality, which scales the bonus
 
 
-def _code_candidates(sw: SentenceWords, sent: Span, seen: set[tuple[int, int]], question: str) -> list[tuple[Span, int, int]]:
+def _code_candidates(sw: SentenceWords, seen: set[tuple[int, int]], question: str) -> list[tuple[Span, int, int]]:
     """Inline code spans as whole candidates (with the words inside them for the features), unless a
     word candidate already has the same offsets, the code holds no word but stop words (`a`, `to`), or
     the question names the code itself (its words may be the question's: `~/.aws/config` answers
     "where is the AWS config file?")."""
     out = []
     q = question.lower()
-    for c, inside in code_words(sw, sent):
+    for c, inside in sw.code:
         if not inside or all(is_stop(sw.words[k].text) for k in inside) or (c.start, c.end) in seen:
             continue
         if re.search(r"(?<![\w-])" + re.escape(c.text.lower()) + r"(?![\w-])", q):
@@ -118,7 +118,7 @@ def _topicality(ev: Evidence, s: Sentence) -> float:
     hit = ev.hits[s.hit]
     before = hit.text[max(0, s.span.start - CONTEXT_CHARS):s.span.start]  # "X controls ... The default is True."
     have = set(tok(before + " " + s.span.text + " " + (hit.heading or "")))
-    cues = set(tok("default defaults"))
+    cues = set(tok(" ".join(DEFAULT_CUES)))
     w = {t: ev.q_weight.get(t, 1.0) for t in ev.q_terms if t not in cues}
     return sum(x for t, x in w.items() if t in have) / sum(w.values()) if w else 0.0
 
@@ -141,8 +141,8 @@ def candidate_table(ev: Evidence, n_sentences: int = SENTENCES, max_words: int =
         seen = {(span.start, span.end) for span, _i, _j in found}
         topical = _topicality(ev, s) if cue or key else 0.0
         values = (default_values(sw, s.span) if cue else row_key(sw, s.span)) if topical >= MIN_TOPICALITY else set()
-        in_code = {k: c for c, inside in code_words(sw, s.span) for k in inside}
-        for span, i, j in found + _code_candidates(sw, s.span, seen, ev.question):
+        in_code = {k: c for c, inside in sw.code for k in inside}
+        for span, i, j in found + _code_candidates(sw, seen, ev.question):
             whole = i not in in_code or (span.start, span.end) == (in_code[i].start, in_code[i].end)
             hit_cue = topical if i in values and whole else 0.0  # a value in code is the whole code, not a cut of it
             if rank < n_sentences or hit_cue:  # past the best sentences only stated defaults and row keys

@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 # a sentence ends at . ! ? followed by space + capital/digit/quote, at a blank line, before a list item,
 # and before each markdown table row (a row is one record: "| `--tag T` | tag every chunk ... |")
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|\n(?=\s*(?:[-*+]|\d+\.)\s)|\n(?=\s*\|)")
+_ROW = r"\s*(?:\||[-*+]\s|\d+\.\s)"  # a table row or a list item (bulleted or numbered)
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])|\n\s*\n|\n(?=" + _ROW + ")")
+_KEYED = re.compile("^" + _ROW)
 _RULE_ROW = re.compile(r"^\|?[\s|:\-]+\|?$")  # a table's |---|---| line
 _WORD = re.compile(r"\d[\d,.]*\d%?|[\w][\w'\-.%/]*[\w%]|[\w]", re.UNICODE)
 _CLAUSE = re.compile(r"[,;:()\"`]|\s(?:and|or|but|which|who|that|where|when|while|because|although)\s")
@@ -143,6 +145,22 @@ class SentenceWords(NamedTuple):
     q_weight: list[float]  # the question term's weight (its normalised IDF) when the word is one, else 0
     cut_before: list[bool]  # a clause boundary (comma, bracket, relative pronoun) lies before word i
     q_total: float  # the summed weight of the question's terms
+    code: list[tuple[Span, list[int]]]  # each inline code span with the indices of the words inside it
+
+
+def code_spans(sent: Span) -> list[Span]:
+    """The insides of a sentence's inline code (``10``, `~/.aws/config`), offsets into the chunk text:
+    in technical docs a value, path or command is one answer however many words the word pattern
+    would cut it into."""
+    out = []
+    for m in _CODE.finditer(sent.text):
+        g = 1 if m.group(1) is not None else 2
+        inner = m.group(g)
+        lead = len(inner) - len(inner.lstrip())
+        start, end = sent.start + m.start(g) + lead, sent.start + m.start(g) + len(inner.rstrip())
+        if end > start:
+            out.append(Span(start, end, sent.text[start - sent.start:end - sent.start]))
+    return out
 
 
 def sentence_words(sent: Span, q_weight: Callable[[str], float], q_total: float) -> SentenceWords:
@@ -152,7 +170,8 @@ def sentence_words(sent: Span, q_weight: Callable[[str], float], q_total: float)
     stop = [w.text.lower() in _STOP or (len(w.text) < 2 and not w.text.isdigit()) for w in ws]
     qw = [0.0 if st else q_weight(w.text) for w, st in zip(ws, stop)]
     cut = [i == 0 or any(ws[i - 1].end <= c < w.start for c in cuts) for i, w in enumerate(ws)]
-    return SentenceWords(ws, stop, qw, cut, max(q_total, 1e-9))
+    code = [(c, [k for k, w in enumerate(ws) if w.start >= c.start and w.end <= c.end]) for c in code_spans(sent)]
+    return SentenceWords(ws, stop, qw, cut, max(q_total, 1e-9), code)
 
 
 def candidates(sw: SentenceWords, max_words: int = 8) -> Iterator[tuple[int, int]]:
@@ -203,33 +222,12 @@ def phrase_vector(sw: SentenceWords, i: int, j: int, sent_start: int, kind: str)
     return vec
 
 
-def code_spans(sent: Span) -> list[Span]:
-    """The insides of a sentence's inline code (``10``, `~/.aws/config`), offsets into the chunk text:
-    in technical docs a value, path or command is one answer however many words the word pattern
-    would cut it into."""
-    out = []
-    for m in _CODE.finditer(sent.text):
-        g = 1 if m.group(1) is not None else 2
-        inner = m.group(g)
-        lead = len(inner) - len(inner.lstrip())
-        start, end = sent.start + m.start(g) + lead, sent.start + m.start(g) + len(inner.rstrip())
-        if end > start:
-            out.append(Span(start, end, sent.text[start - sent.start:end - sent.start]))
-    return out
-
-
-def code_words(sw: SentenceWords, sent: Span) -> list[tuple[Span, list[int]]]:
-    """Each inline code span of the sentence with the indices of the words inside it."""
-    return [(c, [k for k, w in enumerate(sw.words) if w.start >= c.start and w.end <= c.end]) for c in code_spans(sent)]
-
-
 def is_stop(word: str) -> bool:
     return word.lower() in _STOP
 
 
 DEFAULT_CUES = frozenset(("default", "defaults"))
 _LITERALS = frozenset("true false none null yes off auto enabled disabled".split())
-_KEYED = re.compile(r"^\s*(?:\||[-*+]\s|\d+\.\s)")  # a table row or a list item (bulleted or numbered)
 _LINKED = re.compile(r"^[*_`'\")\]]*\s*(?::|-|=|is\b|to\b|was\b|are\b)", re.I)  # "Default: X", "default is X"
 _SELF_DEFAULT = frozenset("this is the a an".split())  # "* true - This is the default value"
 # the nouns of "which X" questions that ask for a name the docs define (a flag, a variable, a code)
@@ -250,7 +248,7 @@ def row_key(sw: SentenceWords, sent: Span) -> set[int]:
     row's words are the question's, its key is the answer."""
     if not _KEYED.match(sent.text):
         return set()
-    codes = code_words(sw, sent)
+    codes = sw.code
     if not codes or not codes[0][1] or re.sub(r"^\s*\d+\.", "", sent.text[:codes[0][0].start - sent.start]).strip(" |*+-`\t"):
         return set()  # the row does not start with its code
     return {codes[0][1][0]}
@@ -269,7 +267,7 @@ def default_values(sw: SentenceWords, sent: Span, reach: int = 8) -> set[int]:
     the default ("* true - This is the default value", "* ``ignore`` - (Default) ...") the item's own
     leading value. Why so narrow: in prose "default" is also a noun ("when a company defaults, Moody's
     ..."), and a capitalised word after it is then no value."""
-    code = {k for _c, inside in code_words(sw, sent) for k in inside}
+    code = {k for _c, inside in sw.code for k in inside}
     words = [w.text.lower() for w in sw.words]
     # "defaults" states a value only as a verb ("defaults to auto"); "the old defaults were" names none
     cues = [k for k, w in enumerate(words) if w == "default" or (w == "defaults" and words[k + 1:k + 2] == ["to"])]

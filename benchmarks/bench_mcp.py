@@ -10,7 +10,9 @@ Peer = the same DocStore.search call made in-process (no protocol). Measured in 
 Targets: stdio p50 <= 1.3x direct, HTTP <= 1.5x, >= 60 req/s with 8 HTTP clients, 0 errors, p95 <= 250 ms.
 
 Paths: direct (peer), `knnrag serve` over stdio, the same server on the SDK's stdio transport,
-streamable HTTP (SSE replies, the default) and HTTP with --json-response.
+streamable HTTP with the default `--replies auto` (one JSON body per call, SSE only for a request that
+asks for progress), with `--replies sse` (an SSE stream for every call: the SDK's default and ours
+before session 9) and with `--replies json`. Throughput: auto and sse.
 
 usage: python benchmarks/bench_mcp.py [--store DIR] [--docs N] [--queries N] [--duration 60] [--no-append]
 """
@@ -188,8 +190,8 @@ async def interleaved(store_obj, store: Path, urls: dict[str, str], queries: lis
         raw_stdio = RawStdio(store)
         stack.callback(raw_stdio.close)
         raws = {"stdio_raw_client": raw_stdio, "http_raw_client": RawHttp(urls["http"])}
-        if "http_json_response" in urls:
-            raws["http_json_raw_client"] = RawHttp(urls["http_json_response"])
+        if "http_sse" in urls:
+            raws["http_sse_raw_client"] = RawHttp(urls["http_sse"])
 
         def raw(client: Any) -> Callable[[str], Awaitable[None]]:
             async def go(q: str) -> None:
@@ -409,18 +411,19 @@ def breakdown(store_obj, queries: list[str]) -> dict:
 
 
 LABELS = {"direct": "direct DocStore.search (peer)", "stdio": "MCP stdio (`knnrag serve`)",
-          "stdio_sdk_transport": "MCP stdio, the SDK's stdio transport", "http": "MCP streamable HTTP (SSE replies)",
-          "http_json_response": "MCP streamable HTTP, --json-response",
+          "stdio_sdk_transport": "MCP stdio, the SDK's stdio transport", "http": "MCP streamable HTTP (default --replies auto: a JSON body here)",
+          "http_sse": "MCP streamable HTTP, --replies sse (the SDK's framing)",
+          "http_json_response": "MCP streamable HTTP, --replies json",
           "stdio_raw_client": "MCP stdio, bare JSON-RPC line client (no SDK client work)",
-          "http_raw_client": "MCP streamable HTTP (SSE), bare HTTP client (no SDK client work)",
-          "http_json_raw_client": "MCP streamable HTTP, --json-response, bare HTTP client",
+          "http_raw_client": "MCP streamable HTTP (auto), bare HTTP client (no SDK client work)",
+          "http_sse_raw_client": "MCP streamable HTTP, --replies sse, bare HTTP client",
           "stdio_floor": "floor: SDK client -> a stub server over our stdio transport (same schema and result, no search)",
-          "http_floor": "floor: SDK client -> a stub server over streamable HTTP (SSE; same schema and result, no search)"}
+          "http_floor": "floor: SDK client -> a stub server over streamable HTTP (auto; same schema and result, no search)"}
 
 
 def append(res: dict, cmd: str) -> None:
     lat, dl, hl, b = res["latency"], res["direct_load"], res["http_load"], res["breakdown"]
-    jl = res["http_json_response_load"]
+    jl = res["http_sse_load"]
     lines = [
         "", "## MCP round trip: `search` over stdio / streamable HTTP vs direct Python (SciFact, k=10)",
         "", f"Command: `{cmd}`  ", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -438,11 +441,11 @@ def append(res: dict, cmd: str) -> None:
         f"{res['sdk_client_floor_ratio']['stdio']:.2f}, HTTP {res['sdk_client_floor_ratio']['http']:.2f}.", "",
         f"Throughput, {hl['clients']} concurrent callers for {hl['seconds']} s: direct threads (peer) **{dl['req_per_s']} req/s** "
         f"(p95 {dl['p95_ms']} ms); MCP HTTP clients **{hl['req_per_s']} req/s**, {hl['errors']} errors, p50 {hl['p50_ms']} ms, "
-        f"p95 {hl['p95_ms']} ms (ratio {res['load_ratio']:.2f} of the peer); with --json-response "
-        f"**{jl['req_per_s']} req/s**, {jl['errors']} errors, p95 {jl['p95_ms']} ms (ratio {res['json_load_ratio']:.2f}). "
+        f"p95 {hl['p95_ms']} ms (ratio {res['load_ratio']:.2f} of the peer); with --replies sse "
+        f"**{jl['req_per_s']} req/s**, {jl['errors']} errors, p95 {jl['p95_ms']} ms (ratio {res['sse_load_ratio']:.2f}). "
         "Target >= 60 req/s, 0 errors, p95 <= 250 ms. CPU per request under load (server process / "
-        f"the {hl['clients']} SDK clients, which share the same cores): SSE {hl['server_cpu_ms_per_request']} / {hl['client_cpu_ms_per_request']} ms, "
-        f"JSON {jl['server_cpu_ms_per_request']} / {jl['client_cpu_ms_per_request']} ms.", "",
+        f"the {hl['clients']} SDK clients, which share the same cores): auto {hl['server_cpu_ms_per_request']} / {hl['client_cpu_ms_per_request']} ms, "
+        f"sse {jl['server_cpu_ms_per_request']} / {jl['client_cpu_ms_per_request']} ms.", "",
         "Per call, in process: " + ", ".join(f"{k} {v}" for k, v in b.items()) + ".", "",
     ]
     with (REPO / "BENCHMARKS.md").open("a") as f:
@@ -466,19 +469,20 @@ def main() -> int:
     queries = load_queries(args.queries)
     res: dict = {"queries": len(queries), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     proc, url = start_http(store, [])
-    proc_json, url_json = start_http(store, ["--json-response"])
-    procs = [proc, proc_json]
+    proc_sse, url_sse = start_http(store, ["--replies", "sse"])
+    proc_json, url_json = start_http(store, ["--replies", "json"])
+    procs = [proc, proc_sse, proc_json]
     try:
         with DocStore.open(store, read_only=True) as s:
             res["chunks"] = int(s.stats()["chunks"])
             payload = stub_payload(s, queries[0], store.parent / "stub-search-result.json")
             proc_stub, url_stub = start_stub_http(payload)
             procs.append(proc_stub)
-            urls = {"http": url, "http_json_response": url_json, "http_floor": url_stub}
+            urls = {"http": url, "http_sse": url_sse, "http_json_response": url_json, "http_floor": url_stub}
             res["latency"] = anyio.run(interleaved, s, store, urls, queries, payload)
             res["direct_load"] = direct_load(s, queries, args.clients, args.duration)
             res["http_load"] = anyio.run(http_load, url, queries, args.clients, args.duration, proc.pid)
-            res["http_json_response_load"] = anyio.run(http_load, url_json, queries, args.clients, args.duration, proc_json.pid)
+            res["http_sse_load"] = anyio.run(http_load, url_sse, queries, args.clients, args.duration, proc_sse.pid)
             res["breakdown"] = breakdown(s, queries)
     finally:
         for p in procs:
@@ -491,7 +495,7 @@ def main() -> int:
     res["sdk_client_floor_ratio"] = {t: round((lat["direct"]["p50_ms"] + lat[f"{t}_floor"]["p50_ms"]) / lat["direct"]["p50_ms"], 3)
                                      for t in ("stdio", "http")}
     res["load_ratio"] = res["http_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
-    res["json_load_ratio"] = res["http_json_response_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
+    res["sse_load_ratio"] = res["http_sse_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
     print(json.dumps(res, indent=2))
     if not args.no_append:
         append(res, "python benchmarks/bench_mcp.py " + " ".join(sys.argv[1:]))

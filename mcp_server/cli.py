@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
+from mcp_server.http import REPLIES
 from retrieval.errors import InvalidInputError, StoreWriteError
 
 log = logging.getLogger("knnrag.ask")
@@ -37,9 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="serve a non-loopback --host without KNNRAG_MCP_TOKEN (refused otherwise): only behind a "
                         "trusted network, e.g. a container port published on the host's loopback")
-    p.add_argument("--json-response", action="store_true",
-                   help="HTTP: answer each request with one JSON body instead of an SSE stream (less overhead per "
-                        "call; progress notifications are then dropped: use start_indexing + index_status)")
+    p.add_argument("--replies", choices=REPLIES, default=None,
+                   help="HTTP: how each request is answered. auto (default): an SSE stream for a request that asked "
+                        "for progress, one JSON body for every other (less overhead per call); sse: a stream for "
+                        "all; json: one JSON body for all (progress notifications are then dropped: use "
+                        "start_indexing + index_status)")
+    p.add_argument("--json-response", action="store_true", help="HTTP: the same as --replies json")
     p.add_argument("--max-request-bytes", type=int, default=1_048_576, help="HTTP request body limit (default 1 MiB)")
     p.add_argument("--min-score", type=float, help="ask: relevance threshold (dense cosine) below which it refuses")
     p.add_argument("--max-write-seconds", type=float, default=3600.0,
@@ -85,6 +89,13 @@ def _port_free(host: str, port: int) -> None:
                                     "pick another --port, or stop the process using it") from e
 
 
+def _replies(args: argparse.Namespace) -> str:
+    """--json-response is the first round's name for --replies json."""
+    if args.json_response and args.replies not in (None, "json"):
+        raise InvalidInputError(f"--json-response contradicts --replies {args.replies}", "pass only one of them")
+    return "json" if args.json_response else args.replies or "auto"
+
+
 def serve(args: argparse.Namespace) -> int:
     from mcp_server.http import HttpConfig, run_http
     from mcp_server.server import ServerConfig, build_server
@@ -118,7 +129,7 @@ def serve(args: argparse.Namespace) -> int:
     token = os.environ.get("KNNRAG_MCP_TOKEN") or None
     cfg = HttpConfig(host=args.host, port=args.port, token=token, max_request_bytes=args.max_request_bytes,
                      allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allowed_origin),
-                     allow_unauthenticated=args.allow_unauthenticated, json_response=args.json_response)
+                     allow_unauthenticated=args.allow_unauthenticated, replies=_replies(args))
     _port_free(cfg.host, cfg.port)
     run_http(server, cfg)
     return 0

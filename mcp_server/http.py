@@ -19,6 +19,8 @@ from retrieval.errors import InvalidInputError
 
 log = logging.getLogger("knnrag.mcp")
 
+REPLIES = ("auto", "sse", "json")  # how a POSTed request is answered: see mcp_server/replies.py
+
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -32,9 +34,11 @@ class HttpConfig:
     allowed_hosts: tuple[str, ...] = field(default_factory=tuple)  # extra Host values, e.g. "mcp.example:8000"
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # extra Origins, e.g. "https://app.example"
     allow_unauthenticated: bool = False  # serve a non-loopback address without a token (the user said so)
-    json_response: bool = False  # answer each POST with one JSON body instead of an SSE stream
+    replies: str = "auto"  # "auto": SSE only for requests that asked for progress; "sse" / "json" for all
 
     def __post_init__(self) -> None:
+        if self.replies not in REPLIES:
+            raise InvalidInputError(f"--replies {self.replies!r} is not a reply framing", f"pass one of {', '.join(REPLIES)}")
         if not 1 <= self.port <= 65535:
             raise InvalidInputError(f"port {self.port} is out of range", "pass --port between 1 and 65535")
         if self.max_request_bytes < 1024:
@@ -134,17 +138,19 @@ class BearerTokenMiddleware:
 
 
 def build_app(server: Any, cfg: HttpConfig):
-    """The ASGI app: the SDK's streamable-HTTP app plus /healthz, behind the token check."""
+    """The ASGI app: the SDK's streamable-HTTP endpoint (replies framed per `cfg.replies`) plus
+    /healthz, behind the token check."""
     from starlette.requests import Request
     from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
-    @server.custom_route("/healthz", methods=["GET"])
+    from mcp_server.replies import streamable_app
+
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "server": server.name})
 
-    app = server.streamable_http_app(streamable_http_path=cfg.path, host=cfg.host, json_response=cfg.json_response,
-                                     max_request_body_size=cfg.max_request_bytes,
-                                     transport_security=security_settings(cfg))
+    app = streamable_app(server, path=cfg.path, replies=cfg.replies, security=security_settings(cfg),
+                         max_request_bytes=cfg.max_request_bytes, routes=[Route("/healthz", healthz, methods=["GET"])])
     if cfg.token:
         return BearerTokenMiddleware(app, cfg.token)
     return app

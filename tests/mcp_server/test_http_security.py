@@ -82,7 +82,7 @@ def test_bound_address_is_allowed_as_host_and_origin():
 
 
 def test_json_response_mode_answers_with_one_json_body(tmp_path):
-    cfg = HttpConfig(port=8124, json_response=True)
+    cfg = HttpConfig(port=8124, replies="json")
     app = build_app(build_server(ServerConfig(store=tmp_path / "store", embedder="hash-64")), cfg)
     with TestClient(app, base_url="http://127.0.0.1:8124") as c:
         r = c.post("/mcp", content=INIT, headers={**HEADERS, "Host": "127.0.0.1:8124"})

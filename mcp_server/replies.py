@@ -11,9 +11,11 @@ request that carries `_meta.progressToken` (`report_progress` is a no-op without
 `replies="auto"` streams exactly those requests and answers every other one with one JSON body.
 `"sse"` and `"json"` pin one framing for all, as the SDK does.
 
-This leans on two SDK internals, pinned by tests/mcp_server/test_http_replies.py: the transport reads
-`is_json_response_enabled` inside `_handle_post_request`, in the POST's own task, and the session
-manager builds each session's transport in `_admit_session`.
+This leans on three SDK internals, pinned by tests/mcp_server/test_http_replies.py: the transport
+reads `is_json_response_enabled` inside `_handle_post_request`, in the POST's own task; the session
+manager builds each session's transport in `_admit_session`; `MCPServer._lowlevel_server` is what
+the manager serves. Should an SDK release rename the first two, the overrides go unused and every
+reply is an SSE stream again: slower, still correct, and the tests fail.
 """
 from __future__ import annotations
 

@@ -16,3 +16,9 @@ def minilm():
     from retrieval.embed.embedder import load_embedder
 
     return load_embedder()
+
+
+@pytest.fixture(scope="module")
+def anyio_backend():
+    """asyncio only (the SDK and the server run on it); module scope so module-scoped async fixtures work."""
+    return "asyncio"

@@ -181,12 +181,12 @@ def best_span(ev: Evidence, embed: Callable[[list[str]], np.ndarray] | None = No
     if not cands:
         s = ev.sentences[0]
         return Extract(s, s.span, s.score, 0.0)
-    scores = linear_scores(cands) + cue_bonus(cands)
+    base = linear_scores(cands) + cue_bonus(cands)  # (n,)
+    scores = base
     if embed is not None and RERANK > 0 and len(cands) > 1:
-        top = np.argsort(-scores)[:RERANK]
-        best = [cands[t] for t in top]
+        top = np.argsort(-base)[:RERANK]
         scores = np.full(len(cands), -np.inf)
-        scores[top] = linear_scores(best) + cue_bonus(best) + MASK_WEIGHT * masked_cosines(ev, best, embed)
+        scores[top] = base[top] + MASK_WEIGHT * masked_cosines(ev, [cands[t] for t in top], embed)
     c = cands[int(np.argmax(scores))]
     kind = answer_type(ev.question)
     match = float(any(c.features[2 + FEATURES.index(f"{shape}_{kind}")] for shape in _TYPED.get(kind, ())))

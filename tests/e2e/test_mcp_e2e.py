@@ -26,11 +26,6 @@ pytestmark = pytest.mark.anyio
 TOKEN = "test-token-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
 def knnrag() -> list[str]:
     exe = shutil.which("knnrag") or str(Path(sys.executable).with_name("knnrag"))
     return [exe] if Path(exe).exists() else [sys.executable, "-m", "retrieval.cli.root"]

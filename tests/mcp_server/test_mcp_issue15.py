@@ -17,21 +17,9 @@ from mcp_server import schemas as S
 from mcp_server.jobs import StageProgress
 from mcp_server.server import ServerConfig, ServerState, build_server
 from mcp_server.tool_support import mcp_hint
-from tests.support.docs import docs_server_env
+from tests.support.mcp import text_of
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = docs_server_env(tmp_path_factory.mktemp("mcp15"))
-    yield env
-    env["state"].close()
 
 
 def server(env, **overrides):
@@ -46,10 +34,6 @@ def server(env, **overrides):
 async def call(env, name, args=None, **overrides):
     async with Client(server(env, **overrides)) as c:
         return await c.call_tool(name, args or {})
-
-
-def text_of(res) -> str:
-    return " ".join(getattr(b, "text", "") for b in res.content)
 
 
 @pytest.fixture(scope="module")

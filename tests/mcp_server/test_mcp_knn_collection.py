@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from tests.mcp_server import test_mcp_tools as base
+from tests.support.mcp import text_of
 
-anyio_backend, env, lm_dir = base.anyio_backend, base.env, base.lm_dir  # the same module-scoped fixtures
-call, text_of = base.call, base.text_of
+env, lm_dir = base.env, base.lm_dir  # the same module-scoped fixtures
+call = base.call
 
 pytestmark = pytest.mark.anyio
 

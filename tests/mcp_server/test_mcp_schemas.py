@@ -10,25 +10,9 @@ from mcp import Client
 
 from mcp_server import schemas as S
 from mcp_server.server import build_server
-from tests.support.docs import docs_server_env
+from tests.support.mcp import text_of
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = docs_server_env(tmp_path_factory.mktemp("mcp-schemas"))
-    yield env
-    env["state"].close()
-
-
-def text_of(res) -> str:
-    return " ".join(getattr(b, "text", "") for b in res.content)
 
 
 def test_published_output_schemas_are_compact_and_equivalent():

@@ -15,6 +15,7 @@ from mcp_server.server import ServerConfig, ServerState, build_server  # noqa: E
 from mcp_server.tool_support import MAX_QUERY_CHARS, bound_hits  # noqa: E402
 from mcp_server.tools import MAX_SEARCH_K
 from tests.support.docs import write_docs
+from tests.support.mcp import text_of
 from tests.support.tiny_lm import make_tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,11 +23,6 @@ TOOLS = {"search", "ask", "index_paths", "delete", "list_collections", "stats", 
          "perplexity", "add_texts", "create_collection", "drop_collection", "get_chunks", "chunk_context",
          "start_indexing", "index_status", "cancel_indexing"}
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +55,6 @@ def server_for(env, **overrides):
 async def call(env, name, args=None, **overrides):
     async with Client(server_for(env, **overrides)) as c:
         return await c.call_tool(name, args or {})
-
-
-def text_of(res) -> str:
-    return " ".join(getattr(b, "text", "") for b in res.content)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,6 @@ pytestmark = pytest.mark.anyio
 SECRET = "zebracorn secret outside the allowed root"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 def _swap_when_listed(monkeypatch, root, outside):
     """Swap root/a.md (plain file when listed) for a link to the secret, then retarget an inner link."""
     real, done = sources_mod._list_dir, []

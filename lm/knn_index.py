@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="LM for --knn (default: the datastore's own, else bundled SmolLM2)")
         inner = index.get_default("func")
         index.set_defaults(func=lambda args: _index(inner, args))
+    delete = sub.choices.get("delete")
+    if delete is not None:
+        inner_delete = delete.get_default("func")
+        delete.set_defaults(func=lambda args: _delete(inner_delete, args))
     stats = sub.choices.get("stats")
     if stats is not None:
         inner_stats = stats.get_default("func")
@@ -45,63 +51,201 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def chunk_texts(store: Any, collection: str) -> dict[str, str]:
     """chunk id -> chunk text of every live chunk of the collection."""
-    coll = store.collection(collection)
-    with coll.reading() as (conn, _snap):
-        return {str(ext or rid): text for rid, ext, text in conn.execute("SELECT id, ext_id, text FROM chunks")}
+    return store.live_chunks(collection).texts
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def owner_record(store: Any, collection: str, uid: str) -> dict:
+    """What a collection's datastore records of its collection ("collection" in its manifest)."""
+    return {"store": str(Path(store.path).resolve()), "name": collection, "uid": uid}
+
+
+def _other_incarnation(ds: Any, uid: str) -> bool:
+    """Built for a collection of the same name that was dropped since (or for another store)."""
+    rec = ds.manifest.get("collection") or {}
+    return bool(rec.get("uid")) and bool(uid) and rec["uid"] != uid
+
+
+def _dead_docs(ds: Any) -> set[int]:
+    import numpy as np
+
+    if not len(ds.dead):
+        return set()
+    return set(np.unique(ds.provenance(ds.dead)[:, 0]).tolist())
+
+
+def stale_docs(ds: Any, live: Any) -> list[int]:
+    """Documents of the datastore whose chunk is not live with the same text: deleted, replaced
+    (add_texts with the same id), re-chunked, or of a dropped incarnation of the collection.
+    `live`: retrieval's LiveChunks. Compared by id AND text, so a re-used id never keeps old text."""
+    dead = _dead_docs(ds)
+    if _other_incarnation(ds, live.uid):
+        return [d["doc"] for d in ds.docs() if d["doc"] not in dead]
+    want = {cid: _text_hash(t) for cid, t in live.texts.items()}
+    out = []
+    for d in ds.docs():
+        cid = d["source"][len(PREFIX):] if d["source"].startswith(PREFIX) else None
+        if d["doc"] not in dead and (cid is None or want.get(cid) != _text_hash(d.get("text") or "")):
+            out.append(d["doc"])
+    return out
+
+
+def prune(store: Any, collection: str, out: Path | None = None) -> dict:
+    """Tombstone the entries of every chunk that is gone or changed; no LM needed. The write half of
+    `delete` and `add_texts` for a collection with a datastore (additions wait for `index --knn`)."""
+    import numpy as np
+
+    from lm.datastore.token_store import TokenStore
+    from retrieval.store.durable import WriterLock
+
+    out = out or datastore_dir(store.path, collection)
+    if not (out / "manifest.json").is_file():
+        return {"datastore": None, "entries_tombstoned": 0, "chunks_tombstoned": 0}
+    with WriterLock(out.parent.parent):
+        ds = TokenStore.open(out)
+        gone = stale_docs(ds, store.live_chunks(collection))
+        n = ds.tombstone_docs(np.asarray(gone, dtype=np.int64)) if gone else 0
+    return {"datastore": str(out), "entries_tombstoned": n, "chunks_tombstoned": len(gone)}
+
+
+def mask_stale(ds: Any) -> int:
+    """Mask (in memory, for this process's searches) the entries of chunks the datastore's collection
+    no longer holds with the same text: a delete made through any interface, even one that did not
+    update the datastore (the Python API, LangChain), never comes back from kNN search, `explain`,
+    `perplexity` or citations. Returns the number of documents masked; 0 for other datastores."""
+    rec = ds.manifest.get("collection") or {}
+    legacy = ds.path.parent.name == ".knn" and (ds.path.parent.parent / "store.json").is_file()
+    if not rec and not legacy:
+        return 0
+    store_path = Path(rec["store"]) if rec.get("store") else ds.path.parent.parent
+    name = rec.get("name") or ds.path.name
+    from retrieval.errors import KnnragError
+    from retrieval.store.docstore import DocStore
+
+    try:
+        with DocStore.open(store_path, create=False, read_only=True) as store:
+            live = store.live_chunks(name)
+    except KnnragError:  # the collection (or its store) is gone: none of the datastore's chunks is live
+        from retrieval.store.docstore import LiveChunks
+
+        live = LiveChunks(uid="\0gone", generation=-1, texts={})
+    import numpy as np
+
+    gone = stale_docs(ds, live)
+    ds.mask_docs(np.asarray(gone, dtype=np.int64))
+    return len(gone)
+
+
+def _owner_stamp(ds: Any) -> tuple:
+    """Changes whenever the datastore's manifest or its collection commits (a new gen-N folder)."""
+    rec = ds.manifest.get("collection") or {}
+    coll = (Path(rec["store"]) if rec.get("store") else ds.path.parent.parent) / (rec.get("name") or ds.path.name)
+    try:
+        gens = tuple(sorted(p.name for p in coll.iterdir() if p.name.startswith("gen-")))
+    except OSError:
+        gens = ()
+    try:
+        m = (ds.path / "manifest.json").stat().st_mtime_ns
+    except OSError:
+        m = 0
+    return m, gens
+
+
+def refresh_mask(ds: Any) -> bool:
+    """Keep a long-lived reader's view current: re-read tombstones committed elsewhere and re-mask
+    the chunks its collection deleted since. Costs two small stats when nothing changed."""
+    stamp = _owner_stamp(ds)
+    if getattr(ds, "_mask_stamp", None) == stamp:
+        return False
+    ds.refresh_tombstones()
+    mask_stale(ds)
+    ds._mask_stamp = stamp
+    return True
 
 
 def sync(store: Any, collection: str, lm: Any, out: Path, lm_spec: str | None = None) -> dict:
     """Append the entries of chunks the datastore lacks; tombstone those of chunks that are gone."""
+    from retrieval.store.durable import WriterLock
+
+    with WriterLock(out.parent.parent):
+        return _sync(store, collection, lm, out, lm_spec)
+
+
+def _sync(store: Any, collection: str, lm: Any, out: Path, lm_spec: str | None) -> dict:
     import numpy as np
 
+    from lm.datastore.token_store import TokenStore
+
+    live = store.live_chunks(collection)
+    ds = TokenStore.open(out) if (out / "manifest.json").is_file() else None
+    report = {"datastore": str(out), "chunks_added": 0, "chunks_kept": 0, "chunks_tombstoned": 0,
+              "entries_added": 0, "entries_tombstoned": 0, "rebuilt": False}
+    if ds is not None and _other_incarnation(ds, live.uid):
+        _discard(out)  # a dropped collection's datastore: none of it belongs to this one
+        ds, report["rebuilt"] = None, True
+    gone = set(stale_docs(ds, live)) if ds is not None else set()
+    dead = _dead_docs(ds) if ds is not None else set()
+    docs = ds.docs() if ds is not None else []
+    kept = {d["source"][len(PREFIX):] for d in docs if d["doc"] not in dead and d["doc"] not in gone}
+    new = {cid: t for cid, t in live.texts.items() if cid not in kept and t.strip()}
+    # a re-indexed file's unchanged chunks come back under new ids: keep their entries, renamed
+    # (the build would drop them as exact duplicates of the old documents anyway)
+    by_text = {d.get("text"): d for d in docs if d["doc"] in gone}
+    renames = {}
+    for cid, t in list(new.items()):
+        d = by_text.pop(t, None)
+        if d is not None:
+            renames[d["source"]] = PREFIX + cid
+            gone.discard(d["doc"])
+            del new[cid]
+    report["chunks_kept"] = len(renames)
+    if renames:
+        _rename_sources(ds, renames)
+    if ds is not None and gone:
+        report["entries_tombstoned"] = ds.tombstone_docs(np.asarray(sorted(gone), dtype=np.int64))
+        report["chunks_tombstoned"] = len(gone)
+    if new:
+        _append(lm, out, new, report, lm_spec)
+    if (out / "manifest.json").is_file():
+        ds = TokenStore.open(out)
+        owner = owner_record(store, collection, live.uid)
+        if ds.manifest.get("collection") != owner:
+            ds.commit(fields={"collection": owner})
+    return report
+
+
+def _discard(out: Path) -> None:
+    import shutil
+    import uuid
+
+    trash = out.parent / f".discard-{out.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(out, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _append(lm: Any, out: Path, new: dict[str, str], report: dict, lm_spec: str | None) -> None:
     from lm.datastore.build import BuildConfig, build_datastore
     from lm.datastore.token_store import TokenStore
     from retrieval.errors import InvalidInputError
 
-    live = chunk_texts(store, collection)
-    have: dict[str, int] = {}
-    ds = TokenStore.open(out) if (out / "manifest.json").is_file() else None
-    if ds is not None:
-        dead_docs = set()
-        if len(ds.dead):
-            dead_docs = set(np.unique(ds.provenance(ds.dead)[:, 0]).tolist())
-        have = {d["source"][len(PREFIX):]: d["doc"] for d in ds.docs() if d["doc"] not in dead_docs}
-    gone_ids = {cid for cid in have if cid not in live}
-    new = {cid: t for cid, t in live.items() if cid not in have and t.strip()}
-    # a re-indexed file's unchanged chunks come back under new ids: keep their entries, renamed
-    # (the build would drop them as exact duplicates of the old documents anyway)
-    by_text = {d["text"]: d["source"] for d in (ds.docs() if ds is not None else []) if d["source"][len(PREFIX):] in gone_ids}
-    renames = {}
-    for cid, t in list(new.items()):
-        if t in by_text:
-            old = by_text.pop(t)
-            renames[old] = PREFIX + cid
-            gone_ids.discard(old[len(PREFIX):])
-            del new[cid]
-    gone = [have[cid] for cid in gone_ids]
-    report = {"datastore": str(out), "chunks_added": 0, "chunks_kept": len(renames), "chunks_tombstoned": 0,
-              "entries_added": 0, "entries_tombstoned": 0}
-    if renames:
-        _rename_sources(ds, renames)
-    if ds is not None and gone:
-        report["entries_tombstoned"] = ds.tombstone_docs(np.asarray(gone, dtype=np.int64))
-        report["chunks_tombstoned"] = len(gone)
-    if new:
-        with tempfile.TemporaryDirectory(prefix="knnrag-chunks-") as tmp:
-            files = []
-            for i, (cid, text) in enumerate(sorted(new.items())):
-                f = Path(tmp) / f"{i:08d}.txt"
-                f.write_text(text, encoding="utf-8")
-                files.append((f, cid))
-            try:
-                rep = build_datastore(lm, [str(f) for f, _ in files], out, BuildConfig(), progress=False, lm_spec=lm_spec)
-            except InvalidInputError:  # every new chunk repeats stored text (exact duplicates): nothing to add
-                rep = None
+    with tempfile.TemporaryDirectory(prefix="knnrag-chunks-") as tmp:
+        files = []
+        for i, (cid, text) in enumerate(sorted(new.items())):
+            f = Path(tmp) / f"{i:08d}.txt"
+            f.write_text(text, encoding="utf-8")
+            files.append((f, cid))
+        try:
+            rep = build_datastore(lm, [str(f) for f, _ in files], out, BuildConfig(), progress=False, lm_spec=lm_spec)
+        except InvalidInputError:  # every new chunk repeats stored text (exact duplicates): nothing to add
+            rep = None
+        if (out / "manifest.json").is_file():
             _rename_sources(TokenStore.open(out), {str(f): PREFIX + cid for f, cid in files})
-        if rep is not None:
-            report["chunks_added"] = rep.documents
-            report["entries_added"] = rep.entries_added
-    return report
+    if rep is not None:
+        report["chunks_added"] = rep.documents
+        report["entries_added"] = rep.entries_added
 
 
 def _rename_sources(ds: Any, names: dict[str, str]) -> None:
@@ -158,6 +302,30 @@ def _index(inner, args) -> int:
     else:
         sys.stdout.write(f"knn datastore {out}: +{rep['entries_added']} entries from {rep['chunks_added']} chunks, "
                          f"{rep['entries_tombstoned']} entries of {rep['chunks_tombstoned']} removed chunks masked\n")
+    return 0
+
+
+def _delete(inner, args) -> int:
+    """`knnrag delete` on a collection with a kNN datastore: its entries go in the same command."""
+    out = datastore_dir(args.store, args.collection)
+    if not (out / "manifest.json").is_file():
+        return inner(args)
+    rc, held = _run_inner(inner, args)
+    if rc:
+        return rc
+    from retrieval.store.docstore import DocStore
+
+    with DocStore.open(Path(args.store), create=False, read_only=True) as store:
+        rep = prune(store, args.collection, out)
+    if args.json:
+        from retrieval.cli.output import emit_json
+
+        d = json.loads(held)
+        d["knn"] = rep
+        emit_json(d)
+    else:
+        sys.stdout.write(held)
+        sys.stdout.write(f"knn datastore {out}: {rep['entries_tombstoned']} entries of {rep['chunks_tombstoned']} removed chunks masked\n")
     return 0
 
 

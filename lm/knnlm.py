@@ -83,6 +83,9 @@ class KNNLM:
 
                 raise MismatchError(f"datastore {store.manifest['key_layer']} key layer differs from {lm.key_layer}",
                                     "load the model with the datastore's key layer, or rebuild")
+            from lm.knn_index import refresh_mask
+
+            refresh_mask(store)  # a collection's datastore never serves chunks its collection deleted
         cal, cfg = None, config
         if cfg is None:
             cal, cfg = calibrated_config(store)
@@ -96,6 +99,14 @@ class KNNLM:
             log.warning("datastore has %d entries: using k=%d instead of %d", store.count, store.count, cfg.k)
             cfg = replace(cfg, k=store.count, lambda_fn=None)
         return cls(lm, store, cfg, cal)
+
+    def refresh(self) -> None:
+        """For long-lived holders (the MCP server): see deletes committed since the load."""
+        ds = getattr(self.store, "store", self.store)  # a ShardedStore reads its local TokenStore's tombstones
+        if ds is not None and hasattr(ds, "refresh_tombstones"):
+            from lm.knn_index import refresh_mask
+
+            refresh_mask(ds)
 
     @property
     def has_datastore(self) -> bool:

@@ -116,6 +116,8 @@ class ServerState:
                         shard_knnlm(knn, address=self.config.ray, shards=self.config.shards or 2)
                     self._lm = knn.lm
                     self._knnlm = knn
+        if self.config.datastore is not None:
+            self._knnlm.refresh()  # deletes committed since (by any process) are masked at once
         return self._knnlm
 
     def lm(self):
@@ -144,6 +146,7 @@ class ServerState:
                 log.warning("collection %s: not using its kNN datastore: %s", collection, e)
                 cached = (stamp, base)
             self._ask_knnlms[collection] = cached
+        cached[1].refresh()
         return cached[1]
 
     @property

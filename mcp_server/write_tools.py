@@ -194,7 +194,11 @@ def _register_add_texts(server: Any) -> None:
 
         def work() -> list[str]:
             with state.write.held(f"add_texts into {collection!r}", wait_s=LOCK_WAIT_S):
-                return state.store().add_texts(texts, metadatas=metadatas, ids=ids, collection=collection)
+                store = state.store()
+                new = store.add_texts(texts, metadatas=metadatas, ids=ids, collection=collection)
+                if _has_knn(store, collection):
+                    _sync_knn(state, store, collection)  # replaced text never comes back from kNN search
+                return new
 
         new = await T.run(work)
         return T.result(S.AddTextsOut(collection=collection, ids=[str(i) for i in new], added=len(new)))

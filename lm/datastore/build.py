@@ -114,7 +114,10 @@ def load_documents(paths: Sequence[str], store: TokenStore, base_docs: int, thre
 
     near = NearDupFilter(threshold=threshold)
     seen: set[str] = set()
-    for d in store.docs()[:base_docs]:  # dedup against what the datastore already holds
+    dead = set(np.unique(store.provenance(store.dead)[:, 0]).tolist()) if len(store.dead) else set()
+    for d in store.docs()[:base_docs]:  # dedup against what the datastore already holds (and still serves)
+        if d["doc"] in dead:
+            continue
         seen.add(d["hash"])
         near.add(d.get("text", "")[:NEAR_DUP_CHARS])
     docs: list[dict] = []

@@ -52,6 +52,7 @@ class TokenStore:
         self._staged_docs: list[str] = []
         self._dead: np.ndarray | None = None
         self._dead_name: str | None = None
+        self._masked: np.ndarray | None = None  # (m,) tombstones plus entries masked in memory (mask_docs)
         self._load_arrays()
 
     # ---- create / open -------------------------------------------------------------------------
@@ -254,22 +255,56 @@ class TokenStore:
     # ---- tombstones: entries removed from search (deleted or changed documents) ------------------
     @property
     def dead(self) -> np.ndarray:
-        """(t,) sorted int64 ids of tombstoned entries; token_index.search never returns them."""
+        """(t,) sorted int64 ids of tombstoned entries (and of entries masked in memory by
+        mask_docs); token_index.search never returns them."""
         t = self.manifest.get("tombstones")
+        masked = self._masked
         if not t:
-            return np.zeros(0, dtype=np.int64)
+            return masked if masked is not None else np.zeros(0, dtype=np.int64)
         if self._dead is None or self._dead_name != t["file"]:
             self._dead = self._load_npy(t["file"], t.get("bytes"), int(t["count"]), (), "int64")
             self._dead_name = t["file"]
-        return self._dead
+            if masked is not None:
+                masked = self._masked = np.union1d(masked, self._dead).astype(np.int64)
+        return masked if masked is not None else self._dead
+
+    def entries_of_docs(self, docs: np.ndarray) -> np.ndarray:
+        """(e,) ids of every entry whose provenance is one of these document indices."""
+        docs = np.asarray(docs, dtype=np.int64)
+        hit = [np.flatnonzero(np.isin(np.asarray(p[:, 0]), docs)) + int(self._offsets[i]) for i, p in enumerate(self._prov)]
+        return np.concatenate(hit).astype(np.int64) if hit else np.zeros(0, dtype=np.int64)
+
+    def mask_docs(self, docs: np.ndarray) -> None:
+        """Hide these documents' entries from this process's searches without writing anything
+        (a reader's view of deletes the datastore has not been told about; lm.knn_index.mask_stale)."""
+        self._masked = None
+        base = self.dead
+        self._masked = np.union1d(base, self.entries_of_docs(docs)).astype(np.int64)
+
+    def refresh_tombstones(self) -> bool:
+        """Re-read the manifest when another process committed tombstones since: a running server
+        then stops returning entries deleted elsewhere at once. Returns True when it changed."""
+        try:
+            m = json.loads((self.path / "manifest.json").read_bytes())
+        except (OSError, ValueError):
+            return False
+        if m.get("generation") == self.manifest.get("generation"):
+            return False
+        if m.get("count") != self.manifest.get("count") or m.get("shards") != self.manifest.get("shards"):
+            return False  # new entries need the index reopened: the next open sees them
+        self.manifest["tombstones"] = m.get("tombstones")
+        self.manifest["generation"] = m.get("generation")
+        self._masked = None
+        return True
 
     def tombstone_docs(self, docs: np.ndarray) -> int:
         """Tombstone every entry whose provenance is one of these document indices; returns how many."""
-        docs = np.asarray(docs, dtype=np.int64)
-        hit = [np.flatnonzero(np.isin(np.asarray(p[:, 0]), docs)) + int(self._offsets[i]) for i, p in enumerate(self._prov)]
-        ids = np.concatenate(hit) if hit else np.zeros(0, dtype=np.int64)
+        ids = self.entries_of_docs(docs)
+        masked, self._masked = self._masked, None
         before = len(self.dead)
         dead = np.union1d(self.dead, ids).astype(np.int64)
+        if masked is not None:
+            self._masked = np.union1d(masked, ids).astype(np.int64)
         if len(dead) == before:
             return 0
         name = self._name("tombstones", "npy")

@@ -12,19 +12,23 @@ concurrent index run in another process.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from retrieval.errors import InvalidInputError, NotFoundError
+from retrieval.errors import InvalidInputError, KnnragError, NotFoundError, StoreWriteError
 from retrieval.store import chunk_db
 from retrieval.store.collection import create
-from retrieval.store.durable import WriterLock, fsync_dir, write_error
+from retrieval.store.durable import WriterLock, atomic_write_json, checkpoint, fsync_dir, read_json, write_error
 from retrieval.store.manifest import new_collection_manifest
 from retrieval.store.search import Hit, make_hit
+
+log = logging.getLogger(__name__)
 
 MAX_NEIGHBOURS = 20
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # the rule DocStore applies to collection names
@@ -64,30 +68,106 @@ def create_collection(store: Any, name: str, *, embedder: str | None = None, ind
     return {"name": name, "embedder": emb.model_id, "dim": int(emb.dim)}
 
 
-def drop_collection(store: Any, name: str) -> dict:
-    """Delete a collection and everything in it; returns what it held.
+TRASH = ".dropped-"  # STORE/.dropped-<name>-<hex>/: a drop in progress (drop.json, collection/, sidecars/)
 
-    The folder is first renamed to a hidden name in one atomic step (readers that open the store
-    afterwards no longer see it, a crash leaves no half-deleted collection), then removed. Open
-    handles are released with `store.close()`: the store reopens the other collections on their
-    next use. The caller must keep its own readers off the store while this runs (the MCP server
-    holds its exclusive gate).
+
+def sidecar_dirs(store_path: Path, name: str) -> list[Path]:
+    """Derived data other layers keep per collection, by convention at STORE/.<kind>/<name>/ (lm's kNN
+    datastore is STORE/.knn/<name>): it goes with the collection when the collection is dropped."""
+    out = []
+    for d in sorted(store_path.iterdir()):
+        if d.name.startswith(".") and not d.name.startswith((TRASH, ".tmp-", ".probe-")) and d.is_dir() and (d / name).is_dir():
+            out.append(d / name)
+    return out
+
+
+def drop_collection(store: Any, name: str) -> dict:
+    """Delete a collection, its sidecars (lm's kNN datastore) and everything in them; returns what it held.
+
+    One recoverable step: under the writer lock a trash folder records the drop (drop.json), then the
+    collection is renamed into it (the commit point: readers no longer see it), then each sidecar;
+    then the trash is removed. A crash before the commit point leaves the collection as it was (the
+    next open removes the empty trash); after it, the next open finishes the drop (`recover_drops`).
+    Open handles are released with `store.close()`; the caller keeps its own readers off the store
+    while this runs (the MCP server holds its exclusive gate).
     """
     info = store.collection(name).info()  # NotFoundError names the collections there are
     if store.read_only:
         raise InvalidInputError(f"the store {store.path} is read-only", "open it writable to drop collections")
-    trash = store.path / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
+    trash = store.path / f"{TRASH}{name}-{uuid.uuid4().hex[:8]}"
     with WriterLock(store.path):
         if not _exists(store, name):
             raise NotFoundError(f"collection {name!r} was dropped meanwhile", "call list_collections")
+        uid = str(store.collection(name).manifest.get("uid") or "")
         store.close()
+        sidecars = sidecar_dirs(store.path, name)
         try:
-            os.rename(store.path / name, trash)
+            trash.mkdir()
+            atomic_write_json(trash / "drop.json", {"name": name, "uid": uid,
+                                                    "sidecars": [str(p.relative_to(store.path)) for p in sidecars]})
+            checkpoint("drop_recorded")
+            os.rename(store.path / name, trash / "collection")
             fsync_dir(store.path)
+            checkpoint("drop_committed")
+            _move_sidecars(store.path, trash, sidecars)
         except OSError as e:
             raise write_error(store.path, e) from e
-    shutil.rmtree(trash, ignore_errors=True)
-    return {"name": name, "chunks": int(info["chunks"]), "sources": int(info["sources"])}
+        shutil.rmtree(trash, ignore_errors=True)
+    return {"name": name, "chunks": int(info["chunks"]), "sources": int(info["sources"]), "sidecars": len(sidecars)}
+
+
+def _move_sidecars(store_path: Path, trash: Path, sidecars: list[Path]) -> None:
+    (trash / "sidecars").mkdir(exist_ok=True)
+    for i, p in enumerate(sidecars):
+        if p.is_dir():
+            os.rename(p, trash / "sidecars" / str(i))
+            fsync_dir(p.parent)
+
+
+def recover_drops(store: Any) -> list[str]:
+    """Finish (or roll back) drops a crash interrupted; returns the names whose drop was finished.
+
+    A trash with the collection in it was committed: its sidecars still in place go too (unless a
+    collection of that name exists again, which then owns them). A trash without it never committed:
+    it is removed and the collection stays. A bare `.dropped-*` folder from before drop.json is
+    the collection itself: removed."""
+    trashes = [d for d in store.path.iterdir() if d.name.startswith(TRASH) and d.is_dir()]
+    if not trashes:
+        return []
+    try:
+        lock = WriterLock(store.path).__enter__()
+    except StoreWriteError:  # another writer is busy: leave the trash to it or to the next open
+        return []
+    try:
+        return _recover(store, trashes)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _recover(store: Any, trashes: list[Path]) -> list[str]:
+    done = []
+    for t in trashes:
+        if not t.exists():  # another process recovered it meanwhile
+            continue
+        try:
+            rec = read_json(t / "drop.json", "drop record") if (t / "drop.json").is_file() else {}
+        except KnnragError:
+            rec = {}
+        name = str(rec.get("name") or t.name[len(TRASH):].rsplit("-", 1)[0])
+        legacy = (t / "manifest.json").is_file()  # the collection folder itself, renamed by an older drop
+        committed = legacy or (t / "collection").is_dir()
+        if committed and not _exists(store, name):
+            side = sidecar_dirs(store.path, name)  # the name has no collection now: whatever is kept under it is the dropped one's
+            try:
+                _move_sidecars(store.path, t, side)
+            except OSError as e:
+                log.warning("could not finish the interrupted drop in %s: %s", t, e)
+                continue
+        if committed:
+            done.append(name)
+        shutil.rmtree(t, ignore_errors=True)
+        log.info("removed %s (a drop of %r that a crash interrupted: %s)", t.name, name, "finished" if committed else "rolled back")
+    return done
 
 
 def chunk_context(store: Any, chunk_id: str, *, before: int = 1, after: int = 1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -140,17 +141,41 @@ def all_index_texts(conn: sqlite3.Connection) -> tuple[np.ndarray, list[str]]:
     return np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
 
+# An assigned chunk id is its row id written in ASCII decimal, without sign or leading zero. Only that
+# exact spelling names it: "03", "٣" (Arabic-Indic) or "３" (full width) are other, opaque ids, as is a
+# number too long for a row id. 15 digits keep every assigned id far below int64 (FAISS ids).
+_ASSIGNED = re.compile(r"[1-9][0-9]{0,14}")
+
+
+def assigned_id(key: str) -> int | None:
+    """The row id an id string spells when it is in the assigned form, else None."""
+    return int(key) if _ASSIGNED.fullmatch(key) else None
+
+
 def resolve_ids(conn: sqlite3.Connection, ids: Sequence[str | int]) -> dict[str, int]:
-    """External ids (strings given by the user / LangChain) or our numeric ids -> row ids."""
+    """Chunk ids (opaque strings: given by the user / LangChain, or assigned) -> row ids.
+
+    A given id is looked up exactly; an assigned one ("17") names the row it was assigned to. The
+    two never collide: a given id in the assigned form moves the next assigned id past it
+    (`reserve_ids`)."""
     out: dict[str, int] = {}
     for s in ids:
         key = str(s)
         row = conn.execute("SELECT id FROM chunks WHERE ext_id=?", (key,)).fetchone()
-        if row is None and key.lstrip("-").isdigit():
-            row = conn.execute("SELECT id FROM chunks WHERE id=? AND ext_id IS NULL", (int(key),)).fetchone()
+        rid = assigned_id(key) if row is None else None
+        if rid is not None:
+            row = conn.execute("SELECT id FROM chunks WHERE id=? AND ext_id IS NULL", (rid,)).fetchone()
         if row is not None:
             out[key] = row[0]
     return out
+
+
+def reserve_ids(conn: sqlite3.Connection, given: Sequence[str]) -> None:
+    """Move meta.next_id past every given id in the assigned form, so no chunk is ever assigned the
+    id another chunk was given (two chunks answering to chunk://c/2)."""
+    top = max((n for n in map(assigned_id, given) if n is not None), default=0)
+    if top >= int(get_meta(conn, "next_id") or 1):
+        set_meta(conn, "next_id", top + 1)
 
 
 def filter_ids(conn: sqlite3.Connection, filters: dict | None) -> np.ndarray | None:

@@ -128,6 +128,11 @@ class Collection:
         self._snap: Snapshot | None = None
         self._tokenizer: bm25_index.Tokenizer | None = None
 
+    @property
+    def uid(self) -> str:
+        """This incarnation's identity (manifest "uid"); "" for a collection made before uids, until its next write."""
+        return str(self.manifest.get("uid") or "")
+
     # ----------------------------------------------------------------- reading
     def tokenizer(self) -> bm25_index.Tokenizer:
         if self._tokenizer is None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,7 +39,13 @@ from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DocStore", "Hit", "IndexReport", "FusionConfig", "SearchRequest", "MAX_K", "MODES"]
+__all__ = ["DocStore", "Hit", "IndexReport", "LiveChunks", "FusionConfig", "SearchRequest", "MAX_K", "MODES"]
+
+class LiveChunks(NamedTuple):
+    uid: str  # the collection's identity (a new one after drop + re-create)
+    generation: int  # the committed generation the texts were read at
+    texts: dict[str, str]  # chunk id -> text
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -117,6 +123,10 @@ class DocStore:
         if not read_only:
             store._write_problem = _probe_writable(p)
             store.read_only = store._write_problem is not None
+        if not store.read_only:
+            from retrieval.store.admin import recover_drops
+
+            recover_drops(store)  # a drop killed half-way is finished before anyone reads
         return store
 
     def close(self) -> None:
@@ -133,7 +143,9 @@ class DocStore:
 
     # ----------------------------------------------------------------- collections
     def _names(self) -> list[str]:
-        return sorted(d.name for d in self.path.iterdir() if d.is_dir() and (d / "manifest.json").exists())
+        # only valid names: a hidden folder (an interrupted drop's trash, a sidecar) is never a collection
+        return sorted(d.name for d in self.path.iterdir()
+                      if _NAME.match(d.name) and d.is_dir() and (d / "manifest.json").exists())
 
     def collection(self, name: str = "default") -> Collection:
         with self._lock:
@@ -222,6 +234,11 @@ class DocStore:
             raise StoreWriteError(f"the store {self.path} was opened read-only", "open it without read_only to write")
         with WriterLock(self.path):
             c = self._ensure_collection(collection, index_factory)
+            if not c.manifest.get("uid"):  # made before collections had one: give it one now, once
+                import uuid
+
+                c.manifest["uid"] = uuid.uuid4().hex
+                atomic_write_json(c.dir / "manifest.json", c.manifest)
             with c.writer() as conn:
                 yield c, conn
 
@@ -281,6 +298,7 @@ class DocStore:
             emb = self.embedder_for(c)
             rows = text_rows(texts, metadatas, ids)
             replaced = list(chunk_db.resolve_ids(conn, [r["ext_id"] for r in rows if r["ext_id"]]).values()) if ids is not None else []
+            chunk_db.reserve_ids(conn, given)
             xb = emb.embed([r["index_text"] for r in rows])  # (n, D)
             tok = c.tokenizer()
             new_ids = c.commit(conn, Changes(np.asarray(replaced, np.int64), rows, np.asarray(xb, np.float32), [tok(r["index_text"]) for r in rows]))
@@ -377,6 +395,14 @@ class DocStore:
             return
         with self._blas[1].limit(limits=n):
             yield
+
+    def live_chunks(self, collection: str = "default") -> LiveChunks:
+        """Every live chunk's id and text, with the collection's uid and generation: what a derived
+        index keyed by chunk id (lm's kNN datastore) compares itself with to drop what is gone."""
+        c = self.collection(collection)
+        with c.reading() as (conn, snap):
+            texts = {str(ext or rid): text for rid, ext, text in conn.execute("SELECT id, ext_id, text FROM chunks")}
+            return LiveChunks(c.uid, snap.generation, texts)
 
     def get(self, ids: Sequence[str], *, collection: str = "default") -> list[Hit]:
         """Chunks by id (unknown ids are left out), score 0."""

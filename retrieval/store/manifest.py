@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def new_collection_manifest(name: str, embedder: dict, chunker: dict, index: dic
         "format": COLLECTION_FORMAT,
         "format_version": FORMAT_VERSION,
         "name": name,
+        # one identity per incarnation: a collection dropped and re-created under the same name gets a
+        # new uid, so nothing keyed by the old one's chunk ids (a kNN datastore) can attach to the new
+        "uid": uuid.uuid4().hex,
         "created": _now(),
         "embedder": embedder,  # {"model_id", "spec", "dim", "max_tokens"}
         "metric": "inner_product",  # on L2-normalised vectors, i.e. cosine similarity

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from retrieval.errors import InvalidInputError, NotFoundError
+from retrieval.store.source_paths import shown
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -238,7 +239,8 @@ def cmd_search(args) -> int:
 
 def _print_hits(hits) -> None:
     for n, h in enumerate(hits, 1):
-        where = f"{h.source}:{h.start_line}-{h.end_line}" if h.start_line is not None else h.source
+        src = shown(h.source)
+        where = f"{src}:{h.start_line}-{h.end_line}" if h.start_line is not None else src
         extra = " ".join(f"{m}={v:.3f}" for m, v in h.scores.items())
         sys.stdout.write(f"{n}. [{h.score:.3f}] {where}" + (f"  ({h.heading})" if h.heading else "")
                          + (f"  doc_id={h.doc_id}" if h.doc_id else "") + f"  id={h.id}  {extra}\n")

@@ -36,6 +36,7 @@ from retrieval.store.durable import WriterLock, atomic_write_json, read_json, wr
 from retrieval.store.indexing import IndexOptions, IndexReport, run_index, text_rows
 from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_manifest, new_store_manifest
 from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
+from retrieval.store.source_paths import expand
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +314,8 @@ class DocStore:
         with self._writing(collection) as (c, conn):
             rm: set[int] = set()
             src_rows: list[str] = []
-            for s in sources or []:
-                s = str(s).rstrip("/") or s
+            for s in expand(str(x) for x in sources or []):  # as typed, and the stored spellings it means
+                s = s.rstrip("/") or s
                 rm.update(r[0] for r in conn.execute("SELECT id FROM chunks WHERE knn_glob(?, source)", (s,)))
                 src_rows += [r[0] for r in conn.execute("SELECT source FROM sources WHERE knn_glob(?, source)", (s,))]
             if ids:
@@ -355,8 +356,11 @@ class DocStore:
         return self.fusion
 
     def _scope(self, c: Collection, conn: Any, snap: Any, req: SearchRequest) -> _search.Scope:
-        return _search.Scope(c, conn, snap, chunk_db.filter_ids(conn, dict(req.filters) if req.filters is not None else None),
-                             self.fusion_for(c, req), _search.has_doc_ids(conn, snap))
+        filters = dict(req.filters) if req.filters is not None else None
+        if filters and isinstance(filters.get("source"), (str, list, tuple)):  # a path as the user sees it
+            given = [filters["source"]] if isinstance(filters["source"], str) else list(filters["source"])
+            filters["source"] = expand(str(g) for g in given)
+        return _search.Scope(c, conn, snap, chunk_db.filter_ids(conn, filters), self.fusion_for(c, req), _search.has_doc_ids(conn, snap))
 
     def _run(self, queries: list[str], req: SearchRequest, single: bool, xq: np.ndarray | None = None) -> list[list[Hit]]:
         queries = [_search.clean_query(q) for q in queries]

@@ -292,8 +292,12 @@ def run_index(
     progress: Progress | None = None, limit_threads: Callable[[int], ContextManager] | None = None,
 ) -> IndexReport:
     """Scan `paths`, chunk + embed what changed, commit once. Caller holds the writer lock."""
+    from retrieval.store.source_paths import canonical_root
+
     opts = opts or IndexOptions()
     t0 = time.perf_counter()
+    paths = [canonical_root(p) for p in paths]  # one stored spelling per file, however it was typed
+    adopt_legacy_sources(coll, conn)
     rep = IndexReport(collection=coll.name)
     bar = _Bar(opts.show_progress, progress)
     scan = _scan(coll, conn, paths, opts, rep, bar)
@@ -314,6 +318,36 @@ def run_index(
     rep.dropped = pre.to_dict()
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def adopt_legacy_sources(coll: Collection, conn) -> int:
+    """Rewrite the relative source paths older versions stored (as typed) to canonical ones, once per
+    collection, so re-indexing the same files in any spelling updates them instead of adding copies.
+    A relative path is read from the current folder, as the CLI always did; one that names no file
+    here is left alone (it goes when its folder is re-indexed from where it was typed)."""
+    from retrieval.store.durable import atomic_write_json
+    from retrieval.store.source_paths import canonical_root
+
+    if coll.manifest.get("source_paths") == "canonical" or coll.read_only:
+        return 0
+    moved = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for (src,) in conn.execute("SELECT source FROM sources").fetchall():
+            new = canonical_root(src) if not posixpath.isabs(src) and os.path.isfile(src) else src
+            if new != src and conn.execute("SELECT 1 FROM sources WHERE source=?", (new,)).fetchone() is None:
+                conn.execute("UPDATE sources SET source=? WHERE source=?", (new, src))
+                conn.execute("UPDATE chunks SET source=? WHERE source=?", (new, src))
+                moved += 1
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    coll.manifest["source_paths"] = "canonical"
+    atomic_write_json(coll.dir / "manifest.json", coll.manifest)
+    if moved:
+        log.info("collection %s: %d relative source paths made canonical", coll.name, moved)
+    return moved
 
 
 def text_rows(texts: Sequence[str], metadatas: Sequence[dict] | None, ids: Sequence[str | None] | None) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ def new_collection_manifest(name: str, embedder: dict, chunker: dict, index: dic
         # one identity per incarnation: a collection dropped and re-created under the same name gets a
         # new uid, so nothing keyed by the old one's chunk ids (a kNN datastore) can attach to the new
         "uid": uuid.uuid4().hex,
+        "source_paths": "canonical",  # files are stored by resolved absolute path (retrieval/store/source_paths.py)
         "created": _now(),
         "embedder": embedder,  # {"model_id", "spec", "dim", "max_tokens"}
         "metric": "inner_product",  # on L2-normalised vectors, i.e. cosine similarity

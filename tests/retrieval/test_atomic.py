@@ -30,7 +30,7 @@ from pathlib import Path
 from retrieval.store.docstore import DocStore
 
 os.chdir(sys.argv[1]); factory = sys.argv[2]; ref = os.environ.get("REF_DIR")
-corp = Path("corp")  # relative: sources are recorded as given, so runs in different folders compare equal
+corp = Path("corp")  # sources are stored absolute: dump() and _state() compare them from the work folder on
 store_dir = Path("store")
 words = "alpha beta gamma delta epsilon zeta theta iota kappa lambda river mountain forest ocean".split()
 
@@ -44,7 +44,8 @@ def dump(step):
     if not ref:
         return
     con = sqlite3.connect(store_dir / "default" / "chunks.sqlite")
-    rows = con.execute("SELECT id, coalesce(ext_id, ''), source, text FROM chunks ORDER BY id").fetchall()
+    rows = [[i, e, src[src.find("corp/"):] if "/corp/" in src else src, t] for i, e, src, t in
+            con.execute("SELECT id, coalesce(ext_id, ''), source, text FROM chunks ORDER BY id").fetchall()]
     con.close()
     (Path(ref) / f"ref-{step}.json").write_text(json.dumps(rows))
 
@@ -115,6 +116,8 @@ def _state(store_dir: Path):
     con = sqlite3.connect(store_dir / "default" / "chunks.sqlite")
     rows = [list(r) for r in con.execute("SELECT id, coalesce(ext_id, ''), source, text FROM chunks ORDER BY id")]
     con.close()
+    for r in rows:  # sources are stored absolute: compare them from the writer's work folder on
+        r[2] = r[2][r[2].find("corp/"):] if "/corp/" in r[2] else r[2]
     ids = {r[1] or str(r[0]) for r in rows}
     assert {h.id for h in hits} <= ids and {h.id for h in bm} <= ids
     return rows

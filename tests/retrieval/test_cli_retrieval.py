@@ -62,6 +62,12 @@ def built(tmp_path_factory):
     return root
 
 
+def _rel(source: str, tmp_path) -> str:
+    """Sources are stored as canonical absolute paths; the tests compare them from the work folder."""
+    assert source.startswith("/"), source
+    return os.path.relpath(source, os.path.realpath(tmp_path))
+
+
 def _index(tmp_path, *extra):
     return one_json(knnrag("index", "docs", "--store", "store", "--embedder", "hash-64", "--json", *extra, cwd=tmp_path))
 
@@ -69,7 +75,7 @@ def _index(tmp_path, *extra):
 def test_index_and_search_json(tmp_path, corpus):
     rep = _index(tmp_path)
     assert rep["files_seen"] == 4 and rep["added"] == 4 and rep["chunks_added"] >= 5
-    assert [s["source"] for s in rep["skipped"]] == ["docs/blob.bin"]
+    assert [_rel(s["source"], tmp_path) for s in rep["skipped"]] == ["docs/blob.bin"]
     assert set(rep["dropped"]) == {"empty", "low_quality", "exact_duplicate", "near_duplicate"}
     rep2 = _index(tmp_path)
     assert rep2["unchanged"] == 4 and rep2["chunks_added"] == 0
@@ -77,16 +83,16 @@ def test_index_and_search_json(tmp_path, corpus):
         res = one_json(knnrag("search", "install package pip", "--store", "store", "--mode", mode, "-k", "3", "--json", cwd=tmp_path))
         assert res["mode"] == mode and 1 <= len(res["hits"]) <= 3
         hit = res["hits"][0]
-        assert set(hit) == HIT_FIELDS and hit["source"] == "docs/README.md"
+        assert set(hit) == HIT_FIELDS and _rel(hit["source"], tmp_path) == "docs/README.md"
         text = (tmp_path / hit["source"]).read_text()
         assert text[hit["start_char"] : hit["end_char"]] == hit["text"]
         assert hit["start_line"] == 1 and hit["end_line"] >= hit["start_line"]
     res = one_json(knnrag("search", "glaciers valleys", "--store", "store", "--json", cwd=tmp_path))
     assert res["hits"][0]["doc_id"] == "doc-7"
     res = one_json(knnrag("search", "install", "--store", "store", "--filter", "kind=rst", "--json", cwd=tmp_path))
-    assert res["hits"] and all(h["source"] == "docs/guide/setup.rst" for h in res["hits"])
+    assert res["hits"] and all(_rel(h["source"], tmp_path) == "docs/guide/setup.rst" for h in res["hits"])
     res = one_json(knnrag("search", "numbers", "--store", "store", "--filter", "source=docs/*.py", "--mmr", "--json", cwd=tmp_path))
-    assert [h["source"] for h in res["hits"]] == ["docs/code.py"]
+    assert [_rel(h["source"], tmp_path) for h in res["hits"]] == ["docs/code.py"]
     human = knnrag("search", "install package", "--store", "store", "-k", "2", cwd=tmp_path).stdout
     assert "docs/README.md:1-" in human
 
@@ -103,7 +109,7 @@ def test_batch_queries(tmp_path, corpus):
     (tmp_path / "plain.txt").write_text("glaciers\n\nsetup environment\n")
     out = knnrag("search", "--queries", "plain.txt", "--store", "store", "--mode", "bm25", "--json", cwd=tmp_path)
     recs = [json.loads(l) for l in out.stdout.splitlines()]
-    assert [r["query_id"] for r in recs] == ["1", "3"] and recs[1]["hits"][0]["source"] == "docs/guide/setup.rst"
+    assert [r["query_id"] for r in recs] == ["1", "3"] and _rel(recs[1]["hits"][0]["source"], tmp_path) == "docs/guide/setup.rst"
 
 
 def test_stats_collections_delete(tmp_path, corpus):
@@ -162,7 +168,7 @@ def test_empty_folder_and_large_file(tmp_path):
     (tmp_path / "big" / "huge.txt").write_bytes(b"word " * (11 * 1024 * 1024))  # 55 MB
     (tmp_path / "big" / "small.txt").write_text("A small file with a few real words in it.\n")
     rep = one_json(knnrag("index", "big", "--store", "store", "--embedder", "hash-64", "--json", cwd=tmp_path))
-    assert rep["added"] == 1 and rep["skipped"][0]["source"] == "big/huge.txt" and "MB" in rep["skipped"][0]["reason"]
+    assert rep["added"] == 1 and _rel(rep["skipped"][0]["source"], tmp_path) == "big/huge.txt" and "MB" in rep["skipped"][0]["reason"]
 
 
 def test_search_process_does_not_import_torch(built):
@@ -179,7 +185,7 @@ def test_real_minilm_end_to_end(tmp_path, corpus):
     assert st["embedder"].startswith("all-MiniLM-L6-v2@") and st["dim"] == 384 and st["chunker"]["max_tokens"] == 254
     out = knnrag("search", "function that sums two values", "--store", "store", "--mode", "dense", "--json", cwd=tmp_path, probe=True)
     res = json.loads(out.stdout.splitlines()[0])
-    assert res["hits"][0]["source"] == "docs/code.py" and 0.2 < res["hits"][0]["scores"]["dense"] <= 1.0
+    assert _rel(res["hits"][0]["source"], tmp_path) == "docs/code.py" and 0.2 < res["hits"][0]["scores"]["dense"] <= 1.0
     assert out.stderr.strip().endswith("MODULES"), out.stderr
     res = one_json(knnrag("search", "frozen rivers shaping the land", "--store", "store", "--json", cwd=tmp_path))
     assert res["hits"][0]["doc_id"] == "doc-7"

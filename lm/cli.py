@@ -269,6 +269,8 @@ def cmd_eval(args) -> int:
         w(f"best of sweep      {b['ppl']:.3f}  k={b['k']} lambda={b['lambda']} temperature={b['temperature']}\n")
     if res.get("plot"):
         w(f"plot written to {res['plot']}\n")
+    if res.get("note"):
+        sys.stderr.write(f"note: {res['note']}\n")
     return 0
 
 

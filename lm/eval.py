@@ -86,6 +86,24 @@ def _score_all(knnlm, texts: Sequence[str], run_cfgs: list, stride: int | None):
                        sum(p.base_seconds for p in parts), rets)
 
 
+def unlike_datastore(D: np.ndarray, gate: tuple[float, float] | None) -> dict | None:
+    """Say so when the text's nearest neighbours are farther than the datastore's own held-out text
+    puts them (median beyond the gate's `near` end): kNN-LM then mostly falls back to the base LM."""
+    d0 = np.asarray(D[:, 0], dtype=np.float64)
+    d0 = d0[np.isfinite(d0)]
+    if gate is None or not d0.size:
+        return None
+    med = float(np.median(d0))
+    if med <= gate[0]:
+        return None
+    beyond = float((d0 >= gate[1]).mean())
+    return {"median_nearest_distance": round(med, 4), "heldout_near": round(gate[0], 4), "heldout_far": round(gate[1], 4),
+            "beyond_far": round(beyond, 4),
+            "message": (f"this text is unlike the datastore: its median nearest-neighbour distance {med:.3g} is past 90% of "
+                        f"the datastore's own held-out tokens ({gate[0]:.3g}), and {100 * beyond:.0f}% of its tokens are past "
+                        f"all but 0.5% ({gate[1]:.3g}); kNN is damped there, so expect little change from the base LM")}
+
+
 def evaluate(knnlm, texts: Sequence[str], *, sweep: bool = False, plot: str | None = None,
              ks: Sequence[int] = KS, temperatures: Sequence[float] = TEMPERATURES,
              lambdas: Sequence[float] = LAMBDAS, stride: int | None = None) -> dict:
@@ -117,6 +135,9 @@ def evaluate(knnlm, texts: Sequence[str], *, sweep: bool = False, plot: str | No
         return out
     r = sc.retrievals[0]
     out["knn_ppl"] = round(float(np.exp(config_nll(sc, r, cfg).mean())), 4)
+    out["unlike_datastore"] = unlike_datastore(r.D, cfg.distance_gate)
+    if out["unlike_datastore"]:
+        out["note"] = out["unlike_datastore"]["message"]
     out["searched"] = r.searched
     out["knn_seconds"] = round(sc.base_seconds + r.seconds, 3)  # with a sweep: timed while searching search_k neighbours
     out["search_k"] = k_run

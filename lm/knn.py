@@ -153,6 +153,22 @@ class LambdaFn:
                    tuple(map(float, d["std"])), tuple(d.get("features", FEATURES)))
 
 
+def distance_gate(d0: np.ndarray, ref: tuple[float, float]) -> np.ndarray:
+    """(n,) factor in [0, 1] on lambda, non-increasing in the nearest neighbour's distance d0 (n,).
+
+    ref = (near, far): distances of the datastore's own held-out slice (lm.datastore.calibration.
+    distance_ref). 1 up to `near`, 0 from `far` on, linear in log-distance between: where the
+    neighbours are farther than any in-domain text put them, the calibration says nothing, and
+    kNN-LM falls back to the base LM instead of mixing in far-off tokens. Unsearched rows (inf): 0.
+    """
+    near, far = (max(float(x), 1e-12) for x in ref)
+    d = np.asarray(d0, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (np.log(np.maximum(d, 1e-12)) - math.log(near)) / max(math.log(far) - math.log(near), 1e-9)
+    g = np.clip(1.0 - t, 0.0, 1.0)
+    return np.where(np.isfinite(d), g, 0.0).astype(np.float32)  # (n,)
+
+
 def lambda_features(D: np.ndarray, values: np.ndarray, max_p: np.ndarray, temperature: float) -> np.ndarray:
     """(n, 3) retrieval features: log(1 + nearest distance), p_kNN of the nearest neighbour's token
     (how much the neighbours agree), and the base LM's top probability (He et al., 2021).

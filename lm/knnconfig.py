@@ -33,6 +33,7 @@ class KNNConfig:
     window: int | None = None
     stride: int | None = None
     lambda_fn: LambdaFn | None = None  # per-token lambda (calibrated); None = the fixed lambda_
+    distance_gate: tuple[float, float] | None = None  # (near, far) held-out distances: lambda -> 0 beyond (lm.knn.distance_gate)
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -52,10 +53,21 @@ class KNNConfig:
         return self.lambda_ > 0 or self.lambda_fn is not None
 
     def token_lambdas(self, D: np.ndarray, values: np.ndarray, max_p: np.ndarray) -> float | np.ndarray:
-        """The fixed lambda, or (n,) per-token lambdas from the retrieval features."""
+        """The fixed lambda, or (n,) per-token lambdas from the retrieval features; damped towards 0
+        where the nearest neighbour is farther than the datastore's held-out text ever put it."""
         if self.lambda_fn is None:
-            return self.lambda_
-        return self.lambda_fn(lambda_features(D[:, : self.k], values[:, : self.k], max_p, self.temperature))
+            lam: float | np.ndarray = self.lambda_
+        else:
+            lam = self.lambda_fn(lambda_features(D[:, : self.k], values[:, : self.k], max_p, self.temperature))
+        return self.gated(lam, D[:, 0])
+
+    def gated(self, lam: float | np.ndarray, d0: np.ndarray) -> float | np.ndarray:
+        """lam times the distance gate of the nearest distances d0 (n,); lam as is without a gate."""
+        if self.distance_gate is None:
+            return lam
+        from lm.knn import distance_gate
+
+        return (np.asarray(lam, dtype=np.float32) * distance_gate(d0, self.distance_gate)).astype(np.float32)
 
 
 @dataclass(frozen=True)

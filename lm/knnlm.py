@@ -243,13 +243,13 @@ class KNNLM:
         import torch
 
         if cfg.lambda_fn is None:
-            return np.full(D.shape[0], cfg.lambda_, dtype=np.float32)
+            return np.asarray(cfg.gated(np.full(D.shape[0], cfg.lambda_, dtype=np.float32), D[:, 0]), dtype=np.float32)
         assert self.store is not None
         v0 = torch.from_numpy(np.where(I[:, 0] >= 0, self.store.values[np.maximum(I[:, 0], 0)], 0).astype(np.int64))  # (m,)
         top = knn.gather(1, v0[:, None])[:, 0].exp().numpy()  # (m,) p_kNN of the nearest neighbour's token
         d0 = np.asarray(D[:, 0], dtype=np.float64)
         feats = np.stack([np.log1p(np.maximum(d0, 0)), top, torch.as_tensor(base).max(dim=-1).values.exp().numpy()], 1)
-        return cfg.lambda_fn(feats)
+        return np.asarray(cfg.gated(cfg.lambda_fn(feats), d0), dtype=np.float32)
 
     def next_tokens(self, context: str, top: int = 10, *, config: KNNConfig | None = None) -> dict:
         """Top next tokens under the base LM, kNN and the mix, and the neighbours with their sources."""

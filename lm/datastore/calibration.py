@@ -16,14 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from lm.knn import FEATURES, LambdaFn, knn_target_log_probs, lambda_features, mix_nll, sweep_nll
+from lm.knn import FEATURES, LambdaFn, distance_gate, knn_target_log_probs, lambda_features, mix_nll, sweep_nll
 
 CAL_KS = (4, 8, 16, 32, 64)
 CAL_LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CAL_T_FACTORS = tuple(float(x) for x in np.geomspace(0.01, 10.0, 22))  # x median nearest distance: scale-free
 BLOCK = 32  # tokens per cross-validation block (neighbouring tokens are correlated)
 MIN_GAIN_NATS = 0.002  # ~0.2% perplexity: below this a gain is not worth a search per token
-CAL_VERSION = 1
+# The distance gate's ends, as quantiles of the held-out slice's nearest distances: lambda is kept in
+# full up to where 90% of in-domain tokens find their nearest neighbour and reaches 0 past the
+# farthest 0.5%. Not fitted to any corpus: "farther than in-domain text goes" is the definition of
+# text the calibration knows nothing about (BENCHMARKS.md, kNN-LM on unlike text, has the effect).
+GATE_QUANTILES = (0.90, 0.995)
+SE_Z = 2.0  # lambda is chosen by the lower bound mean - 2 standard errors of its per-token gain
+CAL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ class Calibration:
     lambda_fn_cv_ppl: float | None = None  # its cross-validated perplexity (reported even when dropped)
     fitted_fn: LambdaFn | None = None  # the per-token lambda as fitted, kept or not (for reports and benchmarks)
     version: int = CAL_VERSION
+    distance_ref: tuple[float, float] | None = None  # (near, far) held-out nearest distances: the distance gate
+    lambda_unshrunk: float | None = None  # the lambda with the best mean gain, before the standard-error bound
 
     @property
     def gain(self) -> float:
@@ -71,19 +79,23 @@ class Calibration:
                 "cv_ppl": self.cv_ppl, "gain": round(self.gain, 6), "source": self.source,
                 "lambda_fn": self.lambda_fn.to_json() if self.lambda_fn else None,
                 "lambda_fn_cv_ppl": self.lambda_fn_cv_ppl, "fitted_fn": self.fitted_fn.to_json() if self.fitted_fn else None,
-                "summary": self.describe()}
+                "distance_ref": list(self.distance_ref) if self.distance_ref else None,
+                "lambda_unshrunk": self.lambda_unshrunk, "summary": self.describe()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Calibration:
         fn, fitted = d.get("lambda_fn"), d.get("fitted_fn")
+        ref = d.get("distance_ref")
         return cls(int(d["k"]), float(d["temperature"]), float(d["lambda"]), int(d["heldout_tokens"]), float(d["base_ppl"]),
                    float(d["knn_ppl"]), float(d["cv_ppl"]), str(d.get("source", "heldout")),
                    LambdaFn.from_json(fn) if fn else None, d.get("lambda_fn_cv_ppl"),
-                   LambdaFn.from_json(fitted) if fitted else None, int(d.get("version", 1)))
+                   LambdaFn.from_json(fitted) if fitted else None, int(d.get("version", 1)),
+                   (float(ref[0]), float(ref[1])) if ref else None, d.get("lambda_unshrunk"))
 
     def apply(self, cfg: Any) -> Any:
-        """The KNNConfig with this calibration's k, temperature, lambda (and per-token lambda)."""
-        return replace(cfg, k=self.k, temperature=self.temperature, lambda_=self.lambda_, lambda_fn=self.lambda_fn)
+        """The KNNConfig with this calibration's k, temperature, lambda (and per-token lambda) and distance gate."""
+        return replace(cfg, k=self.k, temperature=self.temperature, lambda_=self.lambda_, lambda_fn=self.lambda_fn,
+                       distance_gate=self.distance_ref)
 
 
 def temperature_grid(D: np.ndarray) -> list[float]:
@@ -92,6 +104,40 @@ def temperature_grid(D: np.ndarray) -> list[float]:
     d0 = d0[np.isfinite(d0)]
     scale = max(float(np.median(d0)) if d0.size else 1.0, 1e-3)
     return [scale * f for f in CAL_T_FACTORS]
+
+
+def distance_ref(D: np.ndarray) -> tuple[float, float] | None:
+    """(near, far) nearest-neighbour distances of the held-out slice (GATE_QUANTILES); None if unsearched."""
+    d0 = np.asarray(D[:, 0], dtype=np.float64)
+    d0 = d0[np.isfinite(d0)]
+    if d0.size < 2 * BLOCK:
+        return None
+    near, far = (float(np.quantile(d0, q)) for q in GATE_QUANTILES)
+    return (max(near, 1e-6), max(far, near * 1.0001, 2e-6))
+
+
+def shrunk_lambda(base_lp: np.ndarray, D: np.ndarray, hit: np.ndarray, k: int, T: float, lams: Sequence[float],
+                  gate: np.ndarray | None = None) -> float:
+    """The lambda whose per-token gain over the base LM has the highest lower bound, mean - SE_Z
+    standard errors (over 32-token blocks: neighbouring tokens are correlated); 0 if none is above 0.
+
+    Why: the best mean on a small slice over-trusts kNN (a 148-token slice chose 0.6 and then made
+    other text 44% worse). The bound shrinks lambda toward 0 as far as the slice's noise demands,
+    and not at all on a large slice where the gain is sure."""
+    nb = base_lp.size // BLOCK
+    if nb < 2:
+        return 0.0
+    best, best_lcb = 0.0, 0.0
+    for lam in lams:
+        if lam <= 0:
+            continue
+        lam_t = lam if gate is None else lam * gate
+        diff = -base_lp - mix_nll(base_lp, D[:, :k], hit[:, :k], T, lam_t)  # (n,) gain per token
+        blocks = diff[: nb * BLOCK].reshape(nb, BLOCK).mean(1)  # (nb,)
+        lcb = float(blocks.mean()) - SE_Z * float(blocks.std(ddof=1)) / math.sqrt(nb)
+        if lcb > best_lcb:
+            best, best_lcb = float(lam), lcb
+    return best
 
 
 def folds_of(n: int) -> np.ndarray:
@@ -138,11 +184,14 @@ def choose(base_lp: np.ndarray, D: np.ndarray, hit: np.ndarray, values: np.ndarr
     cv = _cv_token_nll(base_lp, D, hit, folds, ks, Ts, lams, ch)  # (n,)
     helps = _significant(-base_lp - cv)  # (n,) > 0 where kNN helped
     ki, ti, li = ch.best
-    lam = float(lams[li]) if helps else 0.0
-    knn_nll = float(ch.all[ki, ti, li]) if helps else base_nll
+    dref = distance_ref(D)
+    gate = distance_gate(D[:, 0], dref) if dref is not None else None  # (n,)
+    lam = shrunk_lambda(base_lp, D, hit, int(ks[ki]), float(Ts[ti]), lams, gate) if helps else 0.0
+    knn_nll = float(mix_nll(base_lp, D[:, : ks[ki]], hit[:, : ks[ki]], Ts[ti], lam if gate is None else lam * gate).mean())
     cal = Calibration(k=int(ks[ki]), temperature=float(Ts[ti]), lambda_=lam, heldout_tokens=n,
                       base_ppl=round(math.exp(base_nll), 4), knn_ppl=round(math.exp(knn_nll), 4),
-                      cv_ppl=round(math.exp(float(cv.mean())), 4), source=source)
+                      cv_ppl=round(math.exp(float(cv.mean())), 4), source=source, distance_ref=dref,
+                      lambda_unshrunk=float(lams[li]) if helps else 0.0)
     if not fit_per_token:
         return cal
     ref = cv if helps else -base_lp  # (n,) what the fixed choice gives each token, cross-validated

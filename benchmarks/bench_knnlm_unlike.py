@@ -21,8 +21,6 @@ import sysconfig
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.common import ROOT, WORK, data_dir, record
 
 PEER = "the previous calibration of the same datastore (best-mean lambda, no distance gate)"

@@ -29,6 +29,24 @@ def _knn_options(p: argparse.ArgumentParser, *, lam: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
+def _owner_options(p: argparse.ArgumentParser) -> None:
+    """--store/--collection: a collection's own datastore (`index --knn`), without knowing its folder."""
+    p.add_argument("--store", default=None, help="use the kNN-LM datastore of a collection of this store (instead of --datastore)")
+    p.add_argument("--collection", default="default", help="with --store: the collection (default: default)")
+
+
+def _datastore_arg(args, given: str | None) -> str | None:
+    """The datastore folder from --datastore (or a positional DIR) or from --store/--collection; not both."""
+    store = getattr(args, "store", None)
+    if store is None:
+        return given
+    if given is not None:
+        raise InvalidInputError("both a datastore folder and --store were given", "pass one: --datastore DIR, or --store S [--collection C]")
+    from lm.knn_index import collection_datastore
+
+    return str(collection_datastore(store, args.collection))
+
+
 def _build_parser(dsub: argparse._SubParsersAction) -> None:
     b = dsub.add_parser("build", help="store (key, next token) pairs of a corpus; appends to an existing DIR, resumes an interrupted build")
     b.add_argument("corpus", nargs="+", help="text files or folders (.gitignore honoured, JSONL = one document per record)")
@@ -78,13 +96,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--json", action="store_true", help="the calibration record as JSON on stdout")
     c.set_defaults(func=cmd_calibrate)
     i = dsub.add_parser("info", help="what a datastore holds: model, key layer, entries, index, calibration")
-    i.add_argument("dir", help="datastore folder")
+    i.add_argument("dir", nargs="?", default=None, help="datastore folder (or --store S [--collection C])")
+    _owner_options(i)
     i.add_argument("--json", action="store_true", help="one JSON document on stdout")
     i.set_defaults(func=cmd_info)
 
     e = sub.add_parser("eval", help="strided perplexity of base LM vs kNN-LM (with --sweep: lambda/temperature/k grid + plot)")
     e.add_argument("text", nargs="+", help="text files to score ('-' = stdin)")
-    e.add_argument("--datastore", default=None, help="datastore folder (without it: base LM only)")
+    e.add_argument("--datastore", default=None, help="datastore folder (without it and --store: base LM only)")
+    _owner_options(e)
     e.add_argument("--stride", type=int, default=None, help="window stride (default window/2)")
     e.add_argument("--sweep", action="store_true", help="also sweep lambda, temperature and k")
     e.add_argument("--plot", default=None, metavar="PNG", help="write perplexity vs lambda (implies --sweep)")
@@ -93,7 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("generate", help="generate with kNN-LM (streams tokens to stdout)")
     g.add_argument("prompt", help="text to continue")
-    g.add_argument("--datastore", default=None, help="datastore folder (without it: the plain LM)")
+    g.add_argument("--datastore", default=None, help="datastore folder (without it and --store: the plain LM)")
+    _owner_options(g)
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --sample)")
@@ -107,7 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     x = sub.add_parser("explain", help="top next tokens under base LM, kNN and the mix, with the neighbours' sources")
     x.add_argument("context", help="text whose next token is explained")
-    x.add_argument("--datastore", required=True, help="datastore folder")
+    x.add_argument("--datastore", default=None, help="datastore folder (or --store S [--collection C]: a collection's own)")
+    _owner_options(x)
     x.add_argument("--top", type=int, default=10, help="tokens and neighbours to list (default 10)")
     _knn_options(x)
     x.set_defaults(func=cmd_explain)
@@ -136,6 +158,7 @@ def _knnlm(args):
     from lm.knnlm import KNNLM
 
     ov = _overrides(args)
+    args.datastore = _datastore_arg(args, args.datastore)
     if args.datastore is not None and not Path(args.datastore).exists():
         raise NotFoundError(f"datastore {args.datastore} does not exist", "build one with `knnrag datastore build CORPUS --out DIR`")
     if getattr(args, "shards", None) is not None and not getattr(args, "ray", None):
@@ -223,7 +246,10 @@ def cmd_info(args) -> int:
     from lm.datastore.token_store import TokenStore
     from retrieval.cli.output import emit_json
 
-    info = TokenStore.open(args.dir).info()
+    folder = _datastore_arg(args, args.dir)
+    if folder is None:
+        raise InvalidInputError("no datastore given", "pass its folder, or --store S [--collection C] for a collection's own")
+    info = TokenStore.open(folder).info()
     if args.json:
         emit_json(info)
     else:
@@ -293,8 +319,14 @@ def cmd_generate(args) -> int:
 def cmd_explain(args) -> int:
     from retrieval.cli.output import emit_json
 
+    if args.datastore is None and getattr(args, "store", None) is None:
+        raise InvalidInputError("explain needs a datastore", "pass --datastore DIR, or --store S [--collection C] for a collection's own")
     knn = _knnlm(args)
     res = knn.next_tokens(args.context, top=args.top)
+    if knn.store is not None:
+        from lm.knn_index import locate
+
+        locate(getattr(knn.store, "store", knn.store), res["neighbours"])  # chunk:<id> -> file:line
     if args.json:
         emit_json(res)
         return 0

@@ -139,6 +139,46 @@ def mask_stale(ds: Any) -> int:
     return len(gone)
 
 
+def locate(ds: Any, neighbours: list[dict]) -> list[dict]:
+    """Point each neighbour of a collection's datastore (`chunk:<id>`) at the file and line of its
+    stored token: `source` becomes `path:line`, with `chunk` (the id) and `uri` added. Neighbours of
+    other datastores, or of chunks gone since, are left as they are."""
+    import numpy as np
+
+    ids = sorted({n["source"][len(PREFIX):] for n in neighbours if str(n.get("source", "")).startswith(PREFIX)})
+    rec = ds.manifest.get("collection") or {}
+    if not ids or not (rec or ds.path.parent.name == ".knn"):
+        return neighbours
+    from retrieval.errors import KnnragError
+    from retrieval.store.docstore import DocStore
+    from retrieval.store.source_paths import shown
+
+    try:
+        with DocStore.open(Path(rec.get("store") or ds.path.parent.parent), create=False, read_only=True) as store:
+            hits = {h.id: h for h in store.get(ids, collection=rec.get("name") or ds.path.name)}
+    except KnnragError:
+        return neighbours
+    for n in neighbours:
+        h = hits.get(str(n.get("source", ""))[len(PREFIX):])
+        if h is None or not h.source:
+            continue
+        char = int(ds.provenance(np.asarray([n["entry"]]))[0][2]) if "entry" in n else 0
+        line = (h.start_line or 1) + h.text[: max(char, 0)].count("\n")
+        n.update(chunk=h.id, uri=h.uri, source=f"{shown(h.source)}:{line}")
+    return neighbours
+
+
+def collection_datastore(store: str | Path, collection: str) -> Path:
+    """The datastore a collection keeps (`index --knn`), or a clear error naming the command that builds it."""
+    from retrieval.errors import NotFoundError
+
+    out = datastore_dir(store, collection)
+    if not (out / "manifest.json").is_file():
+        raise NotFoundError(f"collection {collection!r} of the store {store} has no kNN-LM datastore",
+                            f"build it with `knnrag index PATH --store {store} --collection {collection} --knn`")
+    return out
+
+
 def _owner_stamp(ds: Any) -> tuple:
     """Changes whenever the datastore's manifest or its collection commits (a new gen-N folder)."""
     rec = ds.manifest.get("collection") or {}

@@ -39,7 +39,12 @@ def _register_knn_next_tokens(server: Any) -> None:
         def work():
             knnlm = state.knnlm()
             with state.lm_lock:
-                return knnlm.next_tokens(context, top=top), bool(knnlm.has_datastore)
+                d = knnlm.next_tokens(context, top=top)
+            if knnlm.store is not None:
+                from lm.knn_index import locate
+
+                locate(getattr(knnlm.store, "store", knnlm.store), d["neighbours"])  # chunk:<id> -> file:line
+            return d, bool(knnlm.has_datastore)
 
         d, has_ds = await T.run(work)
         neighbours = [S.NeighbourOut(token=str(n.get("token")), distance=float(n.get("distance", 0.0)),

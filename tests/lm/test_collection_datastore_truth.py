@@ -109,3 +109,29 @@ def test_cli_delete_tombstones_the_datastore(tmp_path, lm, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["removed_chunks"] == 1 and d["knn"]["chunks_tombstoned"] == 1
     assert len(TokenStore.open(out).dead) > 0
+
+
+def test_explain_reaches_a_collections_datastore_and_shows_file_lines(tmp_path, lm, capsys, monkeypatch):
+    from retrieval.cli.root import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "birds.md").write_text("# Birds\n\n" + PELICAN + "\n")
+    (tmp_path / "docs" / "other.md").write_text("# Other\n\n" + CORPUS + "\n")
+    store = DocStore.open(tmp_path / "s", embedder="hash-64")
+    store.index_paths(["docs"], collection="c")
+    sync(store, "c", lm, datastore_dir(store.path, "c"))
+    store.close()
+    model = lm.model.config._name_or_path
+    args = ["explain", "The harbour pelican PELICAN-4242 guards the", "--store", "s", "--collection", "c", "--model", model, "--json"]
+    assert main(args) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["neighbours"] and all(":" in n["source"] and not n["source"].startswith("chunk:") for n in d["neighbours"])
+    assert any(n["source"].startswith("docs/birds.md:3") for n in d["neighbours"])
+    assert main(["delete", "--store", "s", "--collection", "c", "--source", "docs/birds.md"]) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert not any("birds" in n["source"] or "PELICAN" in n["snippet"] for n in d["neighbours"])
+    assert main(["explain", "x", "--store", "s", "--collection", "nope", "--model", model]) != 0
+    assert "has no kNN-LM datastore" in capsys.readouterr().err

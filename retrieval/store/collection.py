@@ -124,9 +124,17 @@ class Collection:
         # the validated sections, so every reader of the manifest (search, stats) sees sound values
         self.manifest.update(index=self.index_config.to_dict(), bm25=self.bm25_config.to_dict())
         self._conn = chunk_db.connect(self.dir / DB, read_only=read_only)
+        self._ino = os.stat(self.dir).st_ino  # a drop renames the folder away; a re-create makes a new one
         self._lock = threading.RLock()
         self._snap: Snapshot | None = None
         self._tokenizer: bm25_index.Tokenizer | None = None
+
+    def same_folder(self) -> bool:
+        """Is STORE/<name> still the folder this handle opened? (one stat: checked on every use)"""
+        try:
+            return os.stat(self.dir).st_ino == self._ino
+        except OSError:
+            return False
 
     @property
     def uid(self) -> str:

@@ -151,6 +151,10 @@ class DocStore:
     def collection(self, name: str = "default") -> Collection:
         with self._lock:
             c = self._collections.get(name)
+            if c is not None and not c.same_folder():  # dropped (and maybe re-created) by another process
+                c.close()
+                del self._collections[name]
+                c = None
             if c is None:
                 _check_name(name)
                 if not (self.path / name / "manifest.json").exists():

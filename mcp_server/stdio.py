@@ -77,14 +77,40 @@ def error_reply(line: bytes, exc: Exception) -> bytes:
     return json.dumps(reply).encode() + b"\n"
 
 
+def bad_id_reply(line: bytes, message: Any) -> bytes | None:
+    """The -32600 reply for a "request" whose id is not a string or an integer.
+
+    The SDK's model ignores such an id and reads the line as a notification, which gets no reply,
+    so the client would wait forever. Only lines read as notifications that mention "id" are
+    parsed again, so ordinary requests pay nothing.
+    """
+    if not isinstance(message, types.JSONRPCNotification) or b'"id"' not in line:
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or "id" not in obj:
+        return None
+    rid = obj["id"]
+    if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+        return None
+    kind = "null" if rid is None else type(rid).__name__.replace("dict", "object").replace("list", "array")
+    reply = {"jsonrpc": "2.0", "id": None, "error": {
+        "code": INVALID_REQUEST, "message": f"Invalid Request: the id is {kind}; a request id must be a string or an "
+                                            "integer (a notification has no id member at all)"}}
+    return json.dumps(reply).encode() + b"\n"
+
+
 def parse_line(line: bytes) -> SessionMessage | bytes | None:
     """A message, an error line to send back, or None for a blank line."""
     if not line.strip():
         return None
     try:
-        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
     except Exception as e:  # every malformed line gets an answer, never an exception
         return error_reply(line, e)
+    return bad_id_reply(line, message) or SessionMessage(message)
 
 
 @contextlib.contextmanager

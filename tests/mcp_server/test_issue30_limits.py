@@ -1,0 +1,83 @@
+"""Issue 30, the server's side: nothing outside the roots (cases 6-7), bounded sizes (case 11),
+escaped chunk URIs (case 12) and clear answers (case 14), through the SDK's in-memory client.
+
+The server here has no fixed --embedder, so `create_collection` chooses one; the store uses "hash-64".
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+from mcp import Client
+
+from mcp_server.server import ServerConfig, ServerState, build_server
+from tests.support.docs import write_docs
+from tests.support.mcp import text_of
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def free(tmp_path_factory):
+    """A server without --embedder over a docs root (collections choose their embedder)."""
+    base = tmp_path_factory.mktemp("issue30")
+    root = write_docs(base / "root")
+    cfg = ServerConfig(store=base / "store", allow_roots=(root,))
+    state = ServerState(cfg)
+    yield {"cfg": cfg, "state": state, "root": root, "base": base}
+    state.close()
+
+
+async def call(env, name, args=None):
+    async with Client(build_server(env["cfg"], state=env["state"])) as c:
+        return await c.call_tool(name, args or {})
+
+
+# --------------------------------------------------------------------------- cases 6-7: embedder specs
+
+
+async def test_create_collection_refuses_paths_outside_the_roots_with_one_error(free, tmp_path):
+    outside_missing = str(tmp_path / "no-such-model")
+    answers = []
+    for spec in ("/etc", outside_missing, "/root/.ssh", "../../etc", "/work/../etc/passwd"):
+        res = await call(free, "create_collection", {"name": "probe", "embedder": spec})
+        assert res.is_error, (spec, text_of(res))
+        answers.append(text_of(res).replace(repr(spec), "SPEC"))
+    assert len(set(answers)) == 1, answers  # existing and missing paths read the same: nothing to probe
+    assert "minilm" in answers[0] and "hash-N" in answers[0] and str(free["root"]) in answers[0]
+    assert not (free["cfg"].store / "probe").exists()
+    hub = await call(free, "create_collection", {"name": "probe", "embedder": "sentence-transformers/all-mpnet-base-v2"})
+    assert hub.is_error and "no model folder at" in text_of(hub)  # a relative name is a path under the first root
+
+
+async def test_create_collection_bounds_the_fake_dimension_and_listing_survives(free):
+    for spec in ("hash-99999999", "hash-0", "hash-4", "hash-1234567890123"):
+        res = await call(free, "create_collection", {"name": "huge", "embedder": spec})
+        assert res.is_error and "from 8 to 4096" in text_of(res), (spec, text_of(res))
+    ok = await call(free, "create_collection", {"name": "small", "embedder": "hash-32"})
+    assert not ok.is_error and ok.structured_content["dim"] == 32, text_of(ok)
+    listed = await call(free, "list_collections")
+    assert not listed.is_error and "small" in text_of(listed) and "huge" not in text_of(listed)
+
+
+async def test_create_collection_takes_a_model_folder_under_a_root_only(free, tmp_path):
+    inside = free["root"] / "models" / "bad"
+    inside.mkdir(parents=True)
+    res = await call(free, "create_collection", {"name": "inside", "embedder": str(inside)})
+    # under the root the caller may learn what is wrong with its own folder
+    assert res.is_error and "neither a known embedder" not in text_of(res), text_of(res)
+    link = free["root"] / "models" / "escape"
+    os.symlink("/etc", link)
+    res = await call(free, "create_collection", {"name": "linked", "embedder": str(link)})
+    assert res.is_error and "neither a known embedder nor a model folder under the allowed roots" in text_of(res)
+
+
+def test_the_library_refuses_a_huge_fake_dimension(tmp_path):
+    from retrieval.errors import InvalidInputError
+    from retrieval.store import admin
+    from retrieval.store.docstore import DocStore
+
+    store = DocStore.open(tmp_path / "s", embedder=None, create=True)
+    with pytest.raises(InvalidInputError, match="outside 8..4096"):
+        admin.create_collection(store, "huge", embedder="hash-99999999")
+    assert store.list_collections() == []

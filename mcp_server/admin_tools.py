@@ -19,7 +19,7 @@ from pydantic import Field
 
 from mcp_server import schemas as S
 from mcp_server import tool_support as T
-from mcp_server.tool_support import DESTRUCTIVE, LOCK_WAIT_S, Collection
+from mcp_server.tool_support import DESTRUCTIVE, Collection
 from retrieval.embed.hash_embedder import MAX_DIM, MIN_DIM
 from retrieval.errors import InvalidInputError
 from retrieval.store import admin
@@ -86,10 +86,9 @@ def _register_create_collection(server: Any) -> None:
                 chosen = allowed_embedder(embedder, state.config.allow_roots)
             else:
                 chosen = spec
-            with state.write.held(f"create_collection {name!r}", wait_s=LOCK_WAIT_S):
-                return admin.create_collection(state.store(), name, embedder=chosen)
+            return admin.create_collection(state.store(), name, embedder=chosen)
 
-        d = await T.run(work)
+        d = await T.run_write(state, f"create_collection {name!r}", work)
         return T.result(S.CollectionCreatedOut(name=d["name"], embedder=d["embedder"], dim=d["dim"]))
 
 
@@ -101,12 +100,12 @@ def _register_drop_collection(server: Any) -> None:
 
         def work() -> dict:
             # new searches queue behind a waiting drop, so it waits for running ones only briefly
-            with state.write.held(f"drop_collection {name!r}", wait_s=LOCK_WAIT_S), state.gate.exclusive(DROP_WAIT_S):
+            with state.gate.exclusive(DROP_WAIT_S):
                 store = state.store()
                 T.require_collection(store, name)
                 return admin.drop_collection(store, name)
 
-        d = await T.run(work)
+        d = await T.run_write(state, f"drop_collection {name!r}", work)
         return T.result(S.CollectionDroppedOut(name=d["name"], chunks=d["chunks"], sources=d["sources"]))
 
 

@@ -100,6 +100,16 @@ async def run(fn: Callable[[], Any]) -> Any:
         raise ToolError(f"the request is too large to process ({type(e).__name__})") from e
 
 
+async def run_write(state: Any, what: str, fn: Callable[[], Any], wait_s: float | None = None) -> Any:
+    """`run(fn)` holding the write lock, waited for on the event loop so that queued writes hold
+    no worker thread and reads always find one (locks.WriteLock.held_async)."""
+    try:
+        async with state.write.held_async(what, LOCK_WAIT_S if wait_s is None else wait_s):
+            return await run(fn)
+    except KnnragError as e:
+        raise tool_error(e) from e
+
+
 def text(value: str, what: str, limit: int) -> str:
     """Refuse text with nothing to read: empty, blank, or only NULs and other control characters."""
     if not value.strip() or not any(ch.isprintable() and not ch.isspace() for ch in value):

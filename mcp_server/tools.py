@@ -230,8 +230,14 @@ def _register_stats(server: Any) -> None:
 
 
 def _register_chunk_resource(server: Any) -> None:
+    from mcp.server.mcpserver.resources.templates import ResourceSecurity
+
+    # Ids are opaque strings, not paths: "..", "/x" or "C:\\x" are ids like any other (chunk_uri
+    # percent-encodes them; the template decodes once), so the SDK's path checks do not apply to them.
     @server.resource("chunk://{collection}/{id}", mime_type="text/plain",
-                     description="the full text of one chunk (ids come from search hits)")
+                     description="the full text of one chunk (ids come from search hits; the id part is "
+                                 "percent-encoded, as in each hit's `uri`)",
+                     security=ResourceSecurity(exempt_params={"id"}))
     async def chunk(collection: str, id: str, ctx: Context) -> str:
         state = T.state(ctx)
         def work():

@@ -81,3 +81,28 @@ def test_the_library_refuses_a_huge_fake_dimension(tmp_path):
     with pytest.raises(InvalidInputError, match="outside 8..4096"):
         admin.create_collection(store, "huge", embedder="hash-99999999")
     assert store.list_collections() == []
+
+
+# --------------------------------------------------------------------------- case 12: chunk URIs escape ids
+
+ODD_IDS = ["a/b", "a%2Fb", "..", ".", "x://y", "/abs", "C:\\x", "q?k=v#f", "sp ace", "ünï"]
+
+
+async def test_chunk_uris_escape_ids_and_are_decoded_once(free):
+    from retrieval.types import chunk_uri
+
+    assert (await call(free, "create_collection", {"name": "uris", "embedder": "hash-64"})).structured_content
+    texts = [f"text number {i} of the odd ids" for i in range(len(ODD_IDS))]
+    res = await call(free, "add_texts", {"texts": texts, "ids": ODD_IDS, "collection": "uris"})
+    assert not res.is_error and res.structured_content["ids"] == ODD_IDS, text_of(res)
+    uris = [chunk_uri("uris", i) for i in ODD_IDS]
+    assert len(set(uris)) == len(ODD_IDS) and chunk_uri("uris", "a/b") == "chunk://uris/a%2Fb"
+    assert chunk_uri("uris", "a%2Fb") == "chunk://uris/a%252Fb" and chunk_uri("uris", "..") == "chunk://uris/%2E%2E"
+    async with Client(build_server(free["cfg"], state=free["state"])) as c:
+        for cid, uri, want in zip(ODD_IDS, uris, texts):
+            got = await c.read_resource(uri)
+            assert got.contents[0].text == want, (cid, uri)
+        hits = (await c.call_tool("search", {"query": "odd ids", "collection": "uris", "k": 20})).structured_content
+        assert {h["uri"] for h in hits["hits"]} == set(uris)
+        for h in hits["hits"]:
+            assert (await c.read_resource(h["uri"])).contents[0].text == h["text"]

@@ -106,3 +106,41 @@ async def test_chunk_uris_escape_ids_and_are_decoded_once(free):
         assert {h["uri"] for h in hits["hits"]} == set(uris)
         for h in hits["hits"]:
             assert (await c.read_resource(h["uri"])).contents[0].text == h["text"]
+
+
+# --------------------------------------------------------------------------- case 11: byte budgets
+
+
+async def test_oversized_metadata_is_refused_at_write_time(free):
+    big = {"source": "notes", "blob": "x" * 900_000}
+    res = await call(free, "add_texts", {"texts": ["the heron waits"], "metadatas": [big], "collection": "uris"})
+    assert res.is_error and "metadatas[0] is 900" in text_of(res) and "over the limit of 16384" in text_of(res)
+    from retrieval.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="over the limit of 16384"):
+        free["state"].store().add_texts(["the heron waits"], metadatas=[big], collection="uris")
+
+
+async def test_a_hit_with_huge_stored_metadata_stays_small(free, monkeypatch):
+    import json
+
+    from retrieval.store import indexing
+
+    monkeypatch.setattr(indexing, "MAX_METADATA_BYTES", 10**9)  # as a store written before the limit
+    md = {"blob": "y" * 900_000, "nested": {"k": ["z" * 5000]}, **{f"key{i}": "v" * 900 for i in range(20)}}
+    free["state"].store().add_texts(["the kingfisher dives for fish"], metadatas=[md], ids=["kf"], collection="uris")
+    res = await call(free, "search", {"query": "kingfisher dives", "collection": "uris", "k": 5})
+    assert not res.is_error, text_of(res)
+    size = len(text_of(res)) + len(json.dumps(res.structured_content))
+    assert size < 100_000, f"a search hitting a 900 KB metadata value returned {size} characters"
+    top = res.structured_content["hits"][0]
+    assert top["id"] == "kf" and "…[cut: 900000 characters in all]" in top["metadata"]["blob"]
+    assert "…" in top["metadata"] and "metadata cut" in (res.structured_content.get("note") or "")
+    got = await call(free, "get_chunks", {"ids": ["kf"], "collection": "uris"})
+    assert len(text_of(got)) < 50_000
+
+
+async def test_add_texts_has_a_total_budget_per_call(free):
+    texts = ["w " * 50_000] * 21  # 2.1 M characters: each text is within its own limit
+    res = await call(free, "add_texts", {"texts": texts, "collection": "uris"})
+    assert res.is_error and "over the limit of 2000000 per call" in text_of(res) and "several add_texts" in text_of(res)

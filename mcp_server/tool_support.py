@@ -25,7 +25,10 @@ from retrieval.types import Hit, chunk_uri
 log = logging.getLogger("knnrag.mcp")
 
 MAX_QUERY_CHARS = 10_000
-MAX_TEXT_CHARS = 20_000  # perplexity / generation inputs: a 135M LM on CPU, keep calls under a minute
+MAX_TEXT_CHARS = 20_000  # generation inputs: a 135M LM on CPU, keep calls under a minute
+# perplexity scores every token: 20k characters took 115 s and 1 GB (issue 30); 4,000 characters
+# (~1,000 tokens) measured 77 s on a 2-core machine shared by 8 jobs, 2,000 took 32 s
+MAX_PPL_CHARS = 4_000
 MAX_HIT_TEXT = 4_000
 MAX_META_VALUE = 1_000  # characters of one metadata value (or heading) in a hit, then a "[cut: ...]" marker
 MAX_META_CHARS = 4_000  # JSON characters of one hit's metadata: a hit stays near MAX_HIT_TEXT + this

@@ -144,3 +144,9 @@ async def test_add_texts_has_a_total_budget_per_call(free):
     texts = ["w " * 50_000] * 21  # 2.1 M characters: each text is within its own limit
     res = await call(free, "add_texts", {"texts": texts, "collection": "uris"})
     assert res.is_error and "over the limit of 2000000 per call" in text_of(res) and "several add_texts" in text_of(res)
+
+
+async def test_perplexity_text_is_bounded_before_any_model_loads(free):
+    res = await call(free, "perplexity", {"text": "word " * 1000})
+    assert res.is_error and "over the limit of 4000" in text_of(res), text_of(res)
+    assert free["state"]._lm is None  # refused up front: nothing was loaded or scored

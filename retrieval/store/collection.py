@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from retrieval.store.durable import (
     write_error,
 )
 from retrieval.store.manifest import COLLECTION_FORMAT, check_collection, check_format, iter_generation_dirs, typed_config
+from retrieval.store.open_collections import out_of_files
 from retrieval.store.verify import FIX, check_sizes
 from retrieval.store.verify import record as checksums
 
@@ -151,6 +152,8 @@ class Collection:
             tomb = np.load(gdir / "tombstones.npy", allow_pickle=False)
             bm25 = bm25_index.load(gdir / "bm25", mmap=mmap)
         except (CorruptStoreError, OSError, ValueError) as e:
+            if out_of_files(e, f"collection {self.name!r}"):
+                raise out_of_files(e, f"collection {self.name!r}") from e  # type: ignore[misc]
             if not gdir.is_dir() or any(g > gen for g, _ in iter_generation_dirs(self.dir)):
                 raise FileNotFoundError(gdir) from None  # a writer is garbage-collecting it: retry on the newer one
             if isinstance(e, CorruptStoreError):
@@ -391,9 +394,6 @@ class Collection:
             }
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
+        with self._lock, suppress(sqlite3.Error):
             self._snap = None
+            self._conn.close()

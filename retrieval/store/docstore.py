@@ -35,6 +35,7 @@ from retrieval.store.collection import create as create_collection
 from retrieval.store.durable import WriterLock, atomic_write_json, read_json, write_error
 from retrieval.store.indexing import IndexOptions, IndexReport, run_index, text_rows
 from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_manifest, new_store_manifest
+from retrieval.store.open_collections import OpenCollections
 from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class DocStore:
         self.fusion = fusion
         self._embedder_arg = embedder
         self._embedders: dict[str, Any] = {}
-        self._collections: dict[str, Collection] = {}
+        self._collections: OpenCollections = OpenCollections()
         self._lock = threading.RLock()
         self._write_problem: StoreWriteError | None = None
         self._blas: Any = None
@@ -121,9 +122,7 @@ class DocStore:
 
     def close(self) -> None:
         with self._lock:
-            for c in self._collections.values():
-                c.close()
-            self._collections.clear()
+            self._collections.close_all()
 
     def __enter__(self) -> DocStore:
         return self

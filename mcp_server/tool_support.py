@@ -217,6 +217,22 @@ def bound_hits(hits: list[S.HitOut], budget_chars: int) -> tuple[list[S.HitOut],
     return kept, bool(notes), ("; ".join(notes) or None)
 
 
+def bound_context(before: list[S.HitOut], chunk: S.HitOut, after: list[S.HitOut],
+                  budget_chars: int) -> tuple[list[S.HitOut], list[S.HitOut], str | None]:
+    """chunk_context's neighbours within `budget_chars` of JSON: the farthest go first, alternately."""
+    sizes = {id(h): len(h.model_dump_json()) for h in (*before, chunk, *after)}
+    used = sum(sizes.values())
+    before, after = list(before), list(after)
+    dropped = 0
+    while used > budget_chars and (before or after):
+        side = before if len(before) >= len(after) else after
+        used -= sizes[id(side.pop(0 if side is before else -1))]
+        dropped += 1
+    note = (f"{dropped} far neighbours left out to keep the result under the size limit; call chunk_context "
+            "again from the first or last chunk shown") if dropped else None
+    return before, after, note
+
+
 def jsonable(obj: Any) -> Any:
     import json
 

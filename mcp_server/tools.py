@@ -180,8 +180,10 @@ def _register_chunk_context(server: Any) -> None:
                 return admin.chunk_context(store, id, before=before, after=after, collection=collection)
 
         pre, mid, post = await T.run(work)
-        out = S.ChunkContextOut(collection=collection, id=id, before=[T.hit(h) for h in pre], chunk=T.hit(mid),
-                                after=[T.hit(h) for h in post])
+        chunk = T.hit(mid)
+        before_, after_, note = T.bound_context([T.hit(h) for h in pre], chunk, [T.hit(h) for h in post],
+                                                state.config.max_result_chars - 1000)
+        out = S.ChunkContextOut(collection=collection, id=id, before=before_, chunk=chunk, after=after_, note=note)
         return T.result(out, links=[*out.before, out.chunk, *out.after])
 
 

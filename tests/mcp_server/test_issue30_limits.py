@@ -150,3 +150,16 @@ async def test_perplexity_text_is_bounded_before_any_model_loads(free):
     res = await call(free, "perplexity", {"text": "word " * 1000})
     assert res.is_error and "over the limit of 4000" in text_of(res), text_of(res)
     assert free["state"]._lm is None  # refused up front: nothing was loaded or scored
+
+
+async def test_chunk_context_stays_within_the_result_budget(free):
+    assert not (await call(free, "create_collection", {"name": "ctx", "embedder": "hash-64"})).is_error
+    texts = [f"part {i} " + "of a long manual page " * 180 for i in range(41)]  # ~4 KB each
+    res = await call(free, "add_texts", {"texts": texts, "ids": [f"p{i}" for i in range(41)],
+                                         "metadatas": [{"source": "manual.md"}] * 41, "collection": "ctx"})
+    assert not res.is_error, text_of(res)
+    got = await call(free, "chunk_context", {"id": "p20", "before": 20, "after": 20, "collection": "ctx"})
+    out = got.structured_content
+    assert not got.is_error and len(text_of(got)) < free["cfg"].max_result_chars, len(text_of(got))
+    assert out["chunk"]["id"] == "p20" and out["note"] and "far neighbours left out" in out["note"]
+    assert out["before"][-1]["id"] == "p19" and out["after"][0]["id"] == "p21"  # the nearest ones are kept

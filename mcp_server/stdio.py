@@ -34,7 +34,9 @@ from mcp.shared.message import SessionMessage
 
 log = logging.getLogger("knnrag.mcp")
 
-MAX_LINE_BYTES = 64 * 1024 * 1024
+# A request's byte budget over stdio: the largest a tool takes is add_texts' 2,000,000 characters,
+# at most 12 MB as JSON (a \uXXXX escape is 6 bytes a character); the line buffer never grows past it.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
 OVERLONG = b"\x00"  # stands for a line past MAX_LINE_BYTES (a NUL byte is never valid JSON)
 # the top-level "id" of a message, looked for only before its first nested value
@@ -67,7 +69,8 @@ def error_reply(line: bytes, exc: Exception) -> bytes:
     first = exc.errors()[0] if hasattr(exc, "errors") and exc.errors() else {}  # pydantic ValidationError
     parse = first.get("type") == "json_invalid" or not first
     if line is OVERLONG:
-        code, message = PARSE_ERROR, f"Parse error: message longer than {MAX_LINE_BYTES} bytes"
+        code, message = PARSE_ERROR, (f"Parse error: message longer than {MAX_LINE_BYTES} bytes; send less per "
+                                      "call (add_texts takes at most 2,000,000 characters; index files with index_paths)")
     elif parse:
         why = str(first.get("msg") or exc).removeprefix("Invalid JSON: ")
         code, message = PARSE_ERROR, f"Parse error: {why}"
@@ -145,15 +148,21 @@ async def _lines_from_pipe(fd: int) -> AsyncIterator[bytes]:
     reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
     pipe = os.fdopen(fd, "rb", buffering=0, closefd=False)
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    inside = False  # within the rest of an overlong line, whose start was answered already
     try:
         while True:
             try:
                 line = await reader.readline()
-            except ValueError:  # a line past MAX_LINE_BYTES: answered, then the stream goes on
-                yield OVERLONG
+            except ValueError as e:  # a line past MAX_LINE_BYTES: answered once, then the stream goes on
+                if not inside:
+                    yield OVERLONG
+                inside = "not found" in str(e)  # asyncio dropped the buffer before the line's end
                 continue
             if not line:
                 return
+            if inside:  # the overlong line's tail
+                inside = False
+                continue
             yield line
     finally:
         transport.close()
@@ -161,10 +170,17 @@ async def _lines_from_pipe(fd: int) -> AsyncIterator[bytes]:
 
 async def _lines_from_thread(fd: int) -> AsyncIterator[bytes]:
     f = os.fdopen(fd, "rb", closefd=False)
+    inside = False  # within an overlong line, answered already
     while True:
         line = await anyio.to_thread.run_sync(f.readline, MAX_LINE_BYTES)
         if not line:
             return
+        ended = line.endswith(b"\n")
+        if inside or (len(line) >= MAX_LINE_BYTES and not ended):
+            if not inside:
+                yield OVERLONG
+            inside = not ended
+            continue
         yield line
 
 

@@ -60,6 +60,12 @@ def test_malformed_lines_get_json_rpc_errors(tmp_path):
             got = reply(proc)
             assert got["jsonrpc"] == "2.0" and got["id"] == rid and got["error"]["code"] == code, (raw[:80], got)
             assert got["error"]["message"]
+        # issue 30 case 11: a request has a byte budget, and the answer says what to do
+        big = json.dumps({"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {
+            "name": "add_texts", "arguments": {"texts": ["w " * 9_000_000]}}}).encode()
+        send(proc, big)
+        got = reply(proc)
+        assert got["error"]["code"] == PARSE_ERROR and "send less per call" in got["error"]["message"], got
         send(proc, json.dumps({"jsonrpc": "2.0", "id": 11, "method": "ping"}).encode())
         assert reply(proc) == {"jsonrpc": "2.0", "id": 11, "result": {}}  # still serving
     finally:

@@ -324,7 +324,7 @@ def cmd_explain(args) -> int:
     knn = _knnlm(args)
     res = knn.next_tokens(args.context, top=args.top)
     if knn.store is not None:
-        from lm.knn_index import locate
+        from lm.datastore.live import locate
 
         locate(getattr(knn.store, "store", knn.store), res["neighbours"])  # chunk:<id> -> file:line
     if args.json:

@@ -83,7 +83,7 @@ class KNNLM:
 
                 raise MismatchError(f"datastore {store.manifest['key_layer']} key layer differs from {lm.key_layer}",
                                     "load the model with the datastore's key layer, or rebuild")
-            from lm.knn_index import refresh_mask
+            from lm.datastore.live import refresh_mask
 
             refresh_mask(store)  # a collection's datastore never serves chunks its collection deleted
         cal, cfg = None, config
@@ -104,7 +104,7 @@ class KNNLM:
         """For long-lived holders (the MCP server): see deletes committed since the load."""
         ds = getattr(self.store, "store", self.store)  # a ShardedStore reads its local TokenStore's tombstones
         if ds is not None and hasattr(ds, "refresh_tombstones"):
-            from lm.knn_index import refresh_mask
+            from lm.datastore.live import refresh_mask
 
             refresh_mask(ds)
 

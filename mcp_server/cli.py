@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "start_indexing + index_status)")
     p.add_argument("--json-response", action="store_true", help="HTTP: the same as --replies json")
     p.add_argument("--max-request-bytes", type=int, default=1_048_576, help="HTTP request body limit (default 1 MiB)")
+    p.add_argument("--max-sessions", type=int, default=1000,
+                   help="HTTP: open MCP sessions at most; a new one closes the least recently used idle one (default 1000)")
+    p.add_argument("--sessions-per-client", type=int, default=100, help="HTTP: sessions per client address (default 100)")
+    p.add_argument("--session-idle-seconds", type=float, default=900.0,
+                   help="HTTP: a session with no request for this long is closed (default 900)")
+    p.add_argument("--connection-idle-seconds", type=float, default=30.0,
+                   help="HTTP: a connection that starts no request for this long is closed (default 30)")
     p.add_argument("--min-score", type=float, help="ask: relevance threshold (dense cosine) below which it refuses")
     p.add_argument("--max-write-seconds", type=float, default=3600.0,
                    help="an index run that holds the write lock longer stops at its next file or batch, "
@@ -129,7 +136,9 @@ def serve(args: argparse.Namespace) -> int:
     token = os.environ.get("KNNRAG_MCP_TOKEN") or None
     cfg = HttpConfig(host=args.host, port=args.port, token=token, max_request_bytes=args.max_request_bytes,
                      allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allowed_origin),
-                     allow_unauthenticated=args.allow_unauthenticated, replies=_replies(args))
+                     allow_unauthenticated=args.allow_unauthenticated, replies=_replies(args),
+                     max_sessions=args.max_sessions, sessions_per_client=args.sessions_per_client,
+                     session_idle_seconds=args.session_idle_seconds, connection_idle_seconds=args.connection_idle_seconds)
     _port_free(cfg.host, cfg.port)
     run_http(server, cfg)
     return 0

@@ -35,12 +35,28 @@ class HttpConfig:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # extra Origins, e.g. "https://app.example"
     allow_unauthenticated: bool = False  # serve a non-loopback address without a token (the user said so)
     replies: str = "auto"  # "auto": SSE only for requests that asked for progress; "sse" / "json" for all
+    # sessions: at most this many, this many per client address, closed after this long without a
+    # request (the SDK's defaults, 10,000 and 30 minutes, let one client lock every other out)
+    max_sessions: int = 1000
+    sessions_per_client: int = 100
+    session_idle_seconds: float = 900.0
+    # a connection that starts no request for this long is closed (uvicorn alone only times out
+    # idle keep-alive connections, never one that has not sent a whole request)
+    connection_idle_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.replies not in REPLIES:
             raise InvalidInputError(f"--replies {self.replies!r} is not a reply framing", f"pass one of {', '.join(REPLIES)}")
         if not 1 <= self.port <= 65535:
             raise InvalidInputError(f"port {self.port} is out of range", "pass --port between 1 and 65535")
+        if not 1 <= self.sessions_per_client <= self.max_sessions:
+            raise InvalidInputError(f"--sessions-per-client {self.sessions_per_client} must be from 1 to "
+                                    f"--max-sessions ({self.max_sessions})", "the defaults are 100 and 1000")
+        for name in ("session_idle_seconds", "connection_idle_seconds"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise InvalidInputError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {v!r}",
+                                        "e.g. 900 for sessions, 30 for connections")
         if self.max_request_bytes < 1024:
             raise InvalidInputError("--max-request-bytes must be at least 1024", "the default is 1 MiB")
         if self.token is not None and len(self.token) < 16:
@@ -150,7 +166,8 @@ def build_app(server: Any, cfg: HttpConfig):
         return JSONResponse({"status": "ok", "server": server.name})
 
     app = streamable_app(server, path=cfg.path, replies=cfg.replies, security=security_settings(cfg),
-                         max_request_bytes=cfg.max_request_bytes, routes=[Route("/healthz", healthz, methods=["GET"])])
+                         max_request_bytes=cfg.max_request_bytes, routes=[Route("/healthz", healthz, methods=["GET"])],
+                         sessions=(cfg.max_sessions, cfg.sessions_per_client, cfg.session_idle_seconds))
     if cfg.token:
         return BearerTokenMiddleware(app, cfg.token)
     return app
@@ -164,5 +181,22 @@ def run_http(server: Any, cfg: HttpConfig) -> None:
                     "" if cfg.token else " WITHOUT a bearer token (--allow-unauthenticated)")
     app = build_app(server, cfg)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, http=http_protocol(cfg.connection_idle_seconds))
     uvicorn.Server(config).run()
+
+
+def http_protocol(idle_s: float) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) closing connections that start
+    no request within `idle_s` (mcp_server/http_limits.guarded_protocol)."""
+    from mcp_server.http_limits import guarded_protocol
+
+    base: type
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base = HttpToolsProtocol
+    except ImportError:  # httptools is optional in uvicorn
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
+    return guarded_protocol(base, idle_s)

@@ -84,6 +84,13 @@ class Job:
                              "index fewer files per call, or raise the limit with --max-write-seconds")
 
 
+    def check_cancelled(self) -> None:
+        """Raise JobStopped once cancelled (polled while the job waits for the write lock)."""
+        if self.cancel_requested.is_set():
+            raise JobStopped(f"job {self.id} was cancelled before it started",
+                             "nothing was written; start it again when needed")
+
+
 class JobRegistry:
     """The server's jobs, newest last; finished ones are kept (up to KEEP_FINISHED) for polling."""
 
@@ -109,19 +116,34 @@ class JobRegistry:
             job.state = "done"
             job.progress.percent, job.progress.stage = 100.0, "done"
         except JobStopped as e:
-            job.state, job.error = "cancelled", f"{e.message}. Hint: {e.hint}"
+            if job.state != "cancelled":  # cancel() already said so for a queued job
+                job.state, job.error = "cancelled", f"{e.message}. Hint: {e.hint}"
         except KnnragError as e:
             job.state, job.error = "failed", f"{e.message}. Hint: {e.hint}" if e.hint else e.message
         except Exception as e:  # a job thread must record every failure, never die silently
             log.exception("job %s failed", job.id)
             job.state, job.error = "failed", f"unexpected error: {type(e).__name__}: {str(e)[:300]}"
         finally:
-            job.finished = time.time()
+            job.finished = job.finished or time.time()
             job.ended.set()
 
     def mark_running(self, job: Job) -> None:
-        job.state, job.started, job._t0 = "running", time.time(), time.monotonic()
-        job.progress.stage = "scanning"
+        with self._lock:  # against cancel(): a job is either cancelled while queued or running, never both
+            job.check_cancelled()
+            job.state, job.started, job._t0 = "running", time.time(), time.monotonic()
+            job.progress.stage = "scanning"
+
+    def cancel(self, job: Job) -> None:
+        """Ask the job to stop; a queued one is cancelled at once (its thread gives up its wait for
+        the write lock within 0.1 s), a running one stops at its next progress point."""
+        with self._lock:
+            job.cancel_requested.set()
+            if job.state == "queued":
+                job.state = "cancelled"
+                job.error = f"job {job.id} was cancelled before it started. Hint: nothing was written"
+                job.finished = time.time()
+                job.progress.stage = "cancelled"
+                job.ended.set()
 
     def get(self, job_id: str) -> Job:
         with self._lock:

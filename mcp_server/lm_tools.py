@@ -15,7 +15,7 @@ from pydantic import Field
 
 from mcp_server import schemas as S
 from mcp_server import tool_support as T
-from mcp_server.tool_support import COMPUTE, MAX_TEXT_CHARS, NO_DATASTORE
+from mcp_server.tool_support import COMPUTE, MAX_PPL_CHARS, MAX_TEXT_CHARS, NO_DATASTORE
 from retrieval.errors import InvalidInputError
 
 
@@ -41,7 +41,7 @@ def _register_knn_next_tokens(server: Any) -> None:
             with state.lm_lock:
                 d = knnlm.next_tokens(context, top=top)
             if knnlm.store is not None:
-                from lm.knn_index import locate
+                from lm.datastore.live import locate
 
                 locate(getattr(knnlm.store, "store", knnlm.store), d["neighbours"])  # chunk:<id> -> file:line
             return d, bool(knnlm.has_datastore)
@@ -97,11 +97,12 @@ def _register_knn_generate(server: Any) -> None:
 def _register_perplexity(server: Any) -> None:
     @server.tool(annotations=COMPUTE, title="Perplexity: base LM vs kNN-LM")
     async def perplexity(
-        text: Annotated[str, Field(description="text to score", min_length=1, max_length=MAX_TEXT_CHARS)],
+        text: Annotated[str, Field(description=f"text to score (at most {MAX_PPL_CHARS} characters; longer text: "
+                                               "`knnrag eval`)", min_length=1, max_length=MAX_PPL_CHARS)],
         ctx: Context,
     ) -> Annotated[CallToolResult, S.PerplexityOut]:
         """Perplexity of the text under the base LM and under kNN-LM (null without a datastore)."""
-        T.text(text, "text", MAX_TEXT_CHARS)
+        T.text(text, "text", MAX_PPL_CHARS)
         state = T.state(ctx)
 
         def work():

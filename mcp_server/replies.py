@@ -99,16 +99,22 @@ class AutoReplySessionManager(StreamableHTTPSessionManager):
 
 
 def streamable_app(server: Any, *, path: str, replies: str, security: Any, max_request_bytes: int,
-                   routes: list[Any]) -> Any:
+                   routes: list[Any], sessions: tuple[int, int, float] = (1000, 100, 900.0)) -> Any:
     """The Starlette app `MCPServer.streamable_http_app` builds (no SDK auth: the token check wraps
     it), with the session manager that frames replies as `replies` says (one of http.REPLIES,
-    checked by HttpConfig)."""
+    checked by HttpConfig), sessions bounded as `sessions` = (max, per client, idle seconds) says,
+    and POST bodies read whole first (mcp_server/http_limits.py)."""
     from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    cls = AutoReplySessionManager if replies == "auto" else StreamableHTTPSessionManager
+    from mcp_server.http_limits import BodyGuard, BoundedSessions
+
+    base = AutoReplySessionManager if replies == "auto" else StreamableHTTPSessionManager
+    cls = type(f"Bounded{base.__name__}", (BoundedSessions, base), {})
+    max_sessions, per_client, idle_s = sessions
     manager = cls(app=server._lowlevel_server, json_response=replies == "json", security_settings=security,
-                  max_request_body_size=max_request_bytes)
-    return Starlette(routes=[Route(path, endpoint=StreamableHTTPASGIApp(manager)), *routes],
-                     lifespan=lambda _app: manager.run())
+                  max_request_body_size=max_request_bytes, max_sessions=max_sessions, session_idle_timeout=idle_s)
+    manager._init_bounds(per_client)
+    endpoint = BodyGuard(StreamableHTTPASGIApp(manager), max_request_bytes)
+    return Starlette(routes=[Route(path, endpoint=endpoint), *routes], lifespan=lambda _app: manager.run())

@@ -204,6 +204,7 @@ class ChunkContextOut(BaseModel):
     before: list[HitOut] = Field(description="preceding chunks of the same document, in reading order")
     chunk: HitOut
     after: list[HitOut] = Field(description="following chunks of the same document, in reading order")
+    note: str | None = Field(default=None, description="set when far neighbours were left out to keep the result small")
 
 
 class CollectionOut(BaseModel):

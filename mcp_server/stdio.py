@@ -34,7 +34,9 @@ from mcp.shared.message import SessionMessage
 
 log = logging.getLogger("knnrag.mcp")
 
-MAX_LINE_BYTES = 64 * 1024 * 1024
+# A request's byte budget over stdio: the largest a tool takes is add_texts' 2,000,000 characters,
+# at most 12 MB as JSON (a \uXXXX escape is 6 bytes a character); the line buffer never grows past it.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
 OVERLONG = b"\x00"  # stands for a line past MAX_LINE_BYTES (a NUL byte is never valid JSON)
 # the top-level "id" of a message, looked for only before its first nested value
@@ -67,7 +69,8 @@ def error_reply(line: bytes, exc: Exception) -> bytes:
     first = exc.errors()[0] if hasattr(exc, "errors") and exc.errors() else {}  # pydantic ValidationError
     parse = first.get("type") == "json_invalid" or not first
     if line is OVERLONG:
-        code, message = PARSE_ERROR, f"Parse error: message longer than {MAX_LINE_BYTES} bytes"
+        code, message = PARSE_ERROR, (f"Parse error: message longer than {MAX_LINE_BYTES} bytes; send less per "
+                                      "call (add_texts takes at most 2,000,000 characters; index files with index_paths)")
     elif parse:
         why = str(first.get("msg") or exc).removeprefix("Invalid JSON: ")
         code, message = PARSE_ERROR, f"Parse error: {why}"
@@ -77,14 +80,40 @@ def error_reply(line: bytes, exc: Exception) -> bytes:
     return json.dumps(reply).encode() + b"\n"
 
 
+def bad_id_reply(line: bytes, message: Any) -> bytes | None:
+    """The -32600 reply for a "request" whose id is not a string or an integer.
+
+    The SDK's model ignores such an id and reads the line as a notification, which gets no reply,
+    so the client would wait forever. Only lines read as notifications that mention "id" are
+    parsed again, so ordinary requests pay nothing.
+    """
+    if not isinstance(message, types.JSONRPCNotification) or b'"id"' not in line:
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or "id" not in obj:
+        return None
+    rid = obj["id"]
+    if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+        return None
+    kind = "null" if rid is None else type(rid).__name__.replace("dict", "object").replace("list", "array")
+    reply = {"jsonrpc": "2.0", "id": None, "error": {
+        "code": INVALID_REQUEST, "message": f"Invalid Request: the id is {kind}; a request id must be a string or an "
+                                            "integer (a notification has no id member at all)"}}
+    return json.dumps(reply).encode() + b"\n"
+
+
 def parse_line(line: bytes) -> SessionMessage | bytes | None:
     """A message, an error line to send back, or None for a blank line."""
     if not line.strip():
         return None
     try:
-        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
     except Exception as e:  # every malformed line gets an answer, never an exception
         return error_reply(line, e)
+    return bad_id_reply(line, message) or SessionMessage(message)
 
 
 @contextlib.contextmanager
@@ -119,15 +148,21 @@ async def _lines_from_pipe(fd: int) -> AsyncIterator[bytes]:
     reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
     pipe = os.fdopen(fd, "rb", buffering=0, closefd=False)
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    inside = False  # within the rest of an overlong line, whose start was answered already
     try:
         while True:
             try:
                 line = await reader.readline()
-            except ValueError:  # a line past MAX_LINE_BYTES: answered, then the stream goes on
-                yield OVERLONG
+            except ValueError as e:  # a line past MAX_LINE_BYTES: answered once, then the stream goes on
+                if not inside:
+                    yield OVERLONG
+                inside = "not found" in str(e)  # asyncio dropped the buffer before the line's end
                 continue
             if not line:
                 return
+            if inside:  # the overlong line's tail
+                inside = False
+                continue
             yield line
     finally:
         transport.close()
@@ -135,10 +170,17 @@ async def _lines_from_pipe(fd: int) -> AsyncIterator[bytes]:
 
 async def _lines_from_thread(fd: int) -> AsyncIterator[bytes]:
     f = os.fdopen(fd, "rb", closefd=False)
+    inside = False  # within an overlong line, answered already
     while True:
         line = await anyio.to_thread.run_sync(f.readline, MAX_LINE_BYTES)
         if not line:
             return
+        ended = line.endswith(b"\n")
+        if inside or (len(line) >= MAX_LINE_BYTES and not ended):
+            if not inside:
+                yield OVERLONG
+            inside = not ended
+            continue
         yield line
 
 

@@ -25,8 +25,14 @@ from retrieval.types import Hit, chunk_uri
 log = logging.getLogger("knnrag.mcp")
 
 MAX_QUERY_CHARS = 10_000
-MAX_TEXT_CHARS = 20_000  # perplexity / generation inputs: a 135M LM on CPU, keep calls under a minute
+MAX_TEXT_CHARS = 20_000  # generation inputs: a 135M LM on CPU, keep calls under a minute
+# perplexity scores every token: 20k characters took 115 s and 1 GB (issue 30); 4,000 characters
+# (~1,000 tokens) measured 77 s on a 2-core machine shared by 8 jobs, 2,000 took 32 s
+MAX_PPL_CHARS = 4_000
 MAX_HIT_TEXT = 4_000
+MAX_META_VALUE = 1_000  # characters of one metadata value (or heading) in a hit, then a "[cut: ...]" marker
+MAX_META_CHARS = 4_000  # JSON characters of one hit's metadata: a hit stays near MAX_HIT_TEXT + this
+META_CUT = "…[cut: "
 COLLECTION_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 NO_DATASTORE = ("no kNN datastore is configured (start the server with --datastore DIR): "
                 "this result uses the base LM alone")
@@ -100,6 +106,28 @@ async def run(fn: Callable[[], Any]) -> Any:
         raise ToolError(f"the request is too large to process ({type(e).__name__})") from e
 
 
+async def run_write(state: Any, what: str, fn: Callable[[], Any], wait_s: float | None = None) -> Any:
+    """`run(fn)` holding the write lock, waited for on the event loop so that queued writes hold
+    no worker thread and reads always find one (locks.WriteLock.held_async)."""
+    try:
+        async with state.write.held_async(what, LOCK_WAIT_S if wait_s is None else wait_s):
+            return await run(fn)
+    except KnnragError as e:
+        raise tool_error(e) from e
+
+
+def give_back_memory() -> None:
+    """Return freed heap pages to the OS after a big write (glibc keeps them otherwise, and a server's
+    RSS stays at its peak for good); a no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def text(value: str, what: str, limit: int) -> str:
     """Refuse text with nothing to read: empty, blank, or only NULs and other control characters."""
     if not value.strip() or not any(ch.isprintable() and not ch.isspace() for ch in value):
@@ -117,6 +145,40 @@ def require_collection(store: Any, name: str) -> None:
         raise NotFoundError(e.message, "call list_collections to see them, or index_paths to create one") from e
 
 
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else f"{value[:limit]}{META_CUT}{len(value)} characters in all]"
+
+
+def cap_metadata(md: dict[str, Any]) -> dict[str, Any]:
+    """A hit's metadata within MAX_META_CHARS: long values cut with a marker that gives their size,
+    keys past the budget replaced by one "…" entry counting them (stores written before the
+    write-time limit, JSONL records, and other writers may hold anything)."""
+    import json
+
+    out: dict[str, Any] = {}
+    used = 0
+    for n, (key, value) in enumerate(md.items()):
+        if not isinstance(value, (str, int, float, bool, type(None))):
+            value = json.loads(json.dumps(value, default=str))
+            dumped = json.dumps(value, ensure_ascii=False)
+            if len(dumped) > MAX_META_VALUE:
+                value = _cut(dumped, MAX_META_VALUE)
+        elif isinstance(value, str):
+            value = _cut(value, MAX_META_VALUE)
+        key = _cut(str(key), 200)
+        size = len(json.dumps({key: value}, ensure_ascii=False))
+        if used + size > MAX_META_CHARS:
+            out["…"] = f"{len(md) - n} more metadata keys omitted to keep the hit small"
+            break
+        out[key] = value
+        used += size
+    return out
+
+
+def meta_cut(h: S.HitOut) -> bool:
+    return "…" in h.metadata or any(isinstance(v, str) and META_CUT in v for v in h.metadata.values())
+
+
 def hit(h: Hit) -> S.HitOut:
     text = h.text or ""
     coll = h.collection or "default"
@@ -124,9 +186,10 @@ def hit(h: Hit) -> S.HitOut:
         id=str(h.id), uri=chunk_uri(coll, h.id), score=float(h.score or 0.0),
         scores={k: float(v) for k, v in (h.scores or {}).items() if v is not None},
         source=str(h.source), start_line=int(h.start_line or 0), end_line=int(h.end_line or 0),
-        start_char=int(h.start_char or 0), end_char=int(h.end_char or 0), heading=h.heading or None,
+        start_char=int(h.start_char or 0), end_char=int(h.end_char or 0),
+        heading=_cut(h.heading, MAX_META_VALUE) if h.heading else None,
         text=text[:MAX_HIT_TEXT], text_truncated=len(text) > MAX_HIT_TEXT, collection=coll,
-        metadata=dict(h.metadata or {}),
+        metadata=cap_metadata(dict(h.metadata or {})),
     )
 
 
@@ -147,7 +210,27 @@ def bound_hits(hits: list[S.HitOut], budget_chars: int) -> tuple[list[S.HitOut],
                      "ask for a smaller k or narrow the filters")
     if cut_texts:
         notes.append(f"{cut_texts} hit texts cut to {MAX_HIT_TEXT} characters; read the full chunk via its `uri` resource")
+    cut_meta = sum(meta_cut(h) for h in kept)
+    if cut_meta:
+        notes.append(f"{cut_meta} hits' metadata cut to {MAX_META_CHARS} characters (values to {MAX_META_VALUE}); "
+                     "the stored metadata is unchanged")
     return kept, bool(notes), ("; ".join(notes) or None)
+
+
+def bound_context(before: list[S.HitOut], chunk: S.HitOut, after: list[S.HitOut],
+                  budget_chars: int) -> tuple[list[S.HitOut], list[S.HitOut], str | None]:
+    """chunk_context's neighbours within `budget_chars` of JSON: the farthest go first, alternately."""
+    sizes = {id(h): len(h.model_dump_json()) for h in (*before, chunk, *after)}
+    used = sum(sizes.values())
+    before, after = list(before), list(after)
+    dropped = 0
+    while used > budget_chars and (before or after):
+        side = before if len(before) >= len(after) else after
+        used -= sizes[id(side.pop(0 if side is before else -1))]
+        dropped += 1
+    note = (f"{dropped} far neighbours left out to keep the result under the size limit; call chunk_context "
+            "again from the first or last chunk shown") if dropped else None
+    return before, after, note
 
 
 def jsonable(obj: Any) -> Any:

@@ -180,8 +180,10 @@ def _register_chunk_context(server: Any) -> None:
                 return admin.chunk_context(store, id, before=before, after=after, collection=collection)
 
         pre, mid, post = await T.run(work)
-        out = S.ChunkContextOut(collection=collection, id=id, before=[T.hit(h) for h in pre], chunk=T.hit(mid),
-                                after=[T.hit(h) for h in post])
+        chunk = T.hit(mid)
+        before_, after_, note = T.bound_context([T.hit(h) for h in pre], chunk, [T.hit(h) for h in post],
+                                                state.config.max_result_chars - 1000)
+        out = S.ChunkContextOut(collection=collection, id=id, before=before_, chunk=chunk, after=after_, note=note)
         return T.result(out, links=[*out.before, out.chunk, *out.after])
 
 
@@ -230,8 +232,14 @@ def _register_stats(server: Any) -> None:
 
 
 def _register_chunk_resource(server: Any) -> None:
+    from mcp.server.mcpserver.resources.templates import ResourceSecurity
+
+    # Ids are opaque strings, not paths: "..", "/x" or "C:\\x" are ids like any other (chunk_uri
+    # percent-encodes them; the template decodes once), so the SDK's path checks do not apply to them.
     @server.resource("chunk://{collection}/{id}", mime_type="text/plain",
-                     description="the full text of one chunk (ids come from search hits)")
+                     description="the full text of one chunk (ids come from search hits; the id part is "
+                                 "percent-encoded, as in each hit's `uri`)",
+                     security=ResourceSecurity(exempt_params={"id"}))
     async def chunk(collection: str, id: str, ctx: Context) -> str:
         state = T.state(ctx)
         def work():

@@ -23,7 +23,7 @@ from mcp_server import schemas as S
 from mcp_server import tool_support as T
 from mcp_server.jobs import Job
 from mcp_server.paths import exclude_pattern, resolve_allowed, scan_tree
-from mcp_server.tool_support import DESTRUCTIVE, LOCK_WAIT_S, READ, WRITE, Collection, log
+from mcp_server.tool_support import DESTRUCTIVE, READ, WRITE, Collection, log
 from retrieval.errors import KnnragError
 
 Paths = Annotated[list[Annotated[str, Field(max_length=4096)]],
@@ -35,6 +35,9 @@ Knn = Annotated[bool, Field(description="also keep the collection's kNN-LM token
                                        "(each entry's provenance is its chunk; removed chunks are masked)", strict=True)]
 MAX_TEXTS = 1000
 MAX_ADD_TEXT_CHARS = 100_000
+# One add_texts call's budget: it is one commit, embedded and tokenised in memory at once. 200 texts
+# of 100k characters (20M) over stdio peaked at 3.2 GB of RSS (issue 30 case 11).
+MAX_ADD_TOTAL_CHARS = 2_000_000
 
 
 def _index_out(collection: str, paths: list[str], exclude: list[tuple[str, str]], rep: Any) -> S.IndexOut:
@@ -77,7 +80,7 @@ def start_index_job(state: Any, paths: list[str], collection: str, knn: bool = F
     what = f"index_paths into {collection!r} ({len(resolved)} paths)"
 
     def run(job: Job) -> S.IndexOut:
-        with state.write.held(f"{job.id}: {what}", wait_s=state.config.max_write_seconds):
+        with state.write.held(f"{job.id}: {what}", wait_s=state.config.max_write_seconds, check=job.check_cancelled):
             state.jobs.mark_running(job)
             store = state.store()
             rep = store.index_paths([str(p) for p in resolved], collection=collection, exclude=patterns,
@@ -106,7 +109,7 @@ async def wait_for(job: Job, ctx: Context, seconds: float) -> S.IndexOut:
     deadline = time.monotonic() + seconds
     sent = -1.0
     while True:
-        ended = await anyio.to_thread.run_sync(job.ended.wait, 0.25)
+        ended = await event_set(job.ended, 0.25)
         pct = 100.0 if ended and job.state == "done" else job.progress.percent
         if pct > sent:
             sent = pct
@@ -122,6 +125,14 @@ async def wait_for(job: Job, ctx: Context, seconds: float) -> S.IndexOut:
     if job.state != "done":
         raise ToolError(T.mcp_hint(job.error or f"job {job.id} {job.state}"))
     return job.result
+
+
+async def event_set(event: Any, seconds: float) -> bool:
+    """Wait up to `seconds` for a threading.Event on the event loop, holding no worker thread."""
+    deadline = time.monotonic() + seconds
+    while not event.is_set() and time.monotonic() < deadline:
+        await anyio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+    return event.is_set()
 
 
 def _register_index_paths(server: Any) -> None:
@@ -165,8 +176,8 @@ def _register_cancel_indexing(server: Any) -> None:
             job = T.state(ctx).jobs.get(job_id)
         except KnnragError as e:
             raise T.tool_error(e) from e
-        job.cancel_requested.set()
-        await anyio.to_thread.run_sync(job.ended.wait, 10.0)
+        T.state(ctx).jobs.cancel(job)  # a queued job ends here and now; a running one at its next progress point
+        await event_set(job.ended, 10.0)
         return T.result(job_out(job))
 
 
@@ -184,23 +195,31 @@ def _register_add_texts(server: Any) -> None:
                                                "fill the hit fields", max_length=MAX_TEXTS)] = None,
         collection: Collection = "default",
     ) -> Annotated[CallToolResult, S.AddTextsOut]:
-        """Embed and add texts to a collection (created when missing), like qdrant-store or chroma add_documents."""
+        """Embed and add texts to a collection (created when missing), like qdrant-store or chroma add_documents.
+        At most 1000 texts and 2,000,000 characters per call; each text's metadata at most 16 KiB as JSON."""
         for i, t in enumerate(texts):
             T.text(t, f"texts[{i}]", MAX_ADD_TEXT_CHARS)
+        total = sum(map(len, texts))
+        if total > MAX_ADD_TOTAL_CHARS:
+            raise ToolError(f"texts hold {total} characters in all, over the limit of {MAX_ADD_TOTAL_CHARS} per call. "
+                            "Hint: split them over several add_texts calls, or put the files under an allowed root "
+                            "and call index_paths")
         for name, given in (("ids", ids), ("metadatas", metadatas)):
             if given is not None and len(given) != len(texts):
                 raise ToolError(f"{len(given)} {name} for {len(texts)} texts. Hint: pass one per text, or omit {name}")
         state = T.state(ctx)
 
         def work() -> list[str]:
-            with state.write.held(f"add_texts into {collection!r}", wait_s=LOCK_WAIT_S):
+            try:
                 store = state.store()
                 new = store.add_texts(texts, metadatas=metadatas, ids=ids, collection=collection)
                 if _has_knn(store, collection):
                     _sync_knn(state, store, collection)  # replaced text never comes back from kNN search
                 return new
+            finally:
+                T.give_back_memory()
 
-        new = await T.run(work)
+        new = await T.run_write(state, f"add_texts into {collection!r}", work)
         return T.result(S.AddTextsOut(collection=collection, ids=[str(i) for i in new], added=len(new)))
 
 
@@ -237,13 +256,14 @@ def _register_delete(server: Any) -> None:
         def work():
             store = state.store()
             T.require_collection(store, collection)
-            with state.write.held(f"delete in {collection!r}", wait_s=LOCK_WAIT_S):
-                d = store.delete(sources=wanted or None, ids=ids or None, collection=collection)
-                if d.get("removed_chunks") and _has_knn(store, collection):
-                    _sync_knn(state, store, collection)  # deleted text must never come back from kNN search
-                return d
+            d = store.delete(sources=wanted or None, ids=ids or None, collection=collection)
+            if d.get("removed_chunks") and _has_knn(store, collection):
+                from lm.knn_index import prune
 
-        d = await T.run(work)
+                prune(store, collection)  # deleted text never comes back from kNN search (no LM needed)
+            return d
+
+        d = await T.run_write(state, f"delete in {collection!r}", work)
         if not d.get("removed_chunks") and not d.get("removed_sources"):
             asked = ", ".join(repr(s) for s in [*wanted, *(ids or [])][:5])
             raise ToolError(f"nothing matched in collection {collection!r}: {asked}. Hint: sources are stored as "

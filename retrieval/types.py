@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,17 @@ class Chunk:
 
 
 def chunk_uri(collection: str, chunk_id: str | int) -> str:
-    """The one spelling of a chunk's resource address (MCP resources, RAG citations)."""
-    return f"chunk://{collection}/{chunk_id}"
+    """The one spelling of a chunk's resource address (MCP resources, RAG citations).
+
+    Ids are opaque strings: every character outside RFC 3986's unreserved set is percent-encoded
+    (UTF-8), so "a/b", "x://y" and "a%2Fb" each have their own address, and the reader (the MCP
+    resource template) decodes exactly once. An id of only dots is encoded too ("%2E%2E"), since
+    clients drop "." and ".." path segments when they normalise a URI.
+    """
+    def part(value: str) -> str:
+        return "%2E" * len(value) if value.strip(".") == "" else quote(value, safe="")
+
+    return f"chunk://{part(str(collection))}/{part(str(chunk_id))}"
 
 
 @dataclass(frozen=True)

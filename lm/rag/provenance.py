@@ -49,7 +49,7 @@ class SpanCitation:
 
 def entry_chunks(store: Any, entries: np.ndarray) -> list[str | None]:
     """The chunk id of each datastore entry (None for documents that are not collection chunks)."""
-    from lm.knn_index import PREFIX
+    from lm.datastore.live import PREFIX
 
     if entries.size == 0:
         return []

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from retrieval.cli.output import emit_json
 from retrieval.errors import KnnragError
@@ -41,8 +42,16 @@ def _registrars() -> list[Registrar]:
     return list(found.values())
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: the message (an invalid choice names the valid ones) and
+    where to read more, not the whole usage block first. Sub-command parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nhint: run `{self.prog} -h` for the options\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="knnrag",
         description="Document RAG and kNN-LM over one FAISS datastore. Run `knnrag COMMAND -h` for help.",
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -124,9 +125,10 @@ def cmd_index(args) -> int:
                                 show_progress=show, index_factory=args.index_factory, force=args.force,
                                 near_dup_threshold=args.near_dup or None, max_file_bytes=int(args.max_file_mb * 1e6))
         d = rep.to_dict()
+        refused = _explicit_skips(args.paths, d["skipped"])
         if args.json:
             _emit(d)
-            return 0
+            return 1 if refused else 0
         out = sys.stdout
         out.write(f"{args.collection}: {d['files_seen']} files seen, {d['added']} added, {d['updated']} updated, "
                   f"{d['removed']} removed, {d['unchanged']} unchanged; {d['chunks_added']} chunks added, "
@@ -139,7 +141,16 @@ def cmd_index(args) -> int:
         for e in d["emptied"]:
             what = e["source"] + (f" record {e['doc_id']}" if e.get("doc_id") is not None else "")
             out.write(f"not searchable, every chunk dropped: {what} ({e['reason']})\n")
-    return 0
+    for s in refused:
+        sys.stderr.write(f"error: {s['source']} was not indexed: {s['reason']}\n")
+    return 1 if refused else 0
+
+
+def _explicit_skips(paths: list[str], skipped: list[dict]) -> list[dict]:
+    """The skipped files that were named on the command line: the user asked for exactly those, so
+    the run fails (exit 1), while files skipped inside a walked folder are only reported."""
+    named = {os.path.realpath(p) for p in paths if os.path.isfile(p)}
+    return [s for s in skipped if os.path.realpath(str(s["source"])) in named]
 
 
 # --------------------------------------------------------------------------- search

@@ -12,6 +12,9 @@ from retrieval.errors import InvalidInputError
 Progress = Callable[[int, int], None]  # (done, total)
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# The fake's dimension range. Above 4096 a store gains nothing but memory: hash-99999999 made every
+# listing of the store allocate 400 MB per collection and fail (issue 30 case 7).
+MIN_DIM, MAX_DIM = 8, 4096
 
 
 class HashEmbedder:
@@ -20,8 +23,8 @@ class HashEmbedder:
     special_tokens = 0
 
     def __init__(self, dim: int = 64, max_tokens: int = 256) -> None:
-        if dim < 2:
-            raise InvalidInputError(f"hash embedder dimension must be >= 2, got {dim}", "use e.g. hash-64")
+        if not MIN_DIM <= dim <= MAX_DIM:
+            raise InvalidInputError(f"hash embedder dimension {dim} is outside {MIN_DIM}..{MAX_DIM}", "use e.g. hash-64")
         self.dim = dim
         self.max_tokens = max_tokens
         self.model_id = f"hash-{dim}@v1"

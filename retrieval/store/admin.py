@@ -31,6 +31,7 @@ from retrieval.store.search import Hit, make_hit
 log = logging.getLogger(__name__)
 
 MAX_NEIGHBOURS = 20
+MAX_EMBED_DIM = 4096  # the widest sentence embedders in use (e5-mistral-7b) give 4096 dimensions
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # the rule DocStore applies to collection names
 
 
@@ -56,6 +57,9 @@ def create_collection(store: Any, name: str, *, embedder: str | None = None, ind
     if _exists(store, name):
         raise InvalidInputError(f"collection {name!r} already exists", "pick another name, or drop it first")
     emb = load_embedder(embedder)
+    if not 1 <= int(emb.dim) <= MAX_EMBED_DIM:
+        raise InvalidInputError(f"embedder {embedder!r} gives {emb.dim}-dimensional vectors, over the limit of "
+                                f"{MAX_EMBED_DIM}", "use a smaller embedding model")
     validate_factory(index_factory, emb.dim)
     manifest = new_collection_manifest(
         name, {"model_id": emb.model_id, "spec": embedder, "dim": int(emb.dim), "max_tokens": int(emb.max_tokens)},

@@ -20,8 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,10 @@ from retrieval.store.durable import (
     write_error,
 )
 from retrieval.store.manifest import COLLECTION_FORMAT, check_collection, check_format, iter_generation_dirs, typed_config
+from retrieval.store.open_collections import out_of_files
 from retrieval.store.verify import FIX, check_sizes
 from retrieval.store.verify import record as checksums
+from retrieval.store.write_records import Changes, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -52,33 +53,6 @@ MANIFEST, DB, GEN_RECORD = "manifest.json", "chunks.sqlite", "gen.json"
 _INDEX_MIN = {"hnsw_threshold": 0, "hnsw_m": 2, "ef_construction": 1, "ef_search": 1, "nprobe": 1, "exact_fallback_max": 0,
               "rebuild_tombstone_fraction": 0.0}
 _BM25_MIN = {"k1": 0.0, "b": 0.0}
-
-
-@dataclass
-class Snapshot:
-    """Everything a reader needs from one committed generation (FAISS and BM25 memory-mapped)."""
-
-    generation: int
-    index: Any | None  # faiss.IndexIDMap2
-    tombstones: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (t,) sorted ids deleted from HNSW
-    bm25: BM25Index | None = None
-    factory: str = "Flat"
-    cache: dict = field(default_factory=dict, repr=False, compare=False)  # derived read-side arrays of this generation
-
-
-@dataclass
-class Changes:
-    """What one commit does to a collection."""
-
-    remove_ids: np.ndarray  # (r,) chunk row ids to delete
-    rows: list[dict]  # new chunk rows (chunk_db.insert_chunks fields)
-    xb: np.ndarray  # (n, D) their vectors
-    tokens: list[list[str]]  # their BM25 tokens
-    upsert_sources: list[dict] = field(default_factory=list)
-    delete_sources: list[str] = field(default_factory=list)
-
-    def empty(self) -> bool:
-        return not len(self.remove_ids) and not self.rows and not self.upsert_sources and not self.delete_sources
 
 
 def create(store_dir: Path, name: str, manifest: dict) -> None:
@@ -164,6 +138,8 @@ class Collection:
             tomb = np.load(gdir / "tombstones.npy", allow_pickle=False)
             bm25 = bm25_index.load(gdir / "bm25", mmap=mmap)
         except (CorruptStoreError, OSError, ValueError) as e:
+            if out_of_files(e, f"collection {self.name!r}"):
+                raise out_of_files(e, f"collection {self.name!r}") from e  # type: ignore[misc]
             if not gdir.is_dir() or any(g > gen for g, _ in iter_generation_dirs(self.dir)):
                 raise FileNotFoundError(gdir) from None  # a writer is garbage-collecting it: retry on the newer one
             if isinstance(e, CorruptStoreError):
@@ -404,9 +380,6 @@ class Collection:
             }
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
+        with self._lock, suppress(sqlite3.Error):
             self._snap = None
+            self._conn.close()

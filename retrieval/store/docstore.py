@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -32,21 +32,17 @@ from retrieval.store import chunk_db
 from retrieval.store import search as _search
 from retrieval.store.collection import Changes, Collection
 from retrieval.store.collection import create as create_collection
-from retrieval.store.durable import WriterLock, atomic_write_json, read_json, write_error
+from retrieval.store.durable import WriterLock, atomic_write_json, probe_writable, read_json, write_error
 from retrieval.store.indexing import IndexOptions, IndexReport, run_index, text_rows
 from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_manifest, new_store_manifest
+from retrieval.store.open_collections import OpenCollections
 from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
 from retrieval.store.source_paths import expand
+from retrieval.store.threads import BlasThreads, LiveChunks
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DocStore", "Hit", "IndexReport", "LiveChunks", "FusionConfig", "SearchRequest", "MAX_K", "MODES"]
-
-class LiveChunks(NamedTuple):
-    uid: str  # the collection's identity (a new one after drop + re-create)
-    generation: int  # the committed generation the texts were read at
-    texts: dict[str, str]  # chunk id -> text
-
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -70,18 +66,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _probe_writable(path: Path) -> StoreWriteError | None:
-    """Can we create files in the store? (os.access lies for root and read-only mounts.)"""
-    probe = path / f".probe-{os.getpid()}-{threading.get_ident()}"
-    try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
-        os.unlink(probe)
-        return None
-    except OSError as e:
-        return write_error(path, e)
-
-
 class DocStore:
     """A directory of collections. Thread-safe: searches see the last committed snapshot while a
     write is in progress; one writer at a time per store (across processes too)."""
@@ -92,10 +76,10 @@ class DocStore:
         self.fusion = fusion
         self._embedder_arg = embedder
         self._embedders: dict[str, Any] = {}
-        self._collections: dict[str, Collection] = {}
+        self._collections: OpenCollections = OpenCollections()
         self._lock = threading.RLock()
         self._write_problem: StoreWriteError | None = None
-        self._blas: Any = None
+        self._threads = BlasThreads()  # small jobs on 1 BLAS thread (retrieval/store/threads.py)
 
     # ----------------------------------------------------------------- open / close
     @classmethod
@@ -122,7 +106,7 @@ class DocStore:
         check_format(read_json(manifest, "store manifest"), STORE_FORMAT, manifest)
         store = cls(p, embedder, read_only, fusion or FusionConfig())
         if not read_only:
-            store._write_problem = _probe_writable(p)
+            store._write_problem = probe_writable(p)
             store.read_only = store._write_problem is not None
         if not store.read_only:
             from retrieval.store.admin import recover_drops
@@ -132,9 +116,7 @@ class DocStore:
 
     def close(self) -> None:
         with self._lock:
-            for c in self._collections.values():
-                c.close()
-            self._collections.clear()
+            self._collections.close_all()
 
     def __enter__(self) -> DocStore:
         return self
@@ -262,7 +244,7 @@ class DocStore:
             opts = IndexOptions(exclude=tuple(exclude), tags=tuple(tags), force=force, near_dup_threshold=near_dup_threshold,
                                 max_file_bytes=max_file_bytes, show_progress=show_progress,
                                 confine_to=None if confine_to is None else tuple(os.fspath(r) for r in confine_to))
-            rep = run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads)
+            rep = run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads.limit)
         kept = c.manifest.get("fusion") or {}
         if kept.get("applied") and rep.chunks_added and c.info()["chunks"] >= kept.get("regrow", 2.0) * kept["at_chunks"]:
             from retrieval.store.calibrate import CalibrationConfig
@@ -371,7 +353,7 @@ class DocStore:
         c = self.collection(req.collection)
         # One query: everything on one BLAS thread. Two-thread BLAS calls on a 2-core box fight
         # onnxruntime's spinning workers both ways (measured: embed 8.3 + scan 3.0 ms vs 4.8 + 1.5 ms).
-        with self._threads(1) if single else nullcontext():
+        with self._threads.limit(1) if single else nullcontext():
             if xq is None and (req.mode != "bm25" or req.mmr):
                 emb = self.embedder_for(c)
                 if single:
@@ -381,28 +363,6 @@ class DocStore:
             with c.reading() as (conn, snap):
                 sc = self._scope(c, conn, snap, req)
                 return [_search.search_one(sc, req, q, None if xq is None else xq[i : i + 1]) for i, q in enumerate(queries)]
-
-    @contextmanager
-    def _threads(self, n: int) -> Iterator[None]:
-        """Run small jobs (one query, a few changed chunks) on n BLAS/OpenMP threads. Measured on this
-        shared 2-core box: a query's numpy-BERT embedding took 28 ms on one BLAS thread and 1.8 s on
-        the default two; torch embedding 4 chunks took 0.55 s on one thread and 1.2-1.6 s on two.
-        Waking a thread team costs more than it saves on tiny work, and much more on a busy machine.
-        Uses threadpoolctl when installed; otherwise runs as is."""
-        import sys
-
-        if self._blas is None or (self._blas and self._blas[0] != len(sys.modules)):  # new libraries (torch) loaded since
-            try:
-                from threadpoolctl import ThreadpoolController
-
-                self._blas = (len(sys.modules), ThreadpoolController())
-            except Exception:  # not installed, or nothing to control
-                self._blas = False
-        if not self._blas:
-            yield
-            return
-        with self._blas[1].limit(limits=n):
-            yield
 
     def live_chunks(self, collection: str = "default") -> LiveChunks:
         """Every live chunk's id and text, with the collection's uid and generation: what a derived

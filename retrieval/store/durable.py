@@ -212,3 +212,15 @@ def checkpoint(step: str, _seen: dict[str, int] = {}) -> None:  # noqa: B006 - p
     sys.stderr.flush()
     while True:  # pragma: no cover - killed by the test
         time.sleep(60)
+
+
+def probe_writable(path: Path) -> StoreWriteError | None:
+    """Can we create files in the store? (os.access lies for root and read-only mounts.)"""
+    probe = path / f".probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+        return None
+    except OSError as e:
+        return write_error(path, e)

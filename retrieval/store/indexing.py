@@ -9,6 +9,7 @@ within their own record, so every `_id` stays retrievable.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -350,6 +351,18 @@ def adopt_legacy_sources(coll: Collection, conn) -> int:
     return moved
 
 
+MAX_METADATA_BYTES = 16_384  # per chunk, as JSON: a 900 KB value once made every search that hit it 1.8 MB
+
+
+def check_metadata(md: dict, what: str) -> None:
+    """Refuse metadata past MAX_METADATA_BYTES: it rides along with every hit of its chunk."""
+    size = len(json.dumps(md, ensure_ascii=False, default=str).encode())
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInputError(f"{what} is {size} bytes as JSON, over the limit of {MAX_METADATA_BYTES}",
+                                "keep metadata to short fields (source, tags, ids, dates); put long text in the "
+                                "text itself, where it is chunked and searchable")
+
+
 def text_rows(texts: Sequence[str], metadatas: Sequence[dict] | None, ids: Sequence[str | None] | None) -> list[dict[str, Any]]:
     """Chunk rows for raw texts (one chunk each, add_texts). Metadata keys source, kind, heading,
     doc_id and tags fill the row fields of the same name; the rest stays metadata."""
@@ -358,6 +371,7 @@ def text_rows(texts: Sequence[str], metadatas: Sequence[dict] | None, ids: Seque
     rows: list[dict[str, Any]] = []
     for i, t in enumerate(texts):
         md = dict(metadatas[i]) if metadatas is not None and metadatas[i] else {}
+        check_metadata(md, f"metadatas[{i}]")
         tags = md.pop("tags", []) or []
         it = normalize_whitespace(t)
         rows.append({

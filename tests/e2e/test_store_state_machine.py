@@ -230,8 +230,9 @@ class StoreMachine(RuleBasedStateMachine):
     def search_and_datastore_hold_exactly_the_live_texts(self):
         if self.api is None:
             return
+        from lm.datastore.live import mask_stale
         from lm.datastore.token_store import TokenStore
-        from lm.knn_index import datastore_dir, mask_stale
+        from lm.knn_index import datastore_dir
         from retrieval.store.docstore import DocStore
 
         fresh = DocStore.open(self.store_dir, read_only=True)

@@ -8,8 +8,9 @@ import shutil
 
 import pytest
 
+from lm.datastore.live import mask_stale
 from lm.datastore.token_store import TokenStore
-from lm.knn_index import datastore_dir, mask_stale, prune, sync
+from lm.knn_index import datastore_dir, prune, sync
 from retrieval.store import admin
 from retrieval.store.docstore import DocStore
 from tests.support.tiny_lm import CORPUS, make_tiny_lm

@@ -51,12 +51,21 @@ def test_malformed_lines_get_json_rpc_errors(tmp_path):
             (b"[" * 100_000, None, PARSE_ERROR),
             (b'{"jsonrpc": "2.0", "id": "s1", "method": "ping", "params": {"x": "\xed\xa0\x80"}}', "s1", PARSE_ERROR),
             (b'{"id": 10, "hello": "world"}', 10, -32600),
+            # issue 30 case 13: an id that is not a string or an integer was read as a notification
+            *[(b'{"jsonrpc": "2.0", "id": ' + bad + b', "method": "ping"}', None, -32600)
+              for bad in (b'{"a": 1}', b"[1]", b"1.5", b"true", b"null")],
         ]
         for raw, rid, code in cases:
             send(proc, raw)
             got = reply(proc)
             assert got["jsonrpc"] == "2.0" and got["id"] == rid and got["error"]["code"] == code, (raw[:80], got)
             assert got["error"]["message"]
+        # issue 30 case 11: a request has a byte budget, and the answer says what to do
+        big = json.dumps({"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {
+            "name": "add_texts", "arguments": {"texts": ["w " * 9_000_000]}}}).encode()
+        send(proc, big)
+        got = reply(proc)
+        assert got["error"]["code"] == PARSE_ERROR and "send less per call" in got["error"]["message"], got
         send(proc, json.dumps({"jsonrpc": "2.0", "id": 11, "method": "ping"}).encode())
         assert reply(proc) == {"jsonrpc": "2.0", "id": 11, "result": {}}  # still serving
     finally:
@@ -93,3 +102,13 @@ def test_parse_line_keeps_valid_messages_and_skips_blank_lines():
     assert parse_line(b"  \n") is None
     msg = parse_line(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode())
     assert type(msg).__name__ == "SessionMessage"
+
+
+@pytest.mark.parametrize("bad", ['{"a": 1}', "[1, 2]", "2.5", "true", "false", "null"])
+def test_a_request_with_an_id_of_the_wrong_type_gets_invalid_request(bad):
+    got = parse_line(b'{"jsonrpc": "2.0", "id": ' + bad.encode() + b', "method": "tools/list"}')
+    assert isinstance(got, bytes), "read as a notification: no reply, the client waits forever"
+    err = json.loads(got)
+    assert err["id"] is None and err["error"]["code"] == -32600 and "string or an integer" in err["error"]["message"]
+    note = parse_line(b'{"jsonrpc": "2.0", "method": "notifications/initialized", "params": {"id": 1.5}}')
+    assert not isinstance(note, bytes)  # a real notification (an "id" only inside params) still passes

@@ -15,7 +15,7 @@ without the re-rank (RssAnon = private RAM, RssFile = mapped file pages the kern
 Timings on a shared machine are noisy: compare within one run (ratios to ram-fs).
 
   nice python -m benchmarks ondisk --entries 200000 --json .bench/ondisk.json
-  python -m benchmarks ondisk --quick      (8,000 keys, 100 clusters, IVF16, 128 queries, 2 reps)
+  python -m benchmarks ondisk --quick      (4,000 keys, 50 clusters, IVF8 with fewer PQ codes, 64 queries, 2 reps)
 """
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def run(args) -> dict:
     del exact
     fs = resolve_factory("auto", args.entries, DIM)
     pq = resolve_factory("auto", args.entries, DIM, ondisk=True)
-    if args.quick:  # "auto" is Flat below 100k entries: the same index kinds, with fewer lists
-        fs, pq = "IVF16,PQ288x4fs", "IVF16,PQ64"
+    if args.quick:  # "auto" is Flat below 100k entries: the same index kinds, with fewer lists and sub-quantizers
+        fs, pq = "IVF8,PQ48x4fs", "IVF8,PQ16"
     res: dict = {"entries": args.entries, "queries": args.queries, "cores": args.cores, "factories": {"ram-fs": fs, "ondisk": pq}}
     part = max(1, -(-args.entries // args.parts))
     for name, storage, factory in (("ram-fs", "ram", fs), ("ram-pq64", "ram", pq), ("ondisk", "ondisk", pq)):
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tmp", default=None, help="folder for the datastores (default: the system temp)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--quick", action="store_true", help="8,000 keys, 100 clusters, IVF16, 128 queries, 2 reps")
+    ap.add_argument("--quick", action="store_true", help="4,000 keys, 50 clusters, IVF8 with fewer PQ codes, 64 queries, 2 reps")
     args = ap.parse_args(argv)
     if args.quick:
-        args.entries, args.clusters, args.queries, args.reps = 8000, 100, 128, 2
+        args.entries, args.clusters, args.queries, args.reps = 4000, 50, 64, 2
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     res = run(args)
     if args.json:

@@ -57,7 +57,8 @@ def tables(pages: dict[str, str], commands: list[str]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     by_length = sorted(commands, key=len, reverse=True)
     for name, text in sorted(pages.items()):
-        current, in_table, fence = None, False, False
+        current: str | None = None
+        in_table, fence = False, False
         for n, line in enumerate(text.splitlines(), 1):
             if line.startswith("```"):
                 fence = not fence
@@ -74,7 +75,7 @@ def tables(pages: dict[str, str], commands: list[str]) -> dict[str, list[Row]]:
                 in_table = current not in out
                 out.setdefault(current, [])
                 continue
-            if in_table and line.startswith("|"):
+            if in_table and current and line.startswith("|"):
                 cells = _cells(line)
                 opts = tuple(re.findall(r"`(-{1,2}[\w-]+)", cells[0]))
                 if opts:

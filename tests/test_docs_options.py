@@ -183,3 +183,39 @@ def test_context_tokens_documents_the_codes_budget():
     assert code is not None, "answer()'s context budget moved: update this test and docs/ask.md"
     row = next(r for r in tables(doc_pages(), ["ask"])["ask"] if "--context-tokens" in r.options)
     assert code.group(2) in row.default and "2048" not in row.default
+
+
+REPO = DOCS.parent
+
+
+def test_json_snippets_parse():
+    """The client configurations and output examples users copy are valid JSON."""
+    import json
+
+    for path in [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        for m in re.finditer(r"```json\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+            json.loads(m.group(1))
+
+
+def test_readme_is_the_front_door():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: move reference material to docs/"
+    head = "\n".join(lines[:10])
+    assert "bash scripts/demo.sh" in head and "bash scripts/test.sh" in head
+    linked = set(re.findall(r"\]\(docs/([\w./-]+\.md)\)", text))
+    pages = {p.name for p in DOCS.glob("*.md")} - {"index.md"}
+    assert pages <= linked, f"pages the README does not link: {sorted(pages - linked)}"
+    nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    every = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
+    assert {p for p in every if p not in nav} == set(), "pages missing from mkdocs.yml's nav"
+
+
+def test_no_work_period_labels():
+    """Figures and notes name dates, commits and versions, not a private numbering of work periods."""
+    files = [REPO / "README.md", REPO / "BENCHMARKS.md", REPO / "ARCHITECTURE.md", *DOCS.rglob("*.md"),
+             *(REPO / "benchmarks").rglob("*.py"), *(REPO / "benchmarks").rglob("*.md"), *(REPO / "benchmarks").rglob("*.jsonl")]
+    found = [f"{p.relative_to(REPO)}:{n}" for p in files
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"\b(sessions? \d|round \d|round-\d)", line, re.I)]
+    assert not found, found

@@ -26,7 +26,9 @@ written by `python -m benchmarks NAME`); edit those files or rerun a benchmark, 
 Each row is the latest full (not `--quick`) run of one target; **ours** and **peer** were measured in
 the same run, so read the ratio (ours / peer) rather than absolute times: the machines were small and
 often shared. `runs` counts the recorded full runs of the target (its history is in the results file).
-`python -m benchmarks --list` names every benchmark and its peer.
+`python -m benchmarks --list` names every benchmark and its peer. The hand-written analyses that this file
+held until commit 312646b (each BM25 difference, the experiments not kept) are in `git show 312646b:BENCHMARKS.md`;
+their conclusions are in docs/ and docs/design/.
 """
 
 

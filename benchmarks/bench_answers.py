@@ -8,72 +8,24 @@ the abstention rate on SQuAD's unanswerable questions; the abstention rate on of
 and seconds per question. The abstention model and the phrase weights were fitted on the
 even-numbered paragraphs, so the odd ("held-out") rows are the honest ones.
 
-  python benchmarks/bench_answers.py [--every 2] [--generate-sample 3] [--json OUT]
+  python -m benchmarks answers [--every 2] [--generate-sample 3] [--json OUT]
+  python -m benchmarks answers --quick     (every 10th question, 10 off-topic, no generate sample)
 
 The store is built once under .bench/store (git-ignored) and reused.
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import re
 import statistics
-import string
 import sys
 import time
 from pathlib import Path
 
-DATA = Path("/work/shared/data/squad2-rhine")
-ROOT = Path(__file__).resolve().parent.parent
-# hand-written questions about this project's own docs (a second store, never used for fitting)
-PROJECT_QUESTIONS = [
-    ("Which transport does knnrag serve use by default?", "stdio"),
-    ("What is the default k for kNN-LM neighbours?", "64"),
-    ("Which embedding model is bundled?", "MiniLM"),
-    ("What does the tombstones file hold?", "tombstones"),
-    ("Which fusion methods does hybrid search support?", "rrf"),
-    ("What is the default near-duplicate threshold?", "0.9"),
-    ("What is the default relevance threshold on dense cosine?", "0.25"),
-    ("How many sources does ask retrieve by default?", "5"),
-    ("What is the default maximum file size in MB for indexing?", "20"),
-    ("Which LM is the default?", "SmolLM2-135M-Instruct"),
-    ("What is the default answer length in tokens?", "256"),
-    ("How many parameters must the model have for auto mode to generate?", "1B"),
-]
+from benchmarks._shared_squad import PROJECT_QUESTIONS, build_store, f1, norm, squad
+from benchmarks.common import WORK, record
 
-
-def norm(s: str) -> str:
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
-
-
-def f1(pred: str, golds: list[str]) -> float:
-    best = 0.0
-    for g in golds:
-        p, t = norm(pred).split(), norm(g).split()
-        common = sum((collections.Counter(p) & collections.Counter(t)).values())
-        if common:
-            pr, rc = common / len(p), common / len(t)
-            best = max(best, 2 * pr * rc / (pr + rc))
-    return best
-
-
-def build_store(path: Path) -> None:
-    from retrieval.store.docstore import DocStore
-
-    with DocStore.open(path) as s:
-        names = {c["name"] for c in s.list_collections()}
-        if "rhine" not in names:
-            s.index_paths([str(DATA / "docs")], collection="rhine")
-        if "projdocs" not in names:
-            s.index_paths([str(ROOT / p) for p in ("README.md", "ARCHITECTURE.md", "BENCHMARKS.md", "docs")],
-                          collection="projdocs", exclude=["*.png"])
-        if "cacm" not in names:
-            lines = Path("/work/shared/data/cacm-beir/corpus.jsonl").read_text().splitlines()[:1500]
-            tmp = path.parent / "cacm1500.jsonl"
-            tmp.write_text("\n".join(lines) + "\n")
-            s.index_paths([str(tmp)], collection="cacm")
+PEER = "answer() with generate mode and no abstention (the plain RAG `ask` baseline), same questions, same store"
 
 
 def run_mode(store, questions, collection: str, cfg, knnlm) -> list[dict]:
@@ -150,23 +102,26 @@ def summarise(rows: list[dict], off: list[dict]) -> dict:
             "median_first_token_s": round(statistics.median([r["first_token_s"] for r in rows + off]), 3) if rows + off else None}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", default=str(ROOT / ".bench" / "store"))
+    ap.add_argument("--store", default=str(WORK / "store"))
     ap.add_argument("--every", type=int, default=2, help="use every Nth squad2-rhine question (CPU time)")
     ap.add_argument("--off-topic", type=int, default=60, help="off-topic questions per other store")
     ap.add_argument("--generate-sample", type=int, default=3, help="questions for generate / baseline (~1 min each here)")
     ap.add_argument("--scorers", type=int, default=0, help="also compare span scorers (text features vs LM) on N questions")
     ap.add_argument("--only-scorers", action="store_true", help="run only the span-scorer comparison")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="every 10th question, 10 off-topic per store, no generate sample")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.every, args.off_topic, args.generate_sample = 10, 10, 0
     from lm.knnlm import KNNLM
     from lm.rag.answer import RagConfig
     from retrieval.store.docstore import DocStore
 
     store_path = Path(args.store)
     build_store(store_path)
-    qs = [json.loads(x) for x in (DATA / "questions.jsonl").read_text().splitlines()]
+    qs = [json.loads(x) for x in (squad() / "questions.jsonl").read_text().splitlines()]
     sub = qs[:: args.every]
     lm_cache: list = []
 
@@ -215,7 +170,21 @@ def main() -> int:
     print(out)
     if args.json:
         Path(args.json).write_text(out)
+    _record(report, args.quick)
     return 0
+
+
+def _record(report: dict, quick: bool) -> None:
+    held = report["extractive"]["held_out"]
+    base = report.get("sample", {}).get("baseline_ask", {})
+    extra = {"questions": report["questions"], "held_out": held}
+    record("answers", "extractive `ask` token F1 on held-out answerable squad2-rhine questions (goal: >= 0.60)",
+           held["f1"], base.get("f1"), "F1", peer_name="plain generate ask (sample)", goal=">= 0.60", extra=extra, quick=quick)
+    record("answers", "`ask` cites the gold paragraph, held out (goal: >= 85%)", held["gold_cited"],
+           base.get("gold_cited"), "share", peer_name="plain generate ask (sample)", goal=">= 0.85", extra=extra, quick=quick)
+    record("answers", "`ask` abstains on off-topic questions (goal: >= 90%)", held["off_topic_abstained"],
+           base.get("off_topic_abstained"), "share", peer_name="plain generate ask (sample)", goal=">= 0.90",
+           extra=extra, quick=quick)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Where our BM25 differs from bm25s, one difference at a time, on SciFact and CACM (no embeddings).
 
-usage: python benchmarks/bench_bm25_variants.py [--work .bench/transfer] [--json OUT] [--only GROUP,GROUP]
+usage: python -m benchmarks bm25_variants [--work .bench/transfer] [--json OUT] [--only GROUP,GROUP]
+       python -m benchmarks bm25_variants --quick       (the shipped default and bm25s only)
 
 Every variant is scored in-process with the same Lucene BM25 as retrieval/index/bm25_index.py
 (checked: the "ours" row equals `knnrag search --mode bm25` on a store built by `knnrag index`), on
@@ -24,13 +25,15 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench_transfer import DATA, _ndcg  # noqa: E402
+from benchmarks import _shared_beir
+from benchmarks._shared_beir import dataset
+from benchmarks.common import record
+from retrieval.index import bm25_index
+from retrieval.index import stopwords as stopwords_mod
+from retrieval.ingest.preprocess import normalize_whitespace
 
-from retrieval.index import bm25_index  # noqa: E402
-from retrieval.index import stopwords as stopwords_mod  # noqa: E402
-from retrieval.ingest.preprocess import normalize_whitespace  # noqa: E402
+PEER = "bm25s (PyStemmer English stemmer, its defaults k1=1.5 b=0.75) on the same records and queries"
+_ndcg = _shared_beir.ndcg
 
 SPLITS = (("scifact", "train.tsv"), ("scifact", "test.tsv"), ("cacm", "test.tsv"))
 CHOOSE = ("scifact/train", "cacm/test")
@@ -57,7 +60,7 @@ class Variant:
 def records(name: str) -> tuple[list[str], list[str | None], list[str]]:
     """(doc ids, titles, texts) as sources.py reads a BEIR corpus (a title-only record is its text)."""
     ids, titles, texts = [], [], []
-    for ln in (DATA[name] / "corpus.jsonl").read_text().splitlines():
+    for ln in (dataset(name) / "corpus.jsonl").read_text().splitlines():
         if not ln.strip():
             continue
         r = json.loads(ln)
@@ -71,8 +74,8 @@ def records(name: str) -> tuple[list[str], list[str | None], list[str]]:
 
 
 def queries(name: str, qrels: str) -> list[tuple[str, str]]:
-    want = {ln.split("\t")[0] for ln in (DATA[name] / "qrels" / qrels).read_text().splitlines()[1:] if ln.strip()}
-    qs = [json.loads(ln) for ln in (DATA[name] / "queries.jsonl").read_text().splitlines() if ln.strip()]
+    want = {ln.split("\t")[0] for ln in (dataset(name) / "qrels" / qrels).read_text().splitlines()[1:] if ln.strip()}
+    qs = [json.loads(ln) for ln in (dataset(name) / "queries.jsonl").read_text().splitlines() if ln.strip()]
     return [(q["_id"], q["text"]) for q in qs if q["_id"] in want]
 
 
@@ -161,14 +164,14 @@ def evaluate(name: str, qrels: str, qs: list[tuple[str, str]], ranked: list[list
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         for (qid, _), docs in zip(qs, ranked):
             f.write(json.dumps({"query_id": qid, "hits": [{"doc_id": d} for d in docs]}) + "\n")
-    nd = _ndcg().evaluate(f.name, str(DATA[name] / "qrels" / qrels))[0]
+    nd = _ndcg().evaluate(f.name, str(dataset(name) / "qrels" / qrels))[0]
     Path(f.name).unlink()
     return round(nd, 4)
 
 
 def per_query(name: str, qrels: str, qs: list[tuple[str, str]], ranked: list[list[str]]) -> np.ndarray:
     """nDCG@10 of each query, as ndcg.py computes the mean (binary qrels). (Q,)"""
-    rel = _ndcg().load_qrels(str(DATA[name] / "qrels" / qrels))
+    rel = _ndcg().load_qrels(str(dataset(name) / "qrels" / qrels))
     out = []
     for (qid, _), docs in zip(qs, ranked):
         r = rel[qid]
@@ -220,7 +223,7 @@ def bm25s_row() -> dict[str, float]:
     stem = Stemmer.Stemmer("english")
     for name in _names():
         ids, texts = [], []
-        for ln in (DATA[name] / "corpus.jsonl").read_text().splitlines():
+        for ln in (dataset(name) / "corpus.jsonl").read_text().splitlines():
             if ln.strip():
                 r = json.loads(ln)
                 ids.append(str(r["_id"]))
@@ -258,6 +261,7 @@ def tokenizer(stopwords: str = "en_plus", stemmer: str = "english", pattern: str
 
 BASE = Variant()  # today's default: en_plus stopwords, "words" tokens, English stemmer, k1 1.2, b 0.75, title x3
 GROUPS: dict[str, list[tuple[str, Variant]]] = {
+    "shipped": [("shipped default", BASE)],
     "as bm25s": [("k1 1.5 title x1 stopwords en (= bm25s)", Variant(k1=1.5, title_weight=1, tok=EN)),
                  ("previous default (stopwords en)", replace(BASE, tok=EN)),
                  ("issue-time default (k1 0.75 b 0.5 x1 en, chunks)", Variant(k1=0.75, b=0.5, title_weight=1, tok=EN, chunks=True))],
@@ -314,28 +318,36 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default="")
     p.add_argument("--compare", action="store_true", help="only the paired bootstrap intervals of PAIRS")
     p.add_argument("--pydoc", default="", help="also score the sanity-check collection pydoc_collection.py wrote here")
     p.add_argument("--work", default="", help="bench_transfer's WORK folder (its stores' chunks, for the 'unit' rows)")
     p.add_argument("--only", default="", help="comma-separated groups: " + ",".join(GROUPS))
-    a = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="only the shipped default against bm25s")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.only = "shipped"
     if a.pydoc:
         global SPLITS
-        DATA["pydoc"] = Path(a.pydoc)
+        _shared_beir.EXTRA["pydoc"] = Path(a.pydoc)
         SPLITS = SPLITS + (("pydoc", "test.tsv"),)
     if a.compare:
         res = compare(PAIRS)
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1))
-        return
+        return 0
     res = measure([g for g in a.only.split(",") if g], Path(a.work) if a.work else None)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     print(markdown(res))
+    shipped = res["groups"].get("shipped", {}).get("shipped default")
+    for split, ours in (shipped or {}).items():
+        record("bm25_variants", f"our BM25 nDCG@10, {split} (goal: not below bm25s)", ours, res["bm25s"][split], "nDCG@10",
+               peer_name="bm25s", goal=">= 1.0x", quick=a.quick)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,8 @@ medians of the per-round ratios are reported):
 Then how close the two builds' keys are, and kNN-LM perplexity on held-apart text with each store
 (same k, T, lambda) so a difference in keys shows up as what it costs.
 
-  nice python benchmarks/bench_build_speed.py --tokens 4096 --rounds 3
+  nice python -m benchmarks build_speed --tokens 4096 --rounds 3
+  python -m benchmarks build_speed --quick     (1,024 tokens, 1 round, 200 test tokens)
 
 One document of --tokens tokens: the corpus is one long document, where the two builds differ.
 """
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[1:4] if (p / "shared" / "data").is_dir()),
-            Path(__file__).resolve().parents[2] / "shared" / "data")
+from benchmarks.common import data_dir, record
+
+PEER = "the plain forward pass (model with lm_head, 1024-token windows) over the same tokens, interleaved"
 
 
 def plain_tps(lm, ids: list[int], window: int = 1024) -> float:
@@ -42,19 +44,23 @@ def plain_tps(lm, ids: list[int], window: int = 1024) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=4096, help="corpus tokens per build")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--test-tokens", type=int, default=1000, help="perplexity text (0 = skip)")
+    ap.add_argument("--quick", action="store_true", help="1,024 tokens, 1 round, 200 test tokens")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.rounds, args.test_tokens = 1024, 1, 200
+    data = data_dir()
     from lm.datastore.build import BuildConfig, build_datastore
     from lm.knnlm import KNNLM, KNNConfig
     from lm.models import load_lm
 
     lm = load_lm()
     tok = lm.tokenizer
-    train = (DATA / "wikitext-2" / "wiki.train.tokens").read_text(encoding="utf-8")
+    train = (data / "wikitext-2" / "wiki.train.tokens").read_text(encoding="utf-8")
     ids = tok(train[: args.tokens * 6], add_special_tokens=False)["input_ids"][: args.tokens]
     work = Path(tempfile.mkdtemp(prefix="bench-build-"))
     (work / "corpus.txt").write_text(tok.decode(ids), encoding="utf-8")
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
            "key_cosine": {"median": float(np.median(cos)), "p1": float(np.percentile(cos, 1)), "min": float(cos.min())},
            "keys_identical_fraction": float(np.mean(np.all(ka == kb, axis=1)))}
     if args.test_tokens:
-        test = tok.decode(tok((DATA / "wikitext-2" / "wiki.test.tokens").read_text(encoding="utf-8")[: args.test_tokens * 6],
+        test = tok.decode(tok((data / "wikitext-2" / "wiki.test.tokens").read_text(encoding="utf-8")[: args.test_tokens * 6],
                               add_special_tokens=False)["input_ids"][: args.test_tokens])
         cfg_k = KNNConfig(k=32, lambda_=0.25, temperature=2.55, exact=True)
         for name, store in (("windowed", a), ("kv_cache", b)):
@@ -93,6 +99,12 @@ def main(argv=None) -> int:
           f"{res['windowed_vs_plain']:.2f}x, kv-cache {res['kv_cache_vs_plain']:.2f}x; key cosine median "
           f"{res['key_cosine']['median']:.4f} (1st percentile {res['key_cosine']['p1']:.4f})")
     shutil.rmtree(work, ignore_errors=True)
+    plain = statistics.median(x["plain"] for x in rounds)
+    record("build_speed", "datastore build, stored tokens/s, KV-cache build (goal: >= 0.9x the plain forward)",
+           statistics.median(x["kv_cache"] for x in rounds), plain, "tokens/s", peer_name="plain forward",
+           goal=">= 0.9x", extra={"tokens": args.tokens, "rounds": args.rounds,
+                                  "windowed_vs_plain": res["windowed_vs_plain"], "key_cosine": res["key_cosine"]},
+           quick=args.quick)
     return 0
 
 

@@ -15,7 +15,8 @@ pass over the test text with 64 neighbours per token, and every setting re-score
 With --windowed-too each domain is also built with --no-kv-cache (every window run whole), so the
 two builds' speed and the perplexity their keys give compare in one run.
 
-  nice python benchmarks/bench_calibration.py --store-tokens 40000 --test-tokens 4000
+  nice python -m benchmarks calibration --store-tokens 40000 --test-tokens 4000
+  python -m benchmarks calibration --quick     (the tiny domain only, 400 test tokens)
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-# ../shared/data next to the checkout (a worktree one level deeper finds it one more level up)
-DATA = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[1:4] if (p / "shared" / "data").is_dir()),
-            Path(__file__).resolve().parents[2] / "shared" / "data")
+from benchmarks.common import WORK, data_dir, record
+
+PEER = "the base LM and the pre-calibration defaults (k=64, lambda=0.25, T=2.55), same test pass"
 
 
 def out(msg: str) -> None:
@@ -70,12 +71,12 @@ def wiki_articles(path: Path) -> list[str]:
 def domain(name: str, tok, store_tokens: int, test_tokens: int) -> tuple[list[str], str]:
     """(datastore documents, test text) of one domain."""
     if name in ("wikitext", "tiny"):
-        docs, _ = _take(tok, wiki_articles(DATA / "wikitext-2" / "wiki.train.tokens"), store_tokens if name == "wikitext" else 8000)
-        return docs, _prefix(tok, (DATA / "wikitext-2" / "wiki.test.tokens").read_text(encoding="utf-8"), test_tokens)
+        docs, _ = _take(tok, wiki_articles(data_dir() / "wikitext-2" / "wiki.train.tokens"), store_tokens if name == "wikitext" else 8000)
+        return docs, _prefix(tok, (data_dir() / "wikitext-2" / "wiki.test.tokens").read_text(encoding="utf-8"), test_tokens)
     if name == "science":
         recs = []
         for f in ("beir-scifact", "cacm-beir"):
-            for line in (DATA / f / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
+            for line in (data_dir() / f / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
                 r = json.loads(line)
                 text = (r.get("title", "") + "\n" + r.get("text", "")).strip()
                 if len(text) > 200:
@@ -98,8 +99,8 @@ def domain(name: str, tok, store_tokens: int, test_tokens: int) -> tuple[list[st
 
 
 def plain_forward_tps(lm, text: str, n_windows: int = 2, window: int = 1024) -> float:
-    """bench_knnlm's yardstick (the unmodified model with lm_head on full windows), on this text."""
-    from bench_knnlm import plain_forward_tps as forward_tps
+    """The kNN-LM benchmarks' yardstick (the unmodified model with lm_head on full windows), on this text."""
+    from benchmarks._shared_knnlm import plain_forward_tps as forward_tps
 
     return forward_tps(lm, lm.tokenizer(text, add_special_tokens=False)["input_ids"], n_windows, window)
 
@@ -186,7 +187,7 @@ def line(r: dict) -> str:
             f"{r['build']['store_tokens_per_s']:.0f} / {statistics.mean(r['build']['plain_forward_tps']):.0f} = {r['build']['ratio']:.2f}x |")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--domains", default="tiny,wikitext,science,code", help="comma-separated: wikitext, science, code, tiny")
     ap.add_argument("--store-tokens", type=int, default=40_000, help="datastore size per domain (tiny: 8k)")
@@ -195,7 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rebuild", action="store_true", help="rebuild datastores that exist")
     ap.add_argument("--windowed-too", action="store_true",
                     help="also build each domain with --no-kv-cache (the strided windowed build) and score it, same run")
+    ap.add_argument("--quick", action="store_true", help="the tiny domain only, 400 test tokens")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.domains, args.test_tokens, args.root = "tiny", 400, args.root or str(WORK / "calibration-quick")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from lm.models import load_lm
     from retrieval.embed.embedder import cache_root
@@ -217,6 +221,11 @@ def main(argv=None) -> int:
     out("|" + "---|" * 12)
     for r in results:
         out(line(r))
+        record("calibration", f"kNN-LM test perplexity, calibrated defaults, {r['domain']} (goal: never above the base LM)",
+               r["calibrated_ppl"], r["base_ppl"], "perplexity", peer_name="base LM", higher_is_better=False,
+               goal="<= 1.0x", extra={"entries": r["build"]["entries"], "tokens": r["tokens"],
+                                      "oracle_gain_reached": r["oracle_gain_reached"], "old_defaults_ppl": r["defaults_ppl"]},
+               quick=args.quick)
     return 0
 
 

@@ -1,7 +1,7 @@
 """What recording checksums costs a commit: the same small commits with and without them
 (the hashing runs while the generation files are fsync'ed, so it mostly hides behind the I/O).
 
-usage: python benchmarks/bench_commit_checksums.py [--chunks 20000] [--dim 384] [--commits 5]
+usage: python -m benchmarks commit_checksums [--chunks 20000] [--dim 384] [--commits 5] [--quick]
 
 A collection of --chunks random vectors (hash embedder, Flat index: every commit rewrites the
 whole index, the worst case for hashing) takes --commits commits of 5 texts each, alternating
@@ -17,16 +17,20 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import record
+
+PEER = "the same commits with checksum recording replaced by a no-op, alternating"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=int, default=20_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--commits", type=int, default=5)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="2,000 chunks, 3 commits per side")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.chunks, args.commits = 2000, 3
     from retrieval.store import collection
     from retrieval.store.docstore import DocStore
 
@@ -48,6 +52,9 @@ def main() -> int:
     for k, v in med.items():
         print(f"  {k:15s} median commit {v * 1000:.0f} ms")
     print(f"  ratio with/without: {med['with checksums'] / med['without']:.2f}x")
+    record("commit_checksums", "commit time with checksums (goal: ~1.0x without)", med["with checksums"] * 1000,
+           med["without"] * 1000, "ms", peer_name="no checksums", higher_is_better=False, goal="<= 1.05x",
+           extra={"chunks": args.chunks, "dim": args.dim, "commits": args.commits}, quick=args.quick)
     return 0
 
 

@@ -6,12 +6,12 @@ the LM never loads), scored by SQuAD token F1 of the answer:
   - the AWS CLI's topic pages (`awscli/topics/*.rst` of the awscli package, 6 files, MIT-0/Apache-2.0
     text shipped in its wheel): 17 questions; "dev" were written first and used to shape the rules
     in lm.rag.spans (default_values, code_spans), "second" after, and then also used to refine them;
-  - this project's own README / ARCHITECTURE / BENCHMARKS / docs: bench_answers.PROJECT_QUESTIONS,
+  - this project's own README / ARCHITECTURE / BENCHMARKS / docs: _shared_squad.PROJECT_QUESTIONS,
     never used to shape the rules ("answer holds the value": the expected string in the answer);
   - "which X" questions whose answer is a table row's or list item's key (KEYS_*), used to shape
     the row-key rule.
 
-  python benchmarks/bench_doc_answers.py [--awscli DIR] [--store DIR] [--json OUT]
+  python -m benchmarks doc_answers [--awscli DIR] [--store DIR] [--json OUT] [--quick]
 
 The AWS store is built under .bench/aws-store; the project-docs store is bench_answers' .bench/store.
 """
@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_answers import PROJECT_QUESTIONS, ROOT, build_store, f1  # noqa: E402
+from benchmarks._shared_squad import PROJECT_QUESTIONS, build_store, f1
+from benchmarks.common import WORK, record
+
+PEER = "the same extractive answers with the documentation cues off (lm.rag.extract.CUE_BONUS = 0), same store"
 
 DEV = [
     ("What is the default value of max_concurrent_requests?", ["10"]),
@@ -66,11 +69,24 @@ KEYS_AWSCLI = [
 
 
 def _awscli_topics() -> Path | None:
-    import glob
+    """awscli/topics of this Python's awscli, else of the Python behind the `aws` command on PATH."""
+    import importlib.util
+    import shutil
+    import subprocess
 
-    found = sorted(glob.glob("/root/.pyenv/versions/*/lib/python*/site-packages/awscli/topics")
-                   + glob.glob("/usr/lib/python3*/dist-packages/awscli/topics"))
-    return Path(found[0]) if found else None
+    spec = importlib.util.find_spec("awscli")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent / "topics"
+    if shutil.which("aws") is None:
+        return None
+    try:  # `aws` may be a pyenv shim: ask the interpreter it runs with where its awscli lives
+        r = subprocess.run(["aws", "--version"], capture_output=True, text=True, timeout=60)
+        py = f"python{r.stdout.split('Python/')[1].split('.')[0]}" if "Python/" in r.stdout else "python3"
+        r = subprocess.run([py, "-c", "import awscli, os; print(os.path.dirname(awscli.__file__))"],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYENV_VERSION": ""})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(r.stdout.strip()) / "topics" if r.returncode == 0 and r.stdout.strip() else None
 
 
 def never_load():
@@ -93,28 +109,54 @@ def ask_all(store, collection: str, questions: list[tuple[str, list[str]]]) -> d
             "median_s": round(statistics.median(secs), 2), "rows": rows}
 
 
-def main() -> int:
+def both(store, collection: str, sets: dict[str, list], peer: dict) -> dict:
+    """Each question set answered as shipped, then (into `peer`) with the documentation cues' bonus off."""
+    from lm.rag import extract
+
+    ours = {name: ask_all(store, collection, qs) for name, qs in sets.items()}
+    shipped = extract.CUE_BONUS
+    extract.CUE_BONUS = 0.0
+    try:
+        peer.update({name: ask_all(store, collection, qs) for name, qs in sets.items()})
+    finally:
+        extract.CUE_BONUS = shipped
+    return ours
+
+
+def _record(report: dict, peer: dict, quick: bool) -> None:
+    for name, what in (("awscli_dev", "AWS CLI topics, dev questions"), ("awscli_second", "AWS CLI topics, second questions"),
+                       ("project_docs", "this project's docs, 12 questions")):
+        if name in report:
+            record("doc_answers", f"extractive answer token F1 on documentation: {what}", report[name]["f1"],
+                   peer[name]["f1"], "F1", peer_name="cue bonus off", extra={"n": report[name]["n"],
+                   "holds_value": report[name]["holds_value"], "peer_holds_value": peer[name]["holds_value"]}, quick=quick)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--awscli", default=None, help="the awscli/topics folder (found in this machine's Pythons by default)")
-    ap.add_argument("--store", default=str(ROOT / ".bench" / "store"))
+    ap.add_argument("--store", default=str(WORK / "store"))
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="the AWS CLI sets only (no squad2-rhine / CACM store build)")
+    args = ap.parse_args(argv)
     from retrieval.store.docstore import DocStore
 
     report: dict = {}
+    peer: dict = {}
     topics = Path(args.awscli) if args.awscli else _awscli_topics()
     if topics is not None and topics.is_dir():
-        with DocStore.open(ROOT / ".bench" / "aws-store") as s:
+        with DocStore.open(WORK / "aws-store") as s:
             s.index_paths([str(topics)])  # incremental: unchanged files are skipped
-            report["awscli_dev"] = ask_all(s, "default", DEV)
-            report["awscli_second"] = ask_all(s, "default", SECOND)
-            report["awscli_keys"] = ask_all(s, "default", KEYS_AWSCLI)
+            sets = {"awscli_dev": DEV, "awscli_second": SECOND, "awscli_keys": KEYS_AWSCLI}
+            report.update(both(s, "default", sets, peer))
     else:
         print("no awscli/topics folder found (pass --awscli DIR): skipping those sets", file=sys.stderr)
-    build_store(Path(args.store))
-    with DocStore.open(Path(args.store), read_only=True) as s:
-        report["project_docs"] = ask_all(s, "projdocs", [(q, [want]) for q, want in PROJECT_QUESTIONS])
-        report["project_keys"] = ask_all(s, "projdocs", KEYS_PROJECT)
+    if not args.quick:
+        build_store(Path(args.store))
+        with DocStore.open(Path(args.store), read_only=True) as s:
+            sets = {"project_docs": [(q, [want]) for q, want in PROJECT_QUESTIONS], "project_keys": KEYS_PROJECT}
+            report.update(both(s, "projdocs", sets, peer))
+    _record(report, peer, args.quick)
     out = json.dumps(report, indent=1)
     print(out)
     if args.json:

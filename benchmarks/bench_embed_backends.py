@@ -1,6 +1,6 @@
 """Bulk-embedding throughput: our onnxruntime and torch backends against sentence-transformers.
 
-usage: python benchmarks/bench_embed_backends.py [--docs 384] [--reps 3] [--no-append]
+usage: python -m benchmarks embed_backends [--docs 384] [--reps 3] [--quick]
 
 The same SciFact documents (title + text, truncated at 256 word pieces by every side) are embedded
 by each side in turn, `--reps` rounds, interleaved so that machine noise hits all sides alike.
@@ -15,21 +15,22 @@ import statistics
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data" / "beir-scifact" / "corpus.jsonl"
+from benchmarks.common import data_dir, record
+
+PEER = "sentence-transformers encode (LangChain's HuggingFaceEmbeddings encoder), same documents, interleaved"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=384)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--no-append", action="store_true")
-    a = ap.parse_args()
-    with open(DATA) as f:
+    ap.add_argument("--quick", action="store_true", help="64 documents, 1 round")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.docs, a.reps = 64, 1
+    with open(data_dir("beir-scifact") / "corpus.jsonl") as f:
         texts = [(d["title"] + ". " + d["text"]).strip() for d in (json.loads(line) for _, line in zip(range(a.docs), f))]
 
     from sentence_transformers import SentenceTransformer
@@ -58,7 +59,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["sentence-transformers"]
     lines = [f"\n## Bulk embedding backends, all-MiniLM-L6-v2 ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
-             f"Command: `python benchmarks/bench_embed_backends.py --docs {a.docs} --reps {a.reps}` "
+             f"Command: `python -m benchmarks embed_backends --docs {a.docs} --reps {a.reps}` "
              f"({a.docs} SciFact documents, interleaved rounds, medians; 2 CPU cores, fp32)\n",
              "| side | median s | docs/s | time vs sentence-transformers | min cosine to sentence-transformers |",
              "|---|---|---|---|---|"]
@@ -67,9 +68,10 @@ def main() -> int:
         lines.append(f"| {k} | {med[k]:.2f} | {a.docs / med[k]:.1f} | {med[k] / base:.2f}x | {c} |")
     text = "\n".join(lines)
     print(text)
-    if not a.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+    for k in ("ours onnx", "ours torch"):
+        record("embed_backends", f"bulk embedding docs/s, {k} (MiniLM, fp32)", a.docs / med[k], a.docs / base, "docs/s",
+               peer_name="sentence-transformers", extra={"docs": a.docs, "reps": a.reps, "min_cosine": cos[k]},
+               quick=a.quick)
     return 0
 
 

@@ -10,7 +10,8 @@ paragraph by provenance and by overlap, the LM's own [n] citations of the gold p
 how often provenance and overlap pick the same chunk (pooled over sentences, and per answer).
 Abstention is off (threshold 0) so every question is generated.
 
-  nice python benchmarks/bench_generate.py [--n 6] [--max-new-tokens 64] [--context-tokens N] [--no-plain] [--json OUT]
+  nice python -m benchmarks generate [--n 6] [--max-new-tokens 64] [--context-tokens N] [--no-plain] [--json OUT]
+  python -m benchmarks generate --quick      (2 questions, 24 new tokens)
 
 The store and its datastore are built once under .bench/gen-store (git-ignored) and reused.
 """
@@ -25,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench_answers import DATA, f1
+from benchmarks._shared_squad import f1, squad
+from benchmarks.common import WORK, record
 
-ROOT = Path(__file__).resolve().parent.parent
+PEER = "the same generate-mode answers with the plain LM (no datastore: citations from word overlap only)"
 COLL = "rhine"
 
 
@@ -38,7 +40,7 @@ def build(path: Path) -> None:
 
     with DocStore.open(path) as s:
         if COLL not in {c["name"] for c in s.list_collections()}:
-            s.index_paths([str(DATA / "docs")], collection=COLL)
+            s.index_paths([str(squad() / "docs")], collection=COLL)
     out = datastore_dir(path, COLL)
     if not (out / "manifest.json").is_file():
         with DocStore.open(path, read_only=True) as s:
@@ -122,15 +124,18 @@ def summary(rows: list[dict]) -> dict:
             "agreement_mean_per_answer": round(sum(per) / len(per), 3) if per else None}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", default=str(ROOT / ".bench" / "gen-store"))
+    ap.add_argument("--store", default=str(WORK / "gen-store"))
     ap.add_argument("--n", type=int, default=6, help="answerable questions (spread over the paragraphs); ~30-90 s each here")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-LM peer")
     ap.add_argument("--context-tokens", type=int, default=None, help="prompt + answer budget (default: answer()'s)")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="2 questions, 24 new tokens (the store and datastore are still built once)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.max_new_tokens = 2, 24
     from lm.knn_index import datastore_dir
     from lm.knnlm import KNNLM
     from lm.rag.answer import RagConfig
@@ -138,7 +143,7 @@ def main() -> int:
 
     path = Path(args.store)
     build(path)
-    qs = [q for q in map(json.loads, (DATA / "questions.jsonl").read_text().splitlines()) if not q["impossible"]]
+    qs = [q for q in map(json.loads, (squad() / "questions.jsonl").read_text().splitlines()) if not q["impossible"]]
     step = max(1, len(qs) // (args.n + 1))
     sample, warm = qs[step::step][: args.n], qs[0]
     knn = KNNLM.load(None, datastore=datastore_dir(path, COLL))
@@ -164,6 +169,13 @@ def main() -> int:
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
     if args.json:
         Path(args.json).write_text(text)
+    k, p = report["knn"], report.get("plain", {})
+    record("generate", "generate mode: first streamed token, warm, median seconds (goal: <= 3 s)", k["median_first_token_s"],
+           p.get("median_first_token_s"), "s", peer_name="plain LM", higher_is_better=False, goal="<= 3 s",
+           extra={"n": k["n"], "max_first_token_s": k["max_first_token_s"]}, quick=args.quick)
+    record("generate", "generate mode: answer's top chunk is the gold paragraph by provenance", k["gold_by_provenance"],
+           p.get("gold_by_overlap"), "share", peer_name="plain LM, word overlap",
+           extra={"n": k["n"], "agreement_sentences": k["agreement_sentences"]}, quick=args.quick)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Incremental re-index: one changed file in a 1,000-file folder, against a full rebuild.
 
-usage: python benchmarks/bench_incremental.py [--files 1000] [--embedder SPEC] [--no-append]
+usage: python -m benchmarks incremental [--files 1000] [--embedder SPEC] [--quick]
 
 Writes a folder of 1,000 Markdown files (10 sub-folders, paragraphs of WikiText-2 raw text,
 ../shared/data/wikitext-2/wiki.test.raw), then with the same embedder (default: the bundled
@@ -10,7 +10,8 @@ MiniLM) measures in one run:
 - the re-index after editing one file, in the same process (embedder warm),
 - the same in a fresh process (`DocStore.open(...).index_paths`, imports and model load included),
 - a re-index after deleting one file.
-Prints the figures and the full/incremental ratio, and appends them to BENCHMARKS.md.
+Prints the figures and the full/incremental ratio, and records them (benchmarks/results/incremental.jsonl).
+--quick: 50 files with the hash-64 embedder (seconds).
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-WIKI = ROOT.parent / "shared" / "data" / "wikitext-2" / "wiki.test.raw"
+from benchmarks.common import data_dir, record, subprocess_env
+
+PEER = "a full index from scratch of the same folder (what a non-incremental tool redoes on every change)"
 
 COLD = """
 import json, sys, time
@@ -38,8 +39,9 @@ print(json.dumps({"seconds": time.perf_counter() - t, "report": rep}))
 
 
 def paragraphs() -> list[str]:
-    if WIKI.exists():
-        paras = [l.strip() for l in WIKI.read_text(encoding="utf-8").splitlines() if len(l.strip()) > 200 and not l.startswith(" =")]
+    wiki = data_dir() / "wikitext-2" / "wiki.test.raw"
+    if wiki.exists():
+        paras = [l.strip() for l in wiki.read_text(encoding="utf-8").splitlines() if len(l.strip()) > 200 and not l.startswith(" =")]
     else:  # pragma: no cover - data missing: synthetic prose
         paras = [" ".join(f"word{(i * 31 + j) % 997}" for j in range(60)) + "." for i in range(2000)]
     return paras
@@ -53,12 +55,14 @@ def write_folder(root: Path, n: int, paras: list[str]) -> None:
         (d / f"note{i:04d}.md").write_text(f"# Note {i}\n\n{body}\n\n## See also\n\nNote {(i + 1) % n}.\n", encoding="utf-8")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--embedder", default=None, help="embedder spec (default: bundled MiniLM)")
-    ap.add_argument("--no-append", action="store_true")
-    a = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="50 files, hash-64 embedder")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.files, a.embedder = 50, a.embedder or "hash-64"
 
     from retrieval.store.docstore import DocStore
 
@@ -93,7 +97,7 @@ def main() -> int:
 
     target = note(105)
     target.write_text(target.read_text() + "\n\nOne more edited paragraph, re-indexed by a fresh process.\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = subprocess_env()
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", COLD, str(store), str(folder), a.embedder or ""], capture_output=True,
                          text=True, env=env, check=True)
@@ -103,7 +107,7 @@ def main() -> int:
     assert (one["updated"], one["unchanged"]) == (1, a.files - 1), one
     assert (gone["removed"], cold["report"]["updated"]) == (1, 1), (gone, cold)
     ratio = t_full / t_one
-    cmd = "python benchmarks/bench_incremental.py" + "".join(f" {x}" for x in sys.argv[1:])
+    cmd = "python -m benchmarks incremental" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
     lines = [
         f"## Incremental re-index: one changed file in a {a.files:,}-file folder",
         "",
@@ -124,9 +128,9 @@ def main() -> int:
         "",
     ]
     print("\n".join(lines))
-    if not a.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + "\n".join(lines) + "\n")
+    extra = {"files": a.files, "chunks": chunks, "embedder": model, "fresh_process_s": t_cold, "noop_s": t_noop}
+    record("incremental", f"one-file incremental re-index in a {a.files:,}-file folder, in process (goal: <= 2 s)",
+           t_one, t_full, "s", peer_name="full rebuild", higher_is_better=False, goal="<= 2 s", extra=extra, quick=a.quick)
     return 0
 
 

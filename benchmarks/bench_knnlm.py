@@ -7,15 +7,14 @@ Stages (each resumable, results cached under $KNNRAG_CACHE/bench/):
   test   one pass over wiki.test.tokens: base, exact (Flat) and fast kNN-LM perplexity and tokens/s
 Every stage prints what it reached, so a run cut short still reports honest partial numbers.
 
-  nice python benchmarks/bench_knnlm.py --max-tokens 1000000 --test-tokens 20000
+  nice python -m benchmarks knnlm --max-tokens 1000000 --test-tokens 20000
+  python -m benchmarks knnlm --quick          (a 5,000-entry store, a minute or two)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import statistics
 import sys
 import time
@@ -24,61 +23,26 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._shared_knnlm import (
+    build_rate_from_shards,
+    first_tokens_text,
+    load_state,
+    out,
+    plain_forward_tps,
+    save_state,
+    wikitext,
+)
+from benchmarks.common import WORK, record
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+PEER = "the base LM (SmolLM2-135M) on the same WikiText-2 test tokens, same forward pass"
 log = logging.getLogger("bench_knnlm")
-
-
-def out(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def state_path(root: Path) -> Path:
-    return root / "bench_state.json"
-
-
-def load_state(root: Path) -> dict:
-    p = state_path(root)
-    return json.loads(p.read_text()) if p.is_file() else {}
-
-
-def save_state(root: Path, st: dict) -> None:
-    tmp = state_path(root).with_suffix(".tmp")
-    tmp.write_text(json.dumps(st, indent=1))
-    os.replace(tmp, state_path(root))
-
-
-def plain_forward_tps(lm, ids, n_windows: int = 3, window: int = 1024) -> float:
-    """Tokens/s of the unmodified model (with lm_head) on full windows: the build's yardstick."""
-    import torch
-
-    rates = []
-    for j in range(n_windows):
-        x = torch.as_tensor(ids[j * window:(j + 1) * window])[None]  # (1, T)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            lm.model(input_ids=x, use_cache=False)
-        rates.append(x.shape[1] / (time.perf_counter() - t0))
-    return statistics.median(rates)
-
-
-def first_tokens_text(tok, path: Path, n: int) -> str:
-    """The prefix of a file holding about n tokens (cut at a line end)."""
-    text = path.read_text(encoding="utf-8")
-    lines, acc, used = text.splitlines(keepends=True), [], 0
-    for line in lines:
-        acc.append(line)
-        used += len(tok(line, add_special_tokens=False)["input_ids"])
-        if used >= n:
-            break
-    return "".join(acc)
 
 
 def stage_build(args, lm, root: Path, st: dict) -> None:
     from lm.datastore.build import BuildConfig, build_datastore
 
-    train = DATA / "wiki.train.tokens"
+    data = wikitext()
+    train = data / "wiki.train.tokens"
     ids = lm.tokenizer(train.read_text(encoding="utf-8")[:200_000], add_special_tokens=False)["input_ids"]
     fwd = plain_forward_tps(lm, ids)
     out(f"[build] plain forward (model incl. lm_head, 1024-token windows): {fwd:.1f} tokens/s")
@@ -89,7 +53,7 @@ def stage_build(args, lm, root: Path, st: dict) -> None:
         hh, mm = map(int, args.build_until.split(":"))
         now = datetime.now(timezone.utc)
         deadline = now.replace(hour=hh, minute=mm, second=0).timestamp()
-    cfg = BuildConfig(max_tokens=args.max_tokens, decontaminate=(str(DATA / "wiki.test.tokens"), str(DATA / "wiki.valid.tokens")),
+    cfg = BuildConfig(max_tokens=args.max_tokens, decontaminate=(str(data / "wiki.test.tokens"), str(data / "wiki.valid.tokens")),
                       index_factory=args.fast_index, deadline=deadline)
     rep = build_datastore(lm, [str(train)], root / "datastore", cfg, progress=True)
     fwd2 = plain_forward_tps(lm, ids)
@@ -125,8 +89,12 @@ def main(argv=None) -> int:
     ap.add_argument("--fast-variant", default=None, help="test stage: override the fast variant chosen on valid (e.g. ivf_np32)")
     ap.add_argument("--tau", type=float, default=None, help="test stage: override the adaptive threshold (0 = off)")
     ap.add_argument("--root", default=None, help="cache folder (default $KNNRAG_CACHE/bench)")
-    ap.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
+    ap.add_argument("--quick", action="store_true",
+                    help="a 5,000-entry store, 500 valid / 500 test tokens, IVF16 (minutes; recorded as quick)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.max_tokens, args.valid_tokens, args.test_tokens, args.fast_index = 5000, 500, 500, "IVF16,Flat"
+        args.root = args.root or str(WORK / "knnlm-quick")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from lm.models import cache_root, load_lm
 
@@ -161,24 +129,6 @@ def open_knnlm(lm, root: Path, fast_index: str):
     return KNNLM(lm, store)
 
 
-def build_rate_from_shards(root: Path) -> dict:
-    """Stored tokens/s of the last uninterrupted build run, from the commit times of its shards."""
-    from lm.datastore.token_store import TokenStore
-
-    st = TokenStore.open(root / "datastore")
-    sh = sorted(((root / "datastore" / s["keys"]).stat().st_mtime, s["count"]) for s in st.manifest["shards"])
-    run = [sh[-1]]
-    for t, c in reversed(sh[:-1]):
-        if run[0][0] - t > 900:  # a gap: an earlier run
-            break
-        run.insert(0, (t, c))
-    if len(run) < 2:
-        return {}
-    secs = run[-1][0] - run[0][0]
-    entries = sum(c for _t, c in run[1:])
-    return {"entries": entries, "seconds": round(secs, 1), "store_tokens_per_s": round(entries / secs, 2)}
-
-
 def fast_configs(k: int, nprobes=(8, 32)) -> dict:
     from lm.knnlm import KNNConfig
 
@@ -196,7 +146,7 @@ def stage_tune(args, lm, root: Path, st: dict) -> None:
     from lm.knnlm import KNNConfig, Retrieval, mix_nll
 
     knn = open_knnlm(lm, root, args.fast_index)
-    text = first_tokens_text(lm.tokenizer, DATA / "wiki.valid.tokens", args.valid_tokens)
+    text = first_tokens_text(lm.tokenizer, wikitext() / "wiki.valid.tokens", args.valid_tokens)
     kmax = max(KS)
     fast = fast_configs(kmax)
     names = ["exact", *fast]
@@ -263,7 +213,7 @@ def stage_test(args, lm, root: Path, st: dict) -> None:
     from lm.knnlm import calibrated_config, config_nll
 
     cal, cal_cfg = calibrated_config(knn.store)  # what `knnrag eval --datastore` uses with no flags
-    text = first_tokens_text(lm.tokenizer, DATA / "wiki.test.tokens", args.test_tokens)
+    text = first_tokens_text(lm.tokenizer, wikitext() / "wiki.test.tokens", args.test_tokens)
     cfgs = [exact, fast, fast_noad] + ([replace(cal_cfg, exact=True)] if cal is not None else [])
     sc = knn.score_tokens(text, cfgs, stride=args.stride)
     n = sc.tokens
@@ -294,11 +244,10 @@ def stage_test(args, lm, root: Path, st: dict) -> None:
         extra = f", keeps {v['keep']:.1%} of the exact gain" if "keep" in v else ""
         out(f"[test] {name:15s} ppl {v['ppl']:8.3f}   {v['tps']:7.1f} tokens/s ({v['ratio']:.3f}x base), "
             f"-{v['reduction']:.1%} ppl, {v['searched']} searches{extra}")
-    if not args.no_append:
-        append_benchmarks(args, st, fast_desc)
+    report(args, st, fast_desc)
 
 
-def append_benchmarks(args, st: dict, fast_desc: str) -> None:
+def report(args, st: dict, fast_desc: str) -> None:
     res, tn = st["test"], st["tune"]
     runs = st.get("build_runs", [])
     entries = sum(r["entries_added"] for r in runs)
@@ -321,7 +270,7 @@ def append_benchmarks(args, st: dict, fast_desc: str) -> None:
     fwd_tps = fwd_tok / fwd_s if fwd_s else (statistics.mean([r["forward_tokens_per_s"] for r in runs]) if runs else float("nan"))
     lines = [
         f"\n## kNN-LM on WikiText-2, SmolLM2-135M-Instruct ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
-        f"Command: `python benchmarks/bench_knnlm.py --max-tokens {args.max_tokens} --fast-index {args.fast_index} --valid-tokens {args.valid_tokens} "
+        f"Command: `python -m benchmarks knnlm --max-tokens {args.max_tokens} --fast-index {args.fast_index} --valid-tokens {args.valid_tokens} "
         f"--test-tokens {args.test_tokens}{' --build-until ' + args.build_until if args.build_until else ''}"
         f"{' --stage ' + args.stage if args.stage != 'all' else ''}{' --fast-variant ' + args.fast_variant if args.fast_variant else ''}"
         f"{' --tau ' + str(args.tau) if args.tau is not None else ''}` "
@@ -348,10 +297,15 @@ def append_benchmarks(args, st: dict, fast_desc: str) -> None:
         "- Base and kNN-LM tokens/s come from one forward pass per window; each kNN mode adds its own timed search + mix "
         "(one batched FAISS search per window). Peers: faiss-cpu kNN-LM ~0.05x base (efficient-knnlm README), best GPU 0.81x.",
     ]
-    path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    out(f"[report] appended to {path}")
+    out("\n".join(lines))
+    extra = {"entries": res["datastore_entries"], "test_tokens": res["tokens"], "k": res["k"],
+             "temperature": res["temperature"], "lambda": res["lambda"], "fast": fast_desc}
+    record("knnlm", "WikiText-2 test perplexity, exact kNN-LM (goal: >= 8% below the base LM)", res["exact"]["ppl"],
+           res["base_ppl"], "perplexity", peer_name="base LM", higher_is_better=False, goal="<= 0.92x", extra=extra,
+           quick=args.quick)
+    record("knnlm", "kNN-LM fast (IVF-PQ + re-rank) tokens/s (goal: >= 0.9x the base LM)",
+           res["fast_no_adaptive"]["tps"], res["base_tps"], "tokens/s", peer_name="base LM", goal=">= 0.9x",
+           extra={**extra, "share_of_exact_gain": res["fast_no_adaptive"]["keep"]}, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Stages (resumable, results cached under $KNNRAG_CACHE/bench_1m/ or --root):
          calibrated k / T / lambda (per-token lambda if calibration kept it) and default search
 Every stage prints what it reached, so a run cut short still reports honest partial numbers.
 
-  nice python benchmarks/bench_knnlm_1m.py --max-tokens 1000000 --test-tokens 20000
+  nice python -m benchmarks knnlm_1m --max-tokens 1000000 --test-tokens 20000
+  python -m benchmarks knnlm_1m --quick       (a 5,000-entry store, 500 test tokens)
 """
 from __future__ import annotations
 
@@ -23,18 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_knnlm import (  # noqa: E402
-    DATA,
+from benchmarks._shared_knnlm import (
     build_rate_from_shards,
     first_tokens_text,
     load_state,
     out,
     plain_forward_tps,
     save_state,
+    wikitext,
 )
+from benchmarks.common import WORK, record
+
+PEER = "the base LM on the same WikiText-2 test tokens, and the 1M store with valid-tuned k/T/lambda, same pass"
 
 
 def forward_sample(lm, data: Path) -> list[int]:
@@ -193,7 +194,7 @@ def section(args, st: dict) -> None:
     lines = [
         f"## kNN-LM on WikiText-2, {res['entries']:,}-entry datastore{'' if res['complete'] else ' (partial build)'}, "
         f"calibrated defaults ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
-        f"Command: `nice -n 10 python benchmarks/bench_knnlm_1m.py --max-tokens {args.max_tokens} --test-tokens {args.test_tokens}"
+        f"Command: `nice -n 10 python -m benchmarks knnlm_1m --max-tokens {args.max_tokens} --test-tokens {args.test_tokens}"
         f"{' --build-until ' + args.build_until if args.build_until else ''}{' --stage ' + args.stage if args.stage != 'all' else ''}` "
         "(2 shared CPU cores, fp32; no k / T / lambda flags anywhere)\n",
         f"- Datastore: {res['entries']} entries from wiki.train.tokens (target {args.max_tokens}"
@@ -215,6 +216,13 @@ def section(args, st: dict) -> None:
     text = "\n".join(lines) + "\n"
     (Path(st["root"]) / "section.md").write_text(text, encoding="utf-8")
     out(text)
+    extra = {"entries": res["entries"], "complete": res["complete"], "test_tokens": res["tokens"],
+             "index": res["index"].get("factory"), "reduction": c["reduction"], "speed_ratio": c["ratio"]}
+    record("knnlm_1m", "1M-entry WikiText-2 kNN-LM, calibrated defaults: test perplexity (goal: within 2 points of -16.4%)",
+           c["ppl"], res["base_ppl"], "perplexity", peer_name="base LM", higher_is_better=False, goal="<= 0.856x",
+           extra=extra, quick=args.quick)
+    record("knnlm_1m", "1M-entry kNN-LM, calibrated defaults: tokens/s (goal: >= 0.9x the base LM)", c["tps"],
+           res["base_tps"], "tokens/s", peer_name="base LM", goal=">= 0.9x", extra=extra, quick=args.quick)
 
 
 def main(argv=None) -> int:
@@ -225,10 +233,15 @@ def main(argv=None) -> int:
     ap.add_argument("--test-tokens", type=int, default=20000)
     ap.add_argument("--stride", type=int, default=768, help="evaluation stride (window 1024), as bench_knnlm")
     ap.add_argument("--root", default=None, help="cache folder (default $KNNRAG_CACHE/bench_1m)")
-    ap.add_argument("--data", type=Path, default=DATA, help="wikitext-2 folder (default: shared/data next to the checkout)")
+    ap.add_argument("--data", type=Path, default=None, help="wikitext-2 folder (default: shared/data next to the checkout)")
     ap.add_argument("--exact-peer", action="store_true", help="test: also the exact (Flat) search peer (slow)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="a 5,000-entry store and 500 test tokens (recorded as quick)")
     args = ap.parse_args(argv)
+    args.data = args.data or wikitext()
+    if args.quick:
+        args.max_tokens, args.test_tokens = 5000, 500
+        args.root = args.root or str(WORK / "knnlm_1m-quick")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from lm.models import cache_root, load_lm
 

@@ -12,9 +12,9 @@ Targets: stdio p50 <= 1.3x direct, HTTP <= 1.5x, >= 60 req/s with 8 HTTP clients
 Paths: direct (peer), `knnrag serve` over stdio, the same server on the SDK's stdio transport,
 streamable HTTP with the default `--replies auto` (one JSON body per call, SSE only for a request that
 asks for progress), with `--replies sse` (an SSE stream for every call: the SDK's default and ours
-before session 9) and with `--replies json`. Throughput: auto and sse.
+before commit 627a71b, 2026-12-07) and with `--replies json`. Throughput: auto and sse.
 
-usage: python benchmarks/bench_mcp.py [--store DIR] [--docs N] [--queries N] [--duration 60] [--no-append]
+usage: python -m benchmarks mcp [--store DIR] [--docs N] [--queries N] [--duration 60] [--quick]
 """
 from __future__ import annotations
 
@@ -37,17 +37,18 @@ from typing import Any
 
 import anyio
 
-REPO = Path(__file__).resolve().parents[1]
-SCIFACT = Path(os.environ.get("KNNRAG_SCIFACT", "/work/shared/data/beir-scifact"))
+from benchmarks.common import ROOT, WORK, data_dir, percentile, record
+
+PEER = "direct DocStore.search in the same process (latency) and direct threads (throughput), same queries"
+REPO = ROOT
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+def scifact() -> Path:
+    return Path(os.environ["KNNRAG_SCIFACT"]) if os.environ.get("KNNRAG_SCIFACT") else data_dir("beir-scifact")
 
 
 def summary(ms: list[float]) -> dict:
-    return {"n": len(ms), "p50_ms": round(pct(ms, 0.5), 2), "p95_ms": round(pct(ms, 0.95), 2),
+    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 2), "p95_ms": round(percentile(ms, 95), 2),
             "mean_ms": round(statistics.fmean(ms), 2)}
 
 
@@ -57,7 +58,7 @@ def knnrag() -> list[str]:
 
 
 def load_queries(n: int) -> list[str]:
-    qs = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()]
+    qs = [json.loads(line)["text"] for line in (scifact() / "queries.jsonl").open()]
     return qs[:n]
 
 
@@ -69,10 +70,10 @@ def ensure_store(store: Path, docs: int) -> None:
     if (store / "store.json").exists():
         return
     store.parent.mkdir(parents=True, exist_ok=True)  # the work folder may not exist yet
-    corpus = SCIFACT / "corpus.jsonl"
+    corpus = scifact() / "corpus.jsonl"
     if docs:
         corpus = store.parent / f"scifact-corpus-{docs}.jsonl"
-        with (SCIFACT / "corpus.jsonl").open() as src, corpus.open("w") as dst:
+        with (scifact() / "corpus.jsonl").open() as src, corpus.open("w") as dst:
             for i, line in enumerate(src):
                 if i >= docs:
                     break
@@ -421,7 +422,7 @@ LABELS = {"direct": "direct DocStore.search (peer)", "stdio": "MCP stdio (`knnra
           "http_floor": "floor: SDK client -> a stub server over streamable HTTP (auto; same schema and result, no search)"}
 
 
-def append(res: dict, cmd: str) -> None:
+def markdown(res: dict, cmd: str) -> str:
     lat, dl, hl, b = res["latency"], res["direct_load"], res["http_load"], res["breakdown"]
     jl = res["http_sse_load"]
     lines = [
@@ -448,19 +449,38 @@ def append(res: dict, cmd: str) -> None:
         f"sse {jl['server_cpu_ms_per_request']} / {jl['client_cpu_ms_per_request']} ms.", "",
         "Per call, in process: " + ", ".join(f"{k} {v}" for k, v in b.items()) + ".", "",
     ]
-    with (REPO / "BENCHMARKS.md").open("a") as f:
-        f.write("\n".join(lines))
+    return "\n".join(lines)
 
 
-def main() -> int:
+def _record(res: dict, args) -> None:
+    lat, dl, hl = res["latency"], res["direct_load"], res["http_load"]
+    extra = {"queries": res["queries"], "chunks": res["chunks"], "ratios": res["ratios"],
+             "sdk_client_floor_ratio": res["sdk_client_floor_ratio"]}
+    direct = lat["direct"]["p50_ms"]
+    for name, what, goal in (("stdio_raw_client", "MCP stdio search p50, bare JSON-RPC client", "<= 1.3x"),
+                             ("stdio", "MCP stdio search p50, SDK client", "<= 1.3x"),
+                             ("http_raw_client", "MCP streamable HTTP search p50, bare HTTP client", "<= 1.5x"),
+                             ("http", "MCP streamable HTTP search p50, SDK client", "<= 1.5x")):
+        if name in lat:
+            record("mcp", f"{what} (goal: {goal} direct)", lat[name]["p50_ms"], direct, "ms", peer_name="direct DocStore.search",
+                   higher_is_better=False, goal=goal, extra=extra, quick=args.quick)
+    record("mcp", f"MCP HTTP throughput, {hl['clients']} SDK clients (goal: >= 60 req/s, p95 <= 250 ms)", hl["req_per_s"],
+           dl["req_per_s"], "req/s", peer_name="direct threads", goal=">= 60 req/s",
+           extra={"p95_ms": hl["p95_ms"], "errors": hl["errors"], "seconds": hl["seconds"]}, quick=args.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--store", default="/tmp/knnrag-bench/scifact-store")
+    ap.add_argument("--store", default=None, help="the SciFact store (default .bench/mcp-store, built once)")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--docs", type=int, default=0, help="index only the first N corpus records (0 = all 5,183)")
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--no-append", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="200 records, 20 queries, 2 clients for 5 s")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.docs, args.queries, args.clients, args.duration = 200, 20, 2, 5.0
+    args.store = args.store or str(WORK / ("mcp-store-quick" if args.quick else "mcp-store"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from retrieval.store.docstore import DocStore
 
@@ -497,8 +517,8 @@ def main() -> int:
     res["load_ratio"] = res["http_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
     res["sse_load_ratio"] = res["http_sse_load"]["req_per_s"] / max(res["direct_load"]["req_per_s"], 1e-9)
     print(json.dumps(res, indent=2))
-    if not args.no_append:
-        append(res, "python benchmarks/bench_mcp.py " + " ".join(sys.argv[1:]))
+    print(markdown(res, "python -m benchmarks mcp " + " ".join(argv if argv is not None else sys.argv[1:])))
+    _record(res, args)
     return 0
 
 

@@ -14,7 +14,8 @@ keys, and the resident memory of a fresh process that loaded the index and ran o
 without the re-rank (RssAnon = private RAM, RssFile = mapped file pages the kernel may drop).
 Timings on a shared machine are noisy: compare within one run (ratios to ram-fs).
 
-  nice python benchmarks/bench_ondisk.py --entries 200000 --json .bench/ondisk.json
+  nice python -m benchmarks ondisk --entries 200000 --json .bench/ondisk.json
+  python -m benchmarks ondisk --quick      (4,000 keys, 50 clusters, IVF8 with fewer PQ codes, 64 queries, 2 reps)
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_ray import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from benchmarks.common import median_ms, record, subprocess_env
 
+PEER = "the in-RAM default index (IVF<n>,PQ288x4fs, fast-scan) over the same keys"
 DIM = 576
 
 
@@ -99,6 +100,8 @@ def run(args) -> dict:
     del exact
     fs = resolve_factory("auto", args.entries, DIM)
     pq = resolve_factory("auto", args.entries, DIM, ondisk=True)
+    if args.quick:  # "auto" is Flat below 100k entries: the same index kinds, with fewer lists and sub-quantizers
+        fs, pq = "IVF8,PQ48x4fs", "IVF8,PQ16"
     res: dict = {"entries": args.entries, "queries": args.queries, "cores": args.cores, "factories": {"ram-fs": fs, "ondisk": pq}}
     part = max(1, -(-args.entries // args.parts))
     for name, storage, factory in (("ram-fs", "ram", fs), ("ram-pq64", "ram", pq), ("ondisk", "ondisk", pq)):
@@ -115,8 +118,8 @@ def run(args) -> dict:
             r[f"recall{tag}"] = round(recall(hits, ref), 3)
             r[f"ms_per_token{tag}"] = round(median_ms(lambda s=st, kw=kw: s.search(xq, 64, nprobe=args.nprobe, **kw), args.reps)
                                             / args.queries, 4)
-        child = subprocess.run([sys.executable, __file__, "--child", str(st.path), str(tmp / "xq.npy"), str(args.nprobe)],
-                               capture_output=True, text=True, check=True)
+        child = subprocess.run([sys.executable, "-m", "benchmarks.bench_ondisk", "--child", str(st.path), str(tmp / "xq.npy"),
+                                str(args.nprobe)], capture_output=True, text=True, check=True, env=subprocess_env())
         r["memory"] = json.loads(child.stdout.strip().splitlines()[-1])
         res[name] = r
         m = r["memory"]
@@ -133,10 +136,11 @@ def run(args) -> dict:
     return res
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
-        return
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--child":
+        print(json.dumps(rss_child(argv[1], argv[2], int(argv[3]))))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=200_000)
     ap.add_argument("--clusters", type=int, default=2000)
@@ -147,13 +151,25 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tmp", default=None, help="folder for the datastores (default: the system temp)")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="4,000 keys, 50 clusters, IVF8 with fewer PQ codes, 64 queries, 2 reps")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.entries, args.clusters, args.queries, args.reps = 4000, 50, 64, 2
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     res = run(args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
+    base, disk = res["ram-fs"], res["ondisk"]
+    extra = {"entries": args.entries, "factory": disk["factory"], "recall_rerank": disk["recall_rerank"],
+             "peer_recall_rerank": base["recall_rerank"], "memory": disk["memory"]}
+    record("ondisk", f"on-disk IVF-PQ search ms/token with re-rank, {args.entries:,} keys", disk["ms_per_token_rerank"],
+           base["ms_per_token_rerank"], "ms/token", peer_name="in-RAM IVF-PQ fast-scan", higher_is_better=False,
+           extra=extra, quick=args.quick)
+    record("ondisk", f"on-disk IVF-PQ index build seconds, {args.entries:,} keys", disk["build_s"], base["build_s"], "s",
+           peer_name="in-RAM IVF-PQ fast-scan", higher_is_better=False, extra=extra, quick=args.quick)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

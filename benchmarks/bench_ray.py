@@ -13,38 +13,31 @@ window's positions) at k=64: one index with --cores FAISS threads against 2 shar
 re-rank (the kNN-LM defaults). Prints ms per token and the ratio, then extrapolates to N machines
 from the measured figures. Timings on a shared machine are noisy: compare within one run.
 
-  nice python benchmarks/bench_ray.py --tokens 6000 --entries 100000 --json .bench/ray.json
+  nice python -m benchmarks ray --tokens 6000 --entries 100000 --json .bench/ray.json
+  python -m benchmarks ray --quick        (1,000 tokens, 20,000 keys, 2 reps; still starts a local Ray)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import data_dir, median_ms, record
 
-_REPO = Path(__file__).resolve().parents[1]
-# shared/ sits beside the checkout (or inside it); --data overrides
-_SHARED = [p for p in (_REPO.parent / "shared", _REPO / "shared", _REPO.parents[1] / "shared") if p.is_dir()]
-DATA = (_SHARED[0] if _SHARED else _REPO / "shared") / "data" / "wikitext-2"
-
-
-DATA_DIR = str(DATA)
+PEER = "one process with the same total cores (torch / FAISS threads), same corpus, same keys"
 
 
 def out(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _corpus(tmp: Path, tokens: int) -> Path:
-    text = (Path(DATA_DIR) / "wiki.train.tokens").read_text(encoding="utf-8")
+def _corpus(tmp: Path, tokens: int, data: Path) -> Path:
+    text = (data / "wiki.train.tokens").read_text(encoding="utf-8")
     f = tmp / "train-part.txt"
     f.write_text(text[: tokens * 6])  # ~4.5 chars per SmolLM2 token on WikiText: enough text, capped by max_tokens
     return f
@@ -58,7 +51,7 @@ def bench_build(tmp: Path, args) -> dict:
     from lm.models import load_lm
     from retrieval.ray_support import connect
 
-    corpus = _corpus(tmp, args.tokens)
+    corpus = _corpus(tmp, args.tokens, Path(args.data))
     lm = load_lm(None)
     # shards of tokens/8 entries: 8 tasks, so 2 actors both work (the default 8192 would give one task here)
     cfg = BuildConfig(max_tokens=args.tokens, calibrate=False, holdout=0.0, index_factory="Flat", shard_tokens=max(128, args.tokens // 8))
@@ -112,16 +105,6 @@ def _synthetic_store(path: Path, n: int, dim: int, factory: str):
     return TokenStore.open(path)
 
 
-def median_ms(fn, reps: int) -> float:
-    fn()  # warm-up (first touch of mmap pages, actor code paths); bench_ondisk uses it too
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1000
-
-
 def bench_search(tmp: Path, args) -> dict:
     import faiss
 
@@ -168,7 +151,7 @@ def extrapolate(b: dict, s: dict, args) -> list[str]:
     return lines
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=6000, help="datastore entries per build")
     ap.add_argument("--cores", type=int, default=2, help="total cores for each configuration")
@@ -179,10 +162,12 @@ def main() -> int:
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--json", default=None, help="write the figures here")
-    ap.add_argument("--data", default=str(DATA), help="WikiText-2 folder")
-    args = ap.parse_args()
-    global DATA_DIR
-    DATA_DIR = args.data
+    ap.add_argument("--data", default=None, help="WikiText-2 folder (default: shared/data/wikitext-2)")
+    ap.add_argument("--quick", action="store_true", help="1,000 tokens, 20,000 keys, IVF64, 2 reps")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.entries, args.ivf, args.reps = 1000, 20_000, "IVF64,PQ288x4fs", 2
+    args.data = args.data or str(data_dir("wikitext-2"))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench_ray") as t:
         tmp = Path(t)
@@ -194,7 +179,23 @@ def main() -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "build": b, "search": s, "extrapolation": lines}, indent=1))
+    _record(b, s, args)
     return 0
+
+
+def _record(b: dict, s: dict, args) -> None:
+    one = b.get("one_process", {})
+    for workers in (1, 2):
+        r = b.get(f"ray_{workers}")
+        if r:
+            record("ray", f"datastore build entries/s, Ray {workers} x {max(1, args.cores // workers)} CPU "
+                   f"(goal: >= 0.9x one process, {args.cores} cores)", r["tokens_per_s"], one.get("tokens_per_s"),
+                   "tokens/s", peer_name="one process", goal=">= 0.9x",
+                   extra={"tokens": args.tokens, "forward_ratio": r["forward_ratio"]}, quick=args.quick)
+    for r in s.values():
+        record("ray", f"kNN search ms/token, 2 shards vs one index ({r['factory']}, {args.entries:,} keys)",
+               r["shards2_ms_per_token"], r["one_ms_per_token"], "ms/token", peer_name="one index",
+               higher_is_better=False, extra={"queries": args.queries}, quick=args.quick)
 
 
 if __name__ == "__main__":

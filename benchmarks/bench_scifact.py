@@ -1,7 +1,7 @@
 """SciFact: retrieval quality of our three modes, and speed against LangChain's FAISS vector store.
 
-usage: python benchmarks/bench_scifact.py [--data DIR] [--limit N] [--skip-langchain] [--no-append]
-                                          [--reuse WORKDIR] [--skip-quality]
+usage: python -m benchmarks scifact [--data DIR] [--limit N] [--skip-langchain] [--reuse WORKDIR] [--skip-quality]
+       python -m benchmarks scifact --quick      (the first 200 records, speed only, LangChain included)
 
 Warm query latency of both sides is measured last, in alternating blocks of queries (two warm
 server subprocesses), so background load on a shared machine falls on both alike.
@@ -26,17 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = next((d / "shared" for d in ROOT.parents if (d / "shared" / "tools" / "ndcg.py").exists()), ROOT.parent / "shared")
+from benchmarks._shared_beir import memoise_embeddings
+from benchmarks.common import data_dir, knnrag_exe, percentile, record, shared_tool, subprocess_env
+
+PEER = "LangChain's FAISS vector store (langchain_community) with the same MiniLM over the same chunks"
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def _queries(data: Path, qrels: str, n: int) -> list[tuple[str, str]]:
@@ -76,7 +73,7 @@ def _times(fn, qs: list[str]) -> list[float]:
 
 
 def _stats(ts: list[float]) -> dict:
-    return {"p50_ms": statistics.median(ts), "p95_ms": _pct(ts, 95)}
+    return {"p50_ms": statistics.median(ts), "p95_ms": percentile(ts, 95)}
 
 
 def _latency(fn, qs: list[str]) -> dict:
@@ -164,9 +161,10 @@ def _interleaved(a, blocks: int = 10, n: int = 300) -> dict:
     machine's background load falls on both alike (separate phases differed by 1.5x here)."""
     procs = {}
     for side in ("ours", "lc"):
-        cmd = [sys.executable, __file__, "--role", f"{side}_srv", "--store", a.store, "--chunks", a.chunks, "--data", a.data,
+        cmd = [sys.executable, "-m", "benchmarks.bench_scifact", "--role", f"{side}_srv", "--store", a.store, "--chunks", a.chunks, "--data", a.data,
                "--corpus", a.corpus, "--work", a.work]
-        procs[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                       env=subprocess_env())
         if not json.loads(procs[side].stdout.readline() or "{}").get("ready"):
             raise SystemExit(f"{side}_srv failed to start")
     ts: dict = {"ours": {}, "lc": {}}
@@ -191,10 +189,9 @@ def _interleaved(a, blocks: int = 10, n: int = 300) -> dict:
 
 def role_quality(a) -> dict:
     """Tune the fusion on TRAIN qrels, then write test runs through the CLI batch search and score them."""
-    sys.path.insert(0, str(SHARED / "tools"))
     from dataclasses import replace
 
-    import ndcg  # the judge's scorer
+    ndcg = shared_tool("ndcg")  # the judge's scorer
 
     from retrieval.index import bm25_index
     from retrieval.index.fusion import FusionConfig
@@ -241,7 +238,7 @@ def role_quality(a) -> dict:
     # test runs, through the CLI exactly as a user (or the judge) would run them; hybrid uses the default fusion
     for mode in ("dense", "bm25", "hybrid"):
         run = tmp / f"test_{mode}.jsonl"
-        cmd = [_knnrag(), "search", "--queries", str(data / "queries.jsonl"), "--store", a.store, "--collection", "scifact",
+        cmd = [knnrag_exe(), "search", "--queries", str(data / "queries.jsonl"), "--store", a.store, "--collection", "scifact",
                "-k", "100", "--mode", mode, "--json"]
         with open(run, "w") as f:
             subprocess.run(cmd, stdout=f, check=True)
@@ -260,44 +257,21 @@ def role_quality(a) -> dict:
     return out
 
 
-def memoise_embeddings(store, coll=None) -> None:
-    """Embed each query once across the tuning grid (the grid varies fusion, not the encoder)."""
-    emb = store.embedder_for(coll if coll is not None else store.collection("scifact"))
-    orig, cache = emb.embed, {}
-
-    def embed(texts, **kw):
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
-        if missing:
-            for t, v in zip(missing, orig(missing, **kw)):
-                cache[t] = v
-        import numpy as np
-
-        return np.stack([cache[t] for t in texts])
-
-    emb.embed = embed
-
-
-def _knnrag() -> str:
-    """The console command of the interpreter running this script (works without an activated venv)."""
-    here = Path(sys.executable).parent / "knnrag"
-    return str(here) if here.exists() else "knnrag"
-
-
 def _sub(role: str, a, extra: list[str] = ()) -> dict:
-    cmd = [sys.executable, __file__, "--role", role, "--store", a.store, "--chunks", a.chunks, "--data", a.data,
+    cmd = [sys.executable, "-m", "benchmarks.bench_scifact", "--role", role, "--store", a.store, "--chunks", a.chunks, "--data", a.data,
            "--corpus", a.corpus, "--work", a.work, *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env())
     if r.returncode != 0:
         raise SystemExit(f"{role} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", default=str(SHARED / "data" / "beir-scifact"))
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="the BEIR SciFact folder (default: shared/data/beir-scifact)")
     p.add_argument("--limit", type=int, default=0, help="index only the first N documents (smoke runs)")
     p.add_argument("--skip-langchain", action="store_true")
-    p.add_argument("--no-append", action="store_true")
+    p.add_argument("--quick", action="store_true", help="the first 200 records (speed only: quality needs every document)")
     p.add_argument("--skip-quality", action="store_true", help="speed only (no nDCG runs)")
     p.add_argument("--role", default="")
     p.add_argument("--store", default="")
@@ -305,10 +279,13 @@ def main() -> None:
     p.add_argument("--corpus", default="")
     p.add_argument("--work", default="")
     p.add_argument("--reuse", default="", help="work dir of an earlier run: skip the builds, re-measure queries and quality")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    a.data = a.data or str(data_dir("beir-scifact"))
+    if a.quick:
+        a.limit = a.limit or 200
     if a.role:
         print(json.dumps(globals()[f"role_{a.role}"](a)))
-        return
+        return 0
     a.work = a.reuse or tempfile.mkdtemp(prefix="knnrag-scifact-")
     print(f"work dir: {a.work}", file=sys.stderr)
     a.store, a.chunks = f"{a.work}/store", f"{a.work}/chunks.jsonl"
@@ -329,7 +306,7 @@ def main() -> None:
     cold = []
     for _ in range(5):
         t = time.perf_counter()
-        subprocess.run([_knnrag(), "search", "vitamin D and bone density", "--store", a.store, "--collection", "scifact", "--json"],
+        subprocess.run([knnrag_exe(), "search", "vitamin D and bone density", "--store", a.store, "--collection", "scifact", "--json"],
                        capture_output=True, check=True)
         cold.append(time.perf_counter() - t)
     res["cold_cli_search_s"] = statistics.median(cold)
@@ -347,12 +324,13 @@ def main() -> None:
         res["langchain"] = {**res["langchain"], "dense": inter["lc"]["dense"], "interleaved": True}
     print(json.dumps(res, indent=1))
     report(res, a)
+    return 0
 
 
 def report(res: dict, a) -> None:
     ob, oq = res["ours_build"], res["ours_query"]
     lines = [f"## SciFact retrieval ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `python benchmarks/bench_scifact.py{f' --limit {a.limit}' if a.limit else ''}`"
+             f"Command: `python -m benchmarks scifact{f' --limit {a.limit}' if a.limit else ''}`"
              f"{' --skip-langchain' if a.skip_langchain else ''}; same bundled MiniLM, same chunks ({ob['chunks']}), 2-core CPU.", ""]
     lc = res.get("langchain")
     lines += ["| measure | knnrag | LangChain FAISS | ratio (ours / LangChain) |", "|---|---|---|---|"]
@@ -379,10 +357,28 @@ def report(res: dict, a) -> None:
         lines += ["", f"Fusion tuned on train qrels only: best {q['train_best']}; shipped default {q['default_fusion']}.", ""]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not a.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write("\n" + text)
+    _record(res, a)
+
+
+def _record(res: dict, a) -> None:
+    ob, oq, lc, q = res["ours_build"], res["ours_query"], res.get("langchain") or {}, res.get("quality")
+    extra = {"chunks": ob["chunks"], "limit": a.limit, "cold_cli_search_s": res["cold_cli_search_s"]}
+    kw = {"peer_name": "LangChain FAISS", "higher_is_better": False, "extra": extra, "quick": a.quick}
+    if lc:
+        record("scifact", "build time, SciFact (goal: <= 0.5x LangChain)", ob["build_s"], lc["build_s"], "s",
+               goal="<= 0.5x", **kw)
+        record("scifact", "peak memory of the build", ob["peak_rss_mb"], lc["peak_rss_mb"], "MB", **kw)
+    record("scifact", "warm dense search p50 incl. query embedding (goal: <= 0.5x LangChain)", oq["dense"]["p50_ms"],
+           lc.get("dense", {}).get("p50_ms"), "ms", goal="<= 0.5x", **kw)
+    record("scifact", "warm hybrid search p50 incl. query embedding (goal: <= 0.5x LangChain dense)", oq["hybrid"]["p50_ms"],
+           lc.get("dense", {}).get("p50_ms"), "ms", goal="<= 0.5x", **kw)
+    record("scifact", "cold `knnrag search` in a new process (goal: <= 2 s)", res["cold_cli_search_s"], None, "s",
+           higher_is_better=False, goal="<= 2 s", extra=extra, quick=a.quick)
+    if q:
+        record("scifact", "hybrid nDCG@10, SciFact test (goal: >= 0.73, above plain RRF)", q["hybrid"]["ndcg@10"],
+               q["rrf60"]["ndcg@10"], "nDCG@10", peer_name="plain RRF k=60 of our dense + BM25", goal=">= 0.73",
+               extra={**extra, "dense": q["dense"]["ndcg@10"], "bm25": q["bm25"]["ndcg@10"]}, quick=a.quick)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

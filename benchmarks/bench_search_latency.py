@@ -1,6 +1,6 @@
 """Search-only latency on a synthetic 100k-chunk collection: exact flat vs the automatic choice.
 
-usage: python benchmarks/bench_search_latency.py [--n 100000] [--dim 384] [--queries 300] [--no-append]
+usage: python -m benchmarks search_latency [--n 100000] [--dim 384] [--queries 300] [--quick]
 
 Builds a real DocStore collection (SQLite rows + FAISS + BM25, one atomic commit) from 100k short
 synthetic texts embedded by a deterministic clustered embedder (no model: this measures the store,
@@ -9,7 +9,7 @@ not the embedder). Then, with the query vectors already computed:
   index the store chose automatically (HNSW above 50k vectors);
 - the store's whole search-only path (`DocStore.search_by_vector`: FAISS + SQLite rows + hits);
 - recall@10 of the automatic index against the exact flat search.
-Prints the figures and the flat/auto p50 ratio, and appends them to BENCHMARKS.md.
+Prints the figures and the flat/auto p50 ratio, and records them. --quick: 5,000 chunks, 50 queries.
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import percentile, record
+
+PEER = "an exact FAISS IndexFlatIP over the same vectors, one query at a time"
 
 WORDS = [f"w{i}" for i in range(5000)]
 
@@ -61,11 +62,6 @@ class ClusteredEmbedder:
         return self._vec(text)
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
 def timed(fn, n: int) -> list[float]:
     out = []
     for i in range(n):
@@ -75,13 +71,15 @@ def timed(fn, n: int) -> list[float]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--no-append", action="store_true")
-    a = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="5,000 chunks, 50 queries")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.n, a.queries = 5000, 50
 
     import faiss
 
@@ -124,12 +122,12 @@ def main() -> int:
 
     res = {
         "n": a.n, "dim": a.dim, "queries": a.queries, "auto_index": st["index_type"], "build_s": build_s,
-        "flat_p50": statistics.median(flat_ms), "flat_p95": pct(flat_ms, 95),
-        "auto_p50": statistics.median(auto_ms), "auto_p95": pct(auto_ms, 95),
-        "store_p50": statistics.median(store_ms), "store_p95": pct(store_ms, 95), "recall10": recall,
+        "flat_p50": statistics.median(flat_ms), "flat_p95": percentile(flat_ms, 95),
+        "auto_p50": statistics.median(auto_ms), "auto_p95": percentile(auto_ms, 95),
+        "store_p50": statistics.median(store_ms), "store_p95": percentile(store_ms, 95), "recall10": recall,
     }
     ratio = res["flat_p50"] / res["auto_p50"]
-    cmd = "python benchmarks/bench_search_latency.py" + "".join(f" {x}" for x in sys.argv[1:])
+    cmd = "python -m benchmarks search_latency" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
     lines = [
         f"## Search-only latency, synthetic {a.n:,}-chunk collection ({a.dim}-d)",
         "",
@@ -148,9 +146,11 @@ def main() -> int:
         "",
     ]
     print("\n".join(lines))
-    if not a.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + "\n".join(lines) + "\n")
+    extra = {"n": a.n, "dim": a.dim, "queries": a.queries, "auto_index": res["auto_index"], "recall10": recall,
+             "auto_p50_ms": res["auto_p50"], "build_s": build_s}
+    record("search_latency", f"search-only p50 through the store, {a.n:,} chunks (goal: <= 10 ms)", res["store_p50"],
+           res["flat_p50"], "ms", peer_name="exact IndexFlatIP", higher_is_better=False, goal="<= 10 ms", extra=extra,
+           quick=a.quick)
     return 0
 
 

@@ -1,8 +1,9 @@
 """Hybrid search that transfers: our dense / BM25 / hybrid against peers on SciFact test and CACM,
 and the cross-corpus choice of the BM25 and fusion defaults (leave-one-dataset-out).
 
-usage: python benchmarks/bench_transfer.py [--work .bench/transfer] [--datasets scifact,cacm]
-                                           [--skip-tune] [--skip-peers] [--json OUT]
+usage: python -m benchmarks transfer [--work .bench/transfer] [--datasets scifact,cacm]
+                                     [--skip-tune] [--skip-peers] [--json OUT]
+       python -m benchmarks transfer --quick      (CACM only, no tuning: ~3,200 short records)
 
 - Each dataset is indexed ONCE with `knnrag index` into WORK/<name>/store and reused afterwards.
 - Peers, measured in the same run: bm25s (PyStemmer English stemmer, its defaults k1=1.5 b=0.75),
@@ -27,44 +28,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = next((d / "shared" for d in ROOT.parents if (d / "shared" / "tools" / "ndcg.py").exists()), ROOT.parent / "shared")
-DATA = {"scifact": SHARED / "data" / "beir-scifact", "cacm": SHARED / "data" / "cacm-beir"}
+from benchmarks._shared_beir import dataset, memoise_embeddings, ndcg, queries, score, write_run
+from benchmarks.common import WORK, knnrag_exe, record
+
+PEER = "bm25s, exact MiniLM flat search (sentence-transformers) and their RRF k=60, same queries and qrels"
 TUNE_QRELS = {"scifact": "train.tsv", "cacm": "test.tsv"}  # CACM has no train split
 TEST_QRELS = "test.tsv"
 K1B = [(0.75, 0.5)] + list(itertools.product((0.9, 1.2, 1.5, 2.0), (0.3, 0.5, 0.75)))
 ALPHAS = [round(a / 100, 2) for a in range(20, 85, 10)]
 NORMS = ("tmm", "minmax", "zscore")
 BM25_IN_HYBRID = True
-
-
-def _ndcg():
-    sys.path.insert(0, str(SHARED / "tools"))
-    import ndcg  # the judge's scorer
-
-    return ndcg
-
-
-def _knnrag() -> str:
-    here = Path(sys.executable).parent / "knnrag"
-    return str(here) if here.exists() else "knnrag"
-
-
-def _queries(data: Path, qrels: str) -> list[tuple[str, str]]:
-    want = {ln.split("\t")[0] for ln in (data / "qrels" / qrels).read_text().splitlines()[1:] if ln.strip()}
-    qs = [json.loads(ln) for ln in (data / "queries.jsonl").read_text().splitlines() if ln.strip()]
-    return [(q["_id"], q["text"]) for q in qs if q["_id"] in want]
-
-
-def _write_run(path: Path, qids: list[str], ranked: list[list[str]]) -> None:
-    with open(path, "w") as f:
-        for qid, docs in zip(qids, ranked):
-            f.write(json.dumps({"query_id": qid, "hits": [{"doc_id": d} for d in docs]}) + "\n")
-
-
-def _score(run: Path, data: Path, qrels: str) -> dict:
-    nd, rc, n, miss = _ndcg().evaluate(str(run), str(data / "qrels" / qrels))
-    return {"ndcg@10": round(nd, 4), "recall@100": round(rc, 4), "queries": n, "missing": miss}
 
 
 # --------------------------------------------------------------------------- build (once)
@@ -76,7 +49,7 @@ def build(work: Path, name: str) -> Path:
     (work / name).mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     with open(done, "w") as f:
-        subprocess.run([_knnrag(), "index", str(DATA[name] / "corpus.jsonl"), "--store", str(store), "--collection", name,
+        subprocess.run([knnrag_exe(), "index", str(dataset(name) / "corpus.jsonl"), "--store", str(store), "--collection", name,
                         "--json"], stdout=f, check=True)
     print(f"{name}: built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return store
@@ -139,7 +112,7 @@ def match_bm25_defaults(store: Path, name: str) -> dict:
 
         conn = sqlite3.connect(coll / "chunks.sqlite")
         if retok:  # re-tokenised as index_paths would
-            ids, tokens = record_tokens(conn, bm25_index.tokenizer_for(want), DATA[name], want.title_weight)
+            ids, tokens = record_tokens(conn, bm25_index.tokenizer_for(want), dataset(name), want.title_weight)
         for gdir in sorted(coll.glob("gen-*")):
             if retok:
                 new = bm25_index_update(ids, tokens, want)
@@ -166,7 +139,7 @@ def calibrated(work: Path, name: str, store: Path, qs: list[tuple[str, str]], qr
     if not (cal / name / "manifest.json").exists() or "fusion" not in json.loads((cal / name / "manifest.json").read_text()):
         shutil.rmtree(cal, ignore_errors=True)
         shutil.copytree(store, cal)
-        subprocess.run([_knnrag(), "calibrate", "--store", str(cal), "--collection", name, "--json"], check=True,
+        subprocess.run([knnrag_exe(), "calibrate", "--store", str(cal), "--collection", name, "--json"], check=True,
                        stdout=subprocess.DEVNULL)
     entry = json.loads((cal / name / "manifest.json").read_text())["fusion"]
     qfile = work / name / "queries_cal.jsonl"
@@ -176,9 +149,9 @@ def calibrated(work: Path, name: str, store: Path, qs: list[tuple[str, str]], qr
     b = entry["best"]
     extra = ["--fusion", b["method"]] + (["--norm", b["norm"], "--alpha", str(b["alpha"])] if b["method"] == "convex" else [])
     with open(run, "w") as f:
-        subprocess.run([_knnrag(), "search", "--queries", str(qfile), "--store", str(cal), "--collection", name, "-k", "100",
+        subprocess.run([knnrag_exe(), "search", "--queries", str(qfile), "--store", str(cal), "--collection", name, "-k", "100",
                         "--mode", "hybrid", "--json", *extra], stdout=f, check=True)
-    return {"entry": entry, "hybrid": _score(run, DATA[name], qrels)}
+    return {"entry": entry, "hybrid": score(run, dataset(name), qrels)}
 
 
 # --------------------------------------------------------------------------- peers
@@ -198,7 +171,7 @@ def peers(work: Path, name: str, qs: list[tuple[str, str]], qrels: str) -> dict:
     import numpy as np
     import Stemmer
 
-    data = DATA[name]
+    data = dataset(name)
     ids, texts = _corpus(data)
     qids, qtext = [q for q, _ in qs], [t for _, t in qs]
     stem = Stemmer.Stemmer("english")
@@ -234,8 +207,8 @@ def peers(work: Path, name: str, qs: list[tuple[str, str]], qrels: str) -> dict:
     out = {}
     for label, ranked in (("bm25s", bm_ranked), ("minilm_flat", dn_ranked), ("rrf60", rrf_ranked)):
         run = work / name / f"peer_{label}.jsonl"
-        _write_run(run, qids, ranked)
-        out[label] = _score(run, data, qrels)
+        write_run(run, qids, ranked)
+        out[label] = score(run, data, qrels)
     return out
 
 
@@ -247,9 +220,9 @@ def ours_cli(work: Path, name: str, store: Path, qs: list[tuple[str, str]], qrel
     for mode in ("dense", "bm25", "hybrid"):
         run = work / name / f"ours_{mode}.jsonl"
         with open(run, "w") as f:
-            subprocess.run([_knnrag(), "search", "--queries", str(qfile), "--store", str(store), "--collection", name,
+            subprocess.run([knnrag_exe(), "search", "--queries", str(qfile), "--store", str(store), "--collection", name,
                             "-k", "100", "--mode", mode, "--json", *extra], stdout=f, check=True)
-        out[mode] = _score(run, DATA[name], qrels)
+        out[mode] = score(run, dataset(name), qrels)
     return out
 
 
@@ -260,14 +233,12 @@ class Tuner:
     def __init__(self, work: Path, name: str, store: Path) -> None:
         from retrieval.store.docstore import DocStore
 
-        self.name, self.work, self.data = name, work, DATA[name]
-        self.qs = _queries(self.data, TUNE_QRELS[name])
+        self.name, self.work, self.data = name, work, dataset(name)
+        self.qs = queries(self.data, TUNE_QRELS[name])
         self.store = DocStore.open(store, read_only=True)
         self.coll = self.store.collection(name)
         with self.coll.reading() as (_, snap):
             self.built = snap.bm25
-        from bench_scifact import memoise_embeddings
-
         memoise_embeddings(self.store, self.coll)
 
     def use_bm25(self, k1: float, b: float) -> None:
@@ -287,7 +258,7 @@ class Tuner:
         with open(run, "w") as f:
             for (qid, _), hs in zip(self.qs, hits):
                 f.write(json.dumps({"query_id": qid, "hits": [{"doc_id": h.doc_id, "id": h.id} for h in hs]}) + "\n")
-        return _ndcg().evaluate(str(run), str(self.data / "qrels" / TUNE_QRELS[self.name]))[0]
+        return ndcg().evaluate(str(run), str(self.data / "qrels" / TUNE_QRELS[self.name]))[0]
 
 
 def choose(table: dict[str, dict], names: list[str]) -> tuple:
@@ -372,10 +343,10 @@ def title_check(tuners: dict[str, Tuner], spec: str) -> dict:
     return titles
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     global K1B, ALPHAS, NORMS, BM25_IN_HYBRID
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--work", default=str(ROOT / ".bench" / "transfer"))
+    p.add_argument("--work", default=str(WORK / "transfer"))
     p.add_argument("--datasets", default="scifact,cacm")
     p.add_argument("--skip-tune", action="store_true")
     p.add_argument("--title-only", default="", metavar="K1,B,NORM,ALPHA", help="only the title-weight check at this setting")
@@ -388,7 +359,10 @@ def main() -> None:
     p.add_argument("--norms", default="tmm,minmax,zscore", help="normalisations to sweep")
     p.add_argument("--bm25-alone", action="store_true", help="choose k1/b on BM25 alone (skip hybrid at each k1/b)")
     p.add_argument("--json", default="", help="also write the results to this file")
-    a = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="CACM only, no tuning")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.datasets, a.skip_tune = "cacm", True
     work = Path(a.work)
     names = a.datasets.split(",")
     if a.k1b:
@@ -400,7 +374,7 @@ def main() -> None:
     stores = {n: build(work, n) for n in names}
     res: dict = {"datasets": {}}
     for n in names if not a.only_tune else []:
-        qs = _queries(DATA[n], TEST_QRELS)
+        qs = queries(dataset(n), TEST_QRELS)
         bm = match_bm25_defaults(stores[n], n)
         r = res["datasets"][n] = {"bm25_params": bm}
         if not a.only_calibrate:
@@ -419,6 +393,23 @@ def main() -> None:
     if a.json:
         Path(a.json).write_text(text)
     print(table(res), file=sys.stderr)
+    _record(res, a.quick)
+    return 0
+
+
+def _record(res: dict, quick: bool) -> None:
+    for n, r in res["datasets"].items():
+        o, pe = r.get("ours"), r.get("peers") or {}
+        if not o:
+            continue
+        extra = {"dense": o["dense"]["ndcg@10"], "bm25": o["bm25"]["ndcg@10"], "recall@100": o["hybrid"]["recall@100"]}
+        if pe.get("rrf60"):
+            record("transfer", f"hybrid nDCG@10, {n} test, shipped defaults (goal: above peer RRF by >= 0.01)",
+                   o["hybrid"]["ndcg@10"], pe["rrf60"]["ndcg@10"], "nDCG@10", peer_name="peer RRF k=60 (bm25s + MiniLM flat)",
+                   goal=">= +0.01", extra=extra, quick=quick)
+        if pe.get("bm25s"):
+            record("transfer", f"our BM25 nDCG@10, {n} test (goal: not below bm25s)", o["bm25"]["ndcg@10"],
+                   pe["bm25s"]["ndcg@10"], "nDCG@10", peer_name="bm25s", goal=">= 1.0x", extra=extra, quick=quick)
 
 
 def table(res: dict) -> str:
@@ -433,4 +424,4 @@ def table(res: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

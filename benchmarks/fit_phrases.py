@@ -9,13 +9,14 @@ the committed and the fitted weights, with and without the masked re-ranking, on
 and odd (held-out) paragraphs' answerable questions (why/how-to questions, answered by a whole
 sentence, are left out).
 
-  python benchmarks/fit_phrases.py [--l2 1.0] [--json OUT] [--lm-rerank]
-
 With --lm-rerank it also tries the LM's own likelihood as one more re-ranking term: log p(span +
 end of turn | sentence, question) from SmolLM2 (lm.rag.lm_scorer) for the best N candidates after
 the masked re-ranking, its weight and N chosen on the even questions, reported on the odd ones.
 
-Needs the bench store (benchmarks/bench_answers.py builds it under .bench/store).
+  python -m benchmarks.fit_phrases [--l2 1.0] [--json OUT] [--lm-rerank]
+
+Needs the bench store (`python -m benchmarks answers` builds it under .bench/store; so does this).
+A fitting script, not a benchmark: it records nothing in benchmarks/results/.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_answers import DATA, ROOT, build_store, f1, norm  # noqa: E402
+from benchmarks._shared_squad import build_store, f1, norm, squad
+from benchmarks.common import WORK
 
 GRID = (-20.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 20.0)
 LM_WEIGHTS = (0.05, 0.1, 0.2, 0.3)
@@ -136,19 +137,19 @@ def score(rows: list[dict], w: np.ndarray, mask_weight: float, rerank: int, n_qu
     return {"f1": round(F / n, 3), "em": round(E / n, 3), "gold_cited": round(C / n, 3)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", default=str(ROOT / ".bench" / "store"))
+    ap.add_argument("--store", default=str(WORK / "store"))
     ap.add_argument("--l2", type=float, default=1.0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--lm-rerank", action="store_true", help="also try the LM's span likelihood as a re-ranking term")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from lm.rag.extract import MASK_WEIGHT, PHRASE_WEIGHTS, RERANK, SENTENCE_WEIGHTS
     from lm.rag.spans import FEATURES, answer_type
     from retrieval.store.docstore import DocStore
 
     build_store(Path(args.store))
-    qs = [json.loads(x) for x in (DATA / "questions.jsonl").read_text().splitlines()]
+    qs = [json.loads(x) for x in (squad() / "questions.jsonl").read_text().splitlines()]
     ans = [q for q in qs if not q["impossible"] and answer_type(q["question"]) != "explain"]
     even = [q for q in ans if int(q["file"][6:9]) % 2 == 0]
     odd = [q for q in ans if int(q["file"][6:9]) % 2 == 1]

@@ -6,7 +6,9 @@ line is the pseudo-query, judged relevant to its own record only (the "first lin
 for its function" of issue 14). Only a sanity check of tokeniser choices: the queries were never
 written as queries, and titles here are identifiers.
 
-usage: python benchmarks/pydoc_collection.py OUT_DIR   (writes OUT_DIR/{corpus,queries}.jsonl, qrels/test.tsv)
+usage: python -m benchmarks.pydoc_collection OUT_DIR   (writes OUT_DIR/{corpus,queries}.jsonl, qrels/test.tsv)
+then:  python -m benchmarks bm25_variants --pydoc OUT_DIR
+A data builder, not a benchmark (no `bench_` prefix): it records nothing.
 """
 from __future__ import annotations
 
@@ -66,5 +68,14 @@ def build(out: Path) -> int:
     return len(recs)
 
 
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0].startswith("-"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    print(f"{build(Path(args[0]))} records", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
-    print(f"{build(Path(sys.argv[1]))} records", file=sys.stderr)
+    sys.exit(main())

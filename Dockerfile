@@ -1,5 +1,5 @@
 # knnrag: MCP server (streamable HTTP) + indexer, CPU only, no network needed at run time.
-# Build:  docker compose build      Run: see README.md, section "Docker"
+# Build:  docker compose build      Run: see docs/docker.md
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 # Measured on this CPU (2 cores, AVX-512 bf16), SmolLM2-135M, 1024-token window, median of 3:
-# see docs/notes-knnlm.md. bf16 autocast was not faster than fp32 for a 135M model here, and it
+# see docs/design/notes-knnlm.md. bf16 autocast was not faster than fp32 for a 135M model here, and it
 # shifts perplexity, so "auto" means fp32.
 AUTO_DTYPE = "float32"
 _BLOCK_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers", "layers")

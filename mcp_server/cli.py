@@ -205,7 +205,7 @@ def ask(args: argparse.Namespace) -> int:
 
 def _has_uvloop() -> bool:
     """uvloop's event loop when installed (a dependency on Linux and macOS); a plain asyncio loop otherwise.
-    Over stdio it measured within noise of asyncio (BENCHMARKS.md, session 3 MCP section)."""
+    Over stdio it measured within noise of asyncio (benchmarks/results/mcp.jsonl)."""
     import importlib.util
 
     return importlib.util.find_spec("uvloop") is not None

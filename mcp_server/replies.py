@@ -2,7 +2,7 @@
 
 The spec lets a server answer each POSTed request with either one JSON body or an SSE stream, and
 every client must take both. The SDK fixes one framing for the whole server. An SSE reply cost the
-Python SDK client and uvicorn ~2.4 ms more per `search` than a JSON body (bench_mcp, session 8: 1.52x
+Python SDK client and uvicorn ~2.4 ms more per `search` than a JSON body (benchmarks/results/mcp.jsonl: 1.52x
 vs 1.39x the direct call), and buys nothing when the request only waits for its result.
 
 Our tools send a request-scoped message only as a progress notification (no `ctx.log`, no sampling

@@ -31,7 +31,7 @@ def light_hits(*lists: str) -> Callable[[dict[str, Any]], None]:
     Why: the Python SDK client checks every structured result against the output schema with
     `jsonschema`, which walks each property of each hit (~20 us a node on this CPU): 2.7 ms of a
     10-hit search with HitOut referenced, 0.3 ms with this light item schema (benchmarks/bench_mcp.py,
-    BENCHMARKS.md session 8: the SDK client's own cost per call fell ~2 ms). The server itself validates every
+    benchmarks/results/mcp.jsonl: the SDK client's own cost per call fell ~2 ms). The server itself validates every
     result against the full pydantic model before sending it, so the client's walk re-checks what
     was already checked; a client that wants it anyway validates against `$defs/HitOut`."""
     required = list(HitOut.model_fields)

@@ -100,7 +100,7 @@ def refine_index(store, index: Any) -> Any | None:
 
     Why: the numpy re-rank gathers, converts and subtracts (b, kk, dim) blocks; FAISS scores the
     same candidates in C++ straight from the fp16 codes: 0.05 vs 0.29 ms/token at k=64 x 2 on
-    576-d keys (BENCHMARKS.md, session 3 1M section). None when the keys would not fit the in-RAM
+    576-d keys (benchmarks/results/knnlm_1m.jsonl). None when the keys would not fit the in-RAM
     copy that `rerank_keys` also allows (2 GB), or the index is not a plain FAISS index (on disk).
     """
     import faiss

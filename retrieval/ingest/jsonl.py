@@ -38,7 +38,7 @@ def _parse(line: bytes, max_record_bytes: int) -> tuple[dict | None, str | None]
 
 def jsonl_documents(source: str, data: bytes, max_record_bytes: int) -> Iterator[SourceDocument | Skip]:
     """One SourceDocument per record; line_offset is the record's 0-based line index. A record with
-    a title and no (or an empty) text is indexed by its title, as README promises."""
+    a title and no (or an empty) text is indexed by its title, as docs/ingest.md says."""
     bad = 0
     for index, raw in enumerate(data.split(b"\n")):
         line = raw.rstrip(b"\r")

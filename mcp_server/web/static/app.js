@@ -185,7 +185,7 @@ async function doSearch(ev) {
   const body = { query: $("search-input").value, mode: $("search-mode").value, k: Number($("search-k").value) || 10,
     collection: state.collection };
   if (Object.keys(filters).length) body.filters = filters;
-  setStatus("searching…");
+  $("search-note").textContent = "searching…";
   try {
     const t0 = performance.now();
     const d = await api("/ui/api/search", body);
@@ -254,6 +254,7 @@ async function doExplore(ev) {
   const text = $("explorer-input").value, lam = lambdaOf($("explorer-lambda"));
   const box = $("explorer-tokens");
   box.replaceChildren(el("span", { class: "note", text: "scoring…" }));
+  $("explorer-summary").replaceChildren();
   $("sweep").replaceChildren();
   state.detailCache.clear();
   try {
@@ -294,13 +295,13 @@ function renderTokens(d) {
 
 function renderSummary(s) {
   const item = (label, value, testid) => el("span", {}, label + " ", el("b", { "data-testid": testid || null, text: value }));
-  $("explorer-summary").replaceChildren(
+  $("explorer-summary").replaceChildren(...[
     item("base perplexity", fmt(s.base_ppl, 3), "ppl-base"), item("kNN-LM perplexity", fmt(s.knn_ppl, 3), "ppl-knn"),
     item("tokens", s.tokens), item("tokens/s", s.tokens_per_s ?? "—"),
     item("k", s.k), item("T", fmt(s.temperature, 3)), item("λ", s.per_token_lambda ? `per token (base ${s.lambda})` : s.lambda),
     item("datastore", s.datastore ? `${s.entries} entries` : "none"),
     s.calibration ? el("span", { class: "note", text: (s.overridden ? "λ overridden; calibration: " : "calibration: ") + s.calibration }) : null,
-    s.note ? el("span", { class: "note", text: s.note }) : null);
+    s.note ? el("span", { class: "note", text: s.note }) : null].filter(Boolean));
 }
 
 function topTable(caption, rows) {

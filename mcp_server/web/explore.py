@@ -101,7 +101,12 @@ def _top(lp: Any, dec: Callable[[list[int]], str]) -> list[dict]:
     import torch
 
     p, i = torch.topk(lp.exp(), min(TOP, lp.numel()))
-    return [{"token": dec([int(t)]), "prob": round(float(q), 5)} for q, t in zip(p, i) if float(q) > 0]
+    return [{"token": dec([int(t)]), "prob": _sig(q)} for q, t in zip(p, i) if float(q) > 0]
+
+
+def _sig(x: Any) -> float:
+    """4 significant digits: a probability of 3e-7 stays readable, not 0.0."""
+    return float(f"{float(x):.4g}")
 
 
 def token_detail(knnlm: Any, text: str, position: int, lambda_: float | None, resolve: Resolve) -> dict:
@@ -126,7 +131,7 @@ def token_detail(knnlm: Any, text: str, position: int, lambda_: float | None, re
     target = int(ids[position])
     out: dict[str, Any] = {"position": position, "token": text[offs[position][0]:offs[position][1]],
                            "base_top": _top(base, dec), "knn_top": _top(base, dec), "neighbours": [],
-                           "p_base": round(float(base[target].exp()), 5), "p_knn": round(float(base[target].exp()), 5),
+                           "p_base": _sig(base[target].exp()), "p_knn": _sig(base[target].exp()),
                            "lambda": 0.0}
     if knnlm.has_datastore and cfg.mixes:
         knn, nb = knnlm.knn_distribution(key, cfg)  # (1, V)
@@ -134,7 +139,7 @@ def token_detail(knnlm: Any, text: str, position: int, lambda_: float | None, re
         knn = knn[:, :V] if knn.shape[-1] >= V else torch.nn.functional.pad(knn, (0, V - knn.shape[-1]), value=-float("inf"))
         lam = float(np.asarray(knnlm.full_vocab_lambda(cfg, nb.D, nb.I, knn, base[None])).reshape(-1)[0])
         mix = interpolate(base, knn[0], lam)  # (V,)
-        out.update(knn_top=_top(mix, dec), knn_only_top=_top(knn[0], dec), p_knn=round(float(mix[target].exp()), 5),
+        out.update(knn_top=_top(mix, dec), knn_only_top=_top(knn[0], dec), p_knn=_sig(mix[target].exp()),
                    lambda_=round(lam, 4), neighbours=neighbours(knnlm.store, nb.D[0], nb.I[0], target, dec, resolve))
         out["lambda"] = out.pop("lambda_")
     return out
@@ -155,9 +160,12 @@ def neighbours(ds: Any, D: np.ndarray, I: np.ndarray, target: int, dec: Callable
         rec = docs[doc]
         value = int(ds.values[i])
         text = rec.get("text") or ""
-        row = {"token": dec([value]), "distance": round(d, 4), "entry": i, "match": value == target,
-               "snippet": text[max(0, char - 160):char + 40], "mark": [min(char, 160), min(char, 160) + len(dec([value]))],
-               "source": rec["source"], "line": text[:char].count("\n") + 1, "chunk_id": None, "char": char}
+        token = dec([value])
+        size = _stored_length(text, char, token)
+        row = {"token": token, "distance": round(d, 4), "entry": i, "match": value == target,
+               "snippet": text[max(0, char - 160):char + size + 40], "mark": [min(char, 160), min(char, 160) + size],
+               "source": rec["source"], "line": text[:char].count("\n") + 1, "chunk_id": None, "char": char,
+               "char_end": char + size}
         if rec["source"].startswith(PREFIX):
             h = hits.get(rec["source"][len(PREFIX):])
             row["chunk_id"] = rec["source"][len(PREFIX):]
@@ -167,6 +175,14 @@ def neighbours(ds: Any, D: np.ndarray, I: np.ndarray, target: int, dec: Callable
                 row["source"] = "(a chunk no longer in the collection)"
         rows.append(row)
     return rows
+
+
+def _stored_length(text: str, char: int, token: str) -> int:
+    """Characters of the stored token at `char`: offsets skip a byte-level token's leading space."""
+    for piece in (token, token.lstrip()):
+        if piece and text.startswith(piece, char):
+            return len(piece)
+    return max(1, len(token.strip()))
 
 
 def sweep(knnlm: Any, text: str) -> dict:

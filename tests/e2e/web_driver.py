@@ -45,6 +45,7 @@ def start_browser(width: int = 1280, height: int = 800):
 
 
 def wait(drv, css: str, n: int = 1, timeout: float = WAIT_S):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -52,14 +53,15 @@ def wait(drv, css: str, n: int = 1, timeout: float = WAIT_S):
         els = [e for e in d.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
         return els if len(els) >= n else False
 
-    return WebDriverWait(drv, timeout).until(found)
+    return WebDriverWait(drv, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(found)
 
 
 def wait_text(drv, css: str, pred, timeout: float = WAIT_S):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(drv, timeout).until(
+    return WebDriverWait(drv, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, css) if pred(e.text)), False))
 
 
@@ -159,18 +161,22 @@ def shot(drv, path: Path) -> Path:
 
 
 def take_all(url: str, out: Path, *, query: str, question: str, text: str, prompt: str) -> list[Path]:
-    """One screenshot of each view (docs/img): search, ask, explorer (a token selected), generate."""
+    """One screenshot of each view (docs/img): search, a hit in context, ask, explorer (a token selected), generate."""
     drv = start_browser()
     try:
         open_page(drv, url)
         shots = []
-        search(drv, query, k=5)
+        hits = search(drv, query, k=5)
         shots.append(shot(drv, out / "search.png"))
+        open_context(drv, hits[0])
+        shots.append(shot(drv, out / "context.png"))
+        close_dialog(drv)
         ask(drv, question)
         shots.append(shot(drv, out / "ask.png"))
         toks = explore(drv, text)
-        best = max(toks, key=lambda t: abs(float(t.get_attribute("data-delta"))))
+        best = max(toks[len(toks) // 3:], key=lambda t: float(t.get_attribute("data-delta")))  # mid-text: more context
         token_detail(drv, best)
+        drv.execute_script("document.getElementById('explorer-summary').scrollIntoView()")
         shots.append(shot(drv, out / "explorer.png"))
         generate(drv, prompt, max_new_tokens=40)
         shots.append(shot(drv, out / "generate.png"))

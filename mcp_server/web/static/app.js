@@ -304,9 +304,12 @@ function renderSummary(s) {
     s.note ? el("span", { class: "note", text: s.note }) : null].filter(Boolean));
 }
 
+const shown = (tok) => (tok.trim() ? tok : tok.replace(/\n/g, "⏎").replace(/ /g, "␣").replace(/\t/g, "⇥") || "∅");
+const prob = (p) => (p === null || p === undefined ? "—" : p >= 0.001 || p === 0 ? Number(p).toFixed(4) : Number(p).toExponential(1));
+
 function topTable(caption, rows) {
   return el("table", {}, el("caption", { text: caption }),
-    el("tbody", {}, ...rows.map((r) => el("tr", {}, el("td", {}, el("span", { class: "tok", text: r.token })), el("td", { text: fmt(r.prob, 4) })))));
+    el("tbody", {}, ...rows.map((r) => el("tr", {}, el("td", {}, el("span", { class: "tok", text: shown(r.token) })), el("td", { text: prob(r.prob) })))));
 }
 
 async function showToken(t, span) {
@@ -326,14 +329,14 @@ async function showToken(t, span) {
   }
   if (!span.classList.contains("selected")) return;
   const nb = (n) => el("li", { class: "neighbour" + (n.match ? " match" : ""), "data-testid": "neighbour" },
-    el("span", { class: "tok", text: n.token }), ` d=${fmt(n.distance, 2)} `,
+    el("span", { class: "tok", text: shown(n.token) }), ` distance ${fmt(n.distance, 2)} `,
     n.chunk_id ? el("button", { type: "button", class: "link", "data-testid": "neighbour-source", text: `${n.source}:${n.line}`,
-      onclick: () => openChunk(n.chunk_id, [n.char, n.char + n.token.length], `${n.source}:${n.line}`) })
+      onclick: () => openChunk(n.chunk_id, [n.char, n.char_end], `${n.source}:${n.line}`) })
       : el("span", { "data-testid": "neighbour-source", text: `${n.source}:${n.line}` }),
     el("p", { class: "snippet" }, marked(n.snippet, [n.mark], "exact")));
   box.replaceChildren(el("h3", {}, "Token ", el("span", { class: "tok", text: d.token })),
-    el("p", { text: `p base ${fmt(d.p_base, 4)} → p kNN-LM ${fmt(d.p_knn, 4)}; Δ log p ${t.delta >= 0 ? "+" : ""}${t.delta.toFixed(3)}; λ ${d.lambda}` }),
-    topTable("base LM top 5", d.base_top), topTable("kNN-LM top 5", d.knn_top),
+    el("p", { text: `p base ${prob(d.p_base)} → p kNN-LM ${prob(d.p_knn)}; Δ log p ${t.delta >= 0 ? "+" : ""}${t.delta.toFixed(3)}; λ ${d.lambda}` }),
+    el("div", { class: "tops" }, topTable("base LM top 5", d.base_top), topTable("kNN-LM top 5", d.knn_top)),
     el("h3", { text: `Neighbours (${d.neighbours.length}); highlighted: stored token = this token` }),
     d.neighbours.length ? el("ol", { class: "neighbours" }, ...d.neighbours.map(nb))
       : el("p", { class: "note", text: "no datastore search for this token (λ is 0 or there is no datastore)" }));

@@ -103,10 +103,10 @@ def _terms(words: set[str], tokenizer: Any) -> dict[str, str | None]:
     """word -> its BM25 term (None for a stop word): one batched stemmer call (PyStemmer, C) for all the
     words of a hit: marking 10 SQuAD-Rhine hits took 10.7 ms word by word, 1.1 ms batched (bench_web);
     a tokenizer without those parts is asked word by word."""
-    stop, stem = getattr(tokenizer, "_stop", None), getattr(tokenizer, "_stem", "missing")
-    order = sorted(words)
-    if stop is None or stem == "missing":
+    stop, order = getattr(tokenizer, "_stop", None), sorted(words)
+    if stop is None or not hasattr(tokenizer, "_stem"):
         return {w: next(iter(tokenizer(w)), None) for w in order}
+    stem = tokenizer._stem  # PyStemmer's stemWords, or None without a stemmer
     lower = [w.lower() for w in order]
     kept = [w for w in lower if w not in stop]
     stemmed = dict(zip(kept, stem(kept) if stem else kept))

@@ -184,3 +184,13 @@ def test_index_outside_the_allowed_roots_is_refused(env, client):
 def test_explorer_token_limit(client):
     r = client.post("/ui/api/explore", json={"text": "proxy " * (MAX_EXPLORE_TOKENS + 10)})
     assert r.status_code == 400 and str(MAX_EXPLORE_TOKENS) in r.json()["error"]
+
+
+def test_knnrag_ui_needs_a_store_and_stays_on_loopback(env, client, capsys):
+    from retrieval.cli.root import build_parser, main
+
+    assert main(["ui", "--store", str(env["base"] / "nope")]) != 0
+    err = capsys.readouterr().err
+    assert "is not a knnrag store" in err and "knnrag index" in err
+    with pytest.raises(SystemExit):  # no --host: the page is never served beyond this machine
+        build_parser().parse_args(["ui", "--store", "s", "--host", "0.0.0.0"])

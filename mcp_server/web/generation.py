@@ -7,6 +7,7 @@ lm.knn.interpolate). The loop checks `stop` between steps, so a closed page ends
 """
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,12 @@ def _pad(knn: Any, V: int) -> Any:
     if knn.shape[-1] >= V:
         return knn[:, :V]
     return torch.nn.functional.pad(knn, (0, V - knn.shape[-1]), value=-float("inf"))
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache of a forward: `cache` in transformers 5, `past_key_values` before."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def steps(knnlm: Any, prompt: str, *, max_new_tokens: int, lambda_: float | None = None, chat: bool | None = None,
@@ -44,6 +51,7 @@ def steps(knnlm: Any, prompt: str, *, max_new_tokens: int, lambda_: float | None
     mixes = bool(knnlm.has_datastore and cfg.mixes)
     repeated = repeat_stopper(tok, ids.shape[1])
     module = resolve_module(lm.model, lm.key_module_path)
+    cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
     gen: list[int] = []
     shown, t0 = "", time.perf_counter()
     x, past, allx = ids, None, ids
@@ -51,8 +59,8 @@ def steps(knnlm: Any, prompt: str, *, max_new_tokens: int, lambda_: float | None
         for _ in range(max_new_tokens):
             if stop is not None and stop.is_set():
                 break
-            out = lm.model(input_ids=x, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = lm.model(input_ids=x, use_cache=True, **({} if past is None else {cache_arg: past}))
+            past = _cache_of(out)
             base = torch.log_softmax(out.logits[0, -1].float(), -1)  # (V,)
             mix, lam = base, 0.0
             if mixes:

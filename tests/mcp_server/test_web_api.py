@@ -162,7 +162,7 @@ def test_a_token_shows_top5_and_neighbours_with_sources(client):
     assert client.post("/ui/api/token", json={"text": TEXT, "position": 10_000}).status_code == 400
 
 
-def test_sweep_and_streamed_generation(client):
+def test_sweep_and_streamed_generation(env, client):
     d = client.post("/ui/api/sweep", json={"text": TEXT}).json()
     assert d["grid"] and d["best"]["ppl"] <= d["base_ppl"] * 1.5
     with client.stream("POST", "/ui/api/generate", json={"prompt": "Run the server", "max_new_tokens": 6,
@@ -172,6 +172,8 @@ def test_sweep_and_streamed_generation(client):
     toks = [e for e in events if e["type"] == "token"]
     assert 1 <= len(toks) <= 6 and events[-1]["type"] == "done" and events[-1]["mixes"] is True
     assert all(math.isfinite(e["delta"]) for e in toks)
+    knnlm = env["state"].ask_knnlm("default")  # the same greedy kNN-LM text as knn_generate's model.generate()
+    assert "".join(e["text"] for e in toks) == knnlm.generate("Run the server", max_new_tokens=6, lambda_=0.5, chat=False)
     r = client.post("/ui/api/generate", json={"prompt": "x", "max_new_tokens": 100_000})
     assert r.status_code == 400
 

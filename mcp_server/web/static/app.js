@@ -78,7 +78,9 @@ function marked(text, ranges, cls) {
   return frag;
 }
 
-const lines = (h) => `${h.source}:${h.start_line}` + (h.end_line && h.end_line !== h.start_line ? `-${h.end_line}` : "");
+const page = (h) => (h.metadata && (h.metadata.page ?? h.metadata.page_number)) ?? null; // PDFs: the page, when ingest records it
+const lines = (h) => `${h.source}:${h.start_line}` + (h.end_line && h.end_line !== h.start_line ? `-${h.end_line}` : "") +
+  (page(h) !== null ? ` (page ${page(h)})` : "");
 const fmt = (x, d = 3) => (x === null || x === undefined ? "—" : Number(x).toFixed(d));
 
 /* ---------- tabs ---------- */

@@ -51,7 +51,7 @@ def site(tmp_path_factory):
     subprocess.run(_knnrag("index", str(root), "--store", str(store), "--embedder", "hash-64", "--knn", "--knn-model",
                            str(lm), "--no-progress"), check=True, env=_env(), capture_output=True, timeout=300)
     port = _free_port()
-    proc = subprocess.Popen(_knnrag("ui", "--store", str(store), "--model", str(lm), "--port", str(port),
+    proc = subprocess.Popen(_knnrag("ui", "--store", str(store), "--model", str(lm), "--port", str(port), "--embedder", "hash-64",
                                     "--allow-root", str(root), "--allow-root", str(base / "more")),
                             env=_env(), stderr=subprocess.PIPE, text=True)
     try:
@@ -207,3 +207,14 @@ def test_first_paint_is_reported(site, drv):
     W.open_page(drv, site["url"])  # warm
     fcp = drv.execute_script("const e = performance.getEntriesByName('first-contentful-paint')[0]; return e ? e.startTime : null")
     assert fcp is not None and fcp < 3000, fcp
+
+
+def test_collections_show_both_halves_and_verify_on_demand(site, drv):
+    W.open_page(drv, site["url"])
+    W.view(drv, "collections")
+    row = W.wait_text(drv, "#collections-table tbody tr", lambda t: t.startswith("default"))
+    assert "hash" in row.text and "entries" in row.text  # the embedder, and the kNN half's datastore
+    row.find_element("css selector", "#verify-default button").click()
+    W.wait_text(drv, "#verify-default", lambda t: t.startswith("ok") or "DAMAGED" in t)
+    assert drv.find_element("id", "verify-default").text.startswith("ok")
+    W.shot(drv, site["shots"] / "collections.png")

@@ -131,14 +131,16 @@ async function loadCollections() {
     el("td", { text: `${c.embedder} (${c.dim}-d)` }), el("td", { text: c.index_type }),
     el("td", {}, el("div", { class: c.fusion.state === "calibrated" ? "ok" : "note", text: c.fusion.state }),
       el("div", { class: "note", text: c.fusion.summary })),
-    el("td", {}, half(c.knn)), el("td", { id: "verify-" + c.name, text: "checking…" }))));
+    el("td", {}, half(c.knn)), el("td", { id: "verify-" + c.name },
+      el("button", { type: "button", class: "link", onclick: () => verifyOne(c.name),
+        "aria-label": "verify collection " + c.name + " (reads every file)", text: "run verify" })))));
   $("server-datastore").replaceChildren(d.datastore
     ? el("span", {}, "Server datastore (--datastore, used by the explorer for every collection): ", half(d.datastore)) : "");
-  for (const c of d.collections) verifyOne(c.name);
 }
 
 async function verifyOne(name) {
   const cell = document.getElementById("verify-" + name);
+  cell.replaceChildren(el("span", { class: "note", text: "checking every file…" }));
   try {
     const v = await api("/ui/api/verify", { collection: name });
     cell.replaceChildren(el("span", { class: v.ok ? "ok" : "bad", text: v.ok ? "ok" : "DAMAGED" }),

@@ -64,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="errors as one JSON object on stdout")
     p.set_defaults(func=serve)
 
+    _register_ui(sub)
+
     a = sub.add_parser("ask", help="answer a question from the store with citations (streams to the terminal)")
     a.add_argument("question", help="the question, in plain words")
     a.add_argument("--store", required=True, help="store folder (built by `knnrag index`)")
@@ -103,7 +105,45 @@ def _replies(args: argparse.Namespace) -> str:
     return "json" if args.json_response else args.replies or "auto"
 
 
-def serve(args: argparse.Namespace) -> int:
+def _register_ui(sub: argparse._SubParsersAction) -> None:
+    u = sub.add_parser("ui", help="the web page (search, ask, kNN-LM explorer, generate, index) on 127.0.0.1",
+                       description="Serve the web page on loopback: `knnrag serve --transport http` on 127.0.0.1, "
+                                   "the MCP endpoint included. Open the printed address in a browser.")
+    u.add_argument("--store", required=True, help="document store folder")
+    u.add_argument("--collection", default="default", help="collection the page opens on (default `default`)")
+    u.add_argument("--datastore", help="kNN-LM token datastore for the explorer and generation (default: the "
+                                       "collection's own, built by `index --knn`)")
+    u.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    u.add_argument("--model", help="LM: HF id or local path (default: the datastore's, else bundled SmolLM2-135M-Instruct)")
+    u.add_argument("--embedder", help="embedder for a NEW store (default: the store's own)")
+    u.add_argument("--allow-root", action="append", default=[], metavar="PATH",
+                   help="folder the page may index (repeatable); without it indexing is refused")
+    u.add_argument("--max-request-bytes", type=int, default=1_048_576, help="request body limit (default 1 MiB)")
+    u.add_argument("--json", action="store_true", help="errors as one JSON object on stdout")
+    u.set_defaults(func=ui)
+
+
+def ui(args: argparse.Namespace) -> int:
+    """`serve --transport http` pinned to loopback, announcing the page's address on stderr."""
+    from urllib.parse import quote
+
+    store = Path(args.store).expanduser()
+    if not (store / "store.json").is_file():
+        raise InvalidInputError(f"--store {store} is not a knnrag store", "build one with `knnrag index PATH --store DIR`")
+    for k, v in {"transport": "http", "host": "127.0.0.1", "allowed_host": [], "allowed_origin": [],
+                 "allow_unauthenticated": False, "replies": None, "json_response": False, "min_score": None,
+                 "max_write_seconds": 3600.0, "index_wait_seconds": 300.0, "ray": None, "shards": None}.items():
+        setattr(args, k, v)
+
+    def announce(cfg) -> None:
+        frag = "#token=" + quote(cfg.token) if cfg.token else ""
+        sys.stderr.write(f"knnrag ui: http://127.0.0.1:{cfg.port}/?collection={quote(args.collection)}{frag}\n")
+        sys.stderr.flush()
+
+    return serve(args, announce=announce)
+
+
+def serve(args: argparse.Namespace, announce=None) -> int:
     from mcp_server.http import HttpConfig, run_http
     from mcp_server.server import ServerConfig, build_server
 
@@ -140,6 +180,8 @@ def serve(args: argparse.Namespace) -> int:
                      max_sessions=args.max_sessions, sessions_per_client=args.sessions_per_client,
                      session_idle_seconds=args.session_idle_seconds, connection_idle_seconds=args.connection_idle_seconds)
     _port_free(cfg.host, cfg.port)
+    if announce is not None:
+        announce(cfg)
     run_http(server, cfg)
     return 0
 

@@ -154,22 +154,25 @@ class BearerTokenMiddleware:
 
 
 def build_app(server: Any, cfg: HttpConfig):
-    """The ASGI app: the SDK's streamable-HTTP endpoint (replies framed per `cfg.replies`) plus
-    /healthz, behind the token check."""
+    """The ASGI app: the SDK's streamable-HTTP endpoint (replies framed per `cfg.replies`), /healthz and
+    the web page (`/`, its static files and its /ui/api endpoints, mcp_server/web), behind the token check."""
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     from mcp_server.replies import streamable_app
+    from mcp_server.web.routes import OPEN_PATHS, web_routes
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "server": server.name})
 
     app = streamable_app(server, path=cfg.path, replies=cfg.replies, security=security_settings(cfg),
-                         max_request_bytes=cfg.max_request_bytes, routes=[Route("/healthz", healthz, methods=["GET"])],
+                         max_request_bytes=cfg.max_request_bytes, routes=[
+                             Route("/healthz", healthz, methods=["GET"]),
+                             *web_routes(server.knnrag_state, security_settings(cfg), cfg.max_request_bytes)],
                          sessions=(cfg.max_sessions, cfg.sessions_per_client, cfg.session_idle_seconds))
-    if cfg.token:
-        return BearerTokenMiddleware(app, cfg.token)
+    if cfg.token:  # the page and its static files hold no data: open, so a browser can load them; /ui/api is not
+        return BearerTokenMiddleware(app, cfg.token, open_paths=("/healthz", *OPEN_PATHS))
     return app
 
 

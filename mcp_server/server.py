@@ -214,6 +214,7 @@ def build_server(config: ServerConfig, *, state: ServerState | None = None):
     )
     for module in (tools, write_tools, admin_tools, lm_tools):
         module.register(server)
+    server.knnrag_state = shared  # the web page (mcp_server/web) serves from the same loaded store and models
     return server
 
 

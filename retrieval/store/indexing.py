@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import InvalidInputError
+from retrieval.ingest.documents.options import DocumentOptions
 from retrieval.store import chunk_db
 from retrieval.store.collection import Changes, Collection
 from retrieval.types import Chunk, Skip, SourceDocument
@@ -44,6 +45,7 @@ class IndexOptions:
     max_file_bytes: int = 20_000_000
     show_progress: bool = False
     confine_to: tuple[str, ...] | None = None  # real folders no read may leave (the MCP server's allowed roots)
+    documents: DocumentOptions | None = None  # PDF / office parse limits and OCR (None: the defaults)
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0:
@@ -67,6 +69,8 @@ class IndexReport:
     dropped: dict = field(default_factory=lambda: {"empty": 0, "low_quality": 0, "exact_duplicate": 0, "near_duplicate": 0})
     # files (and JSONL records) that produced chunks but kept none: they cannot be found by search
     emptied: list[dict] = field(default_factory=list)
+    # converted documents (PDF, office, notebooks): pages, running header/footer lines dropped, outputs left out
+    converted: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     collection: str = "default"
 
@@ -162,7 +166,8 @@ def _scan(coll: Collection, conn, paths: Sequence[str], opts: IndexOptions, rep:
         bar.update(1)
 
     group: list[SourceDocument] = []
-    for item in iter_sources(paths, exclude=opts.exclude, max_file_bytes=opts.max_file_bytes, confine_to=opts.confine_to):
+    for item in iter_sources(paths, exclude=opts.exclude, max_file_bytes=opts.max_file_bytes, confine_to=opts.confine_to,
+                             documents=opts.documents):
         if isinstance(item, Skip):
             rep.skipped.append({"source": item.source, "reason": item.reason})
             continue
@@ -205,6 +210,8 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
         kept: list[Chunk] = []
         made, file_before = 0, pre.to_dict()
         for doc in group:
+            if doc.notes:
+                rep.converted.append({"source": doc.source, "kind": doc.kind, **doc.notes})
             chunks = chunk_document(doc, embedder.token_spans, cfg)
             before = pre.to_dict()
             if doc.doc_id is not None:  # a record: dedup within the record only, and never lose a record
@@ -293,6 +300,8 @@ def run_index(
 ) -> IndexReport:
     """Scan `paths`, chunk + embed what changed, commit once. Caller holds the writer lock."""
     opts = opts or IndexOptions()
+    if opts.documents is not None:
+        opts.documents.check()
     t0 = time.perf_counter()
     rep = IndexReport(collection=coll.name)
     bar = _Bar(opts.show_progress, progress)

@@ -234,6 +234,7 @@ def _register_chunk_resource(server: Any) -> None:
                      description="the full text of one chunk (ids come from search hits)")
     async def chunk(collection: str, id: str, ctx: Context) -> str:
         state = T.state(ctx)
+        id = id.split("#", 1)[0]  # a PDF chunk's uri ends in #page=N
         def work():
             with state.gate.shared():
                 return state.store().get([id], collection=collection)

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--ocr", action="store_true", help="OCR PDF pages that have no text layer (scans) with tesseract (apt-get install tesseract-ocr)")
     p.add_argument("--ocr-lang", default="eng", metavar="LANG", help="tesseract language(s) for --ocr, e.g. eng+deu (default eng)")
-    p.add_argument("--parse-timeout", type=float, metavar="S", help="skip a PDF/office file whose parse takes longer (default 60 s; 600 s with --ocr)")
+    p.add_argument("--parse-timeout", type=float, metavar="S", help="skip a PDF/office file parsing longer (default 60 s; 600 s with --ocr)")
     p.add_argument("--parse-memory-mb", type=int, default=1024, metavar="MB", help="memory limit of the PDF/office parser process (default 1024)")
     p.set_defaults(func=cmd_index)
 

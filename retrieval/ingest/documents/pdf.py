@@ -20,8 +20,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _HYPHEN = re.compile(r"([^\W\d_])-\n([^\W\d_])")
 _DIGITS = re.compile(r"\d+")
 EDGE_LINES = 2  # lines at the top and the bottom of a page that may be a running header or footer
-RUNNING_MIN_PAGES = 3
-HEADING_SLACK = 12  # characters a heading line may hold besides its bookmark title: a number like "12.3.4 "  # a header/footer repeats (digits aside) on at least this many pages
+RUNNING_MIN_PAGES = 3  # a header/footer repeats (digits aside) on at least this many pages
+HEADING_SLACK = 12  # characters a heading line may hold besides its bookmark title: a number like "12.3.4 "
 
 
 def _dehyphenate(text: str) -> str:

@@ -12,9 +12,9 @@ from typing import Any
 from retrieval.ingest.documents.layout import Layout, Unreadable, table_rows
 
 
-def _texts(shapes: Any, skip: Any) -> Iterator[str]:
+def _texts(shapes: Any, skip: int | None) -> Iterator[str]:
     for shape in shapes:
-        if shape is skip:
+        if skip is not None and shape.shape_id == skip:  # the title, already the heading
             continue
         if getattr(shape, "shape_type", None) == 6 and hasattr(shape, "shapes"):  # MSO_SHAPE_TYPE.GROUP
             yield from _texts(shape.shapes, skip)
@@ -35,13 +35,12 @@ def convert(data: bytes, options: dict) -> dict[str, Any]:
     for n, slide in enumerate(deck.slides, 1):
         layout.start_unit(n)
         title_shape = slide.shapes.title
-        title = " ".join((title_shape.text_frame.text if title_shape is not None and title_shape.has_text_frame else "").split())
-        layout.heading(title or f"Slide {n}", 1)
-        for text in _texts(slide.shapes, title_shape):
+        heading = " ".join((title_shape.text_frame.text if title_shape is not None and title_shape.has_text_frame else "").split())
+        layout.heading(heading or f"Slide {n}", 1)
+        for text in _texts(slide.shapes, title_shape.shape_id if title_shape is not None else None):
             layout.add(text)
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
             notes = slide.notes_slide.notes_text_frame.text
             if notes.strip():
                 layout.add("Notes: " + notes.strip())
-    title = (deck.core_properties.title or "").strip() or None
-    return layout.result(title)
+    return layout.result((deck.core_properties.title or "").strip() or None)

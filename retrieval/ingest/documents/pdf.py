@@ -19,6 +19,7 @@ from retrieval.ingest.documents.layout import Layout, Unreadable
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _HYPHEN = re.compile(r"([^\W\d_])-\n([^\W\d_])")
 _DIGITS = re.compile(r"\d+")
+_BREAK = re.compile(r"\r\n")
 EDGE_LINES = 2  # lines at the top and the bottom of a page that may be a running header or footer
 RUNNING_MIN_PAGES = 3  # a header/footer repeats (digits aside) on at least this many pages
 HEADING_SLACK = 12  # characters a heading line may hold besides its bookmark title: a number like "12.3.4 "
@@ -58,6 +59,41 @@ def drop_running_lines(pages: list[list[str]]) -> int:
                 lines[i] = ""
                 dropped += 1
     return dropped
+
+
+def _same_line(a: tuple[float, ...], b: tuple[float, ...]) -> str | None:
+    """" " for a line break PDFium put between char boxes a and b (left, bottom, right, top) when
+    b sits on a's line after all, raised or lowered and smaller (a superscript or subscript, which
+    PDFium starts a new line for); None for a real new line. A space, not "": pdftotext joins some
+    scripts to their base and not others (`Rn` but `p 0` in the same thesis), and gluing touching
+    glyphs lost as many words against it as it won (benchmarks/bench_documents.py)."""
+    ha, hb = a[3] - a[1], b[3] - b[1]
+    if ha <= 0 or hb <= 0:
+        return None
+    overlap = min(a[3], b[3]) - max(a[1], b[1])
+    gap = b[0] - a[2]
+    h = min(ha, hb)
+    if overlap < 0.3 * h or gap < -0.5 * h or gap > 3 * max(ha, hb) or 0.8 * max(ha, hb) < h:
+        return None  # a new line, or two glyphs of one size (a script is smaller than its base)
+    return " "
+
+
+def page_text(textpage: Any) -> str:
+    """The page's text with PDFium's line breaks inside one visual line (R^n, a_0) taken out, as
+    pdftotext reads them."""
+    text = textpage.get_text_range()
+    if len(text) != textpage.count_chars():  # the char indices do not map onto the string: leave it
+        return text
+    out, pos = [], 0
+    for m in _BREAK.finditer(text):
+        i, j = m.start(), m.end()
+        if i == 0 or j >= len(text):
+            continue
+        glue = _same_line(textpage.get_charbox(i - 1), textpage.get_charbox(j))
+        if glue is not None:
+            out += [text[pos:i], glue]
+            pos = j
+    return "".join(out) + text[pos:]
 
 
 def _has_images(page: Any) -> bool:
@@ -132,7 +168,7 @@ def convert(data: bytes, options: dict) -> dict[str, Any]:
     pages: list[list[str]] = []
     for i in range(len(pdf)):
         page = pdf[i]
-        lines = _lines(page.get_textpage().get_text_range())
+        lines = _lines(page_text(page.get_textpage()))
         if not any(lines) and _has_images(page):
             if options.get("ocr"):
                 lines = _lines(_ocr(page, str(options.get("ocr_lang") or "eng")))
@@ -141,7 +177,8 @@ def convert(data: bytes, options: dict) -> dict[str, Any]:
                 layout.skips.append(f"page {i + 1}: no text layer: scanned? (index with --ocr to read it)")
         pages.append(lines)
     layout.notes["pages"] = len(pages)
-    layout.notes["running_lines_dropped"] = drop_running_lines(pages)
+    if not options.get("keep_running_lines"):  # kept only to measure extraction against pdftotext
+        layout.notes["running_lines_dropped"] = drop_running_lines(pages)
     outline = _outline(pdf)
     for i, lines in enumerate(pages):
         layout.start_unit(i + 1)

@@ -234,7 +234,6 @@ def _register_chunk_resource(server: Any) -> None:
                      description="the full text of one chunk (ids come from search hits)")
     async def chunk(collection: str, id: str, ctx: Context) -> str:
         state = T.state(ctx)
-        id = id.split("#", 1)[0]  # a PDF chunk's uri ends in #page=N
         def work():
             with state.gate.shared():
                 return state.store().get([id], collection=collection)
@@ -248,6 +247,11 @@ def _register_chunk_resource(server: Any) -> None:
         if not hits:
             raise ResourceNotFoundError(f"no chunk {id!r} in collection {collection!r}")
         return hits[0].text
+
+    @server.resource("chunk://{collection}/{id}{#page}", mime_type="text/plain",
+                     description="the full text of one chunk of a PDF, as hits address it (#page=N: its first page)")
+    async def pdf_chunk(collection: str, id: str, page: str, ctx: Context) -> str:
+        return await chunk(collection, id, ctx)
 
 
 REGISTRARS = (_register_search, _register_ask, _register_get_chunks, _register_chunk_context, _register_list_collections,

@@ -18,7 +18,7 @@ class SourceDocument:
 
     source: str  # path as indexed (as the user gave it, joined with the walked relative path)
     text: str
-    kind: str  # markdown | rst | text | code | html | jsonl | pdf | docx | pptx | notebook
+    kind: str  # markdown | rst | text | code | html | jsonl | pdf | docx | pptx | xlsx | notebook
     content_hash: str  # sha256 hex of the raw file bytes (or of the record's JSON line)
     doc_id: str | None = None  # BEIR `_id` for JSONL records
     title: str | None = None  # BEIR `title`, HTML <title>
@@ -28,7 +28,7 @@ class SourceDocument:
     # extracted text; its blocks (start, end, kind, level, title), where each page/slide/cell starts
     # ((offset, number), ...), and counts for the index report
     blocks: tuple[tuple[int, int, str, int, str], ...] | None = None
-    unit: str | None = None  # page | slide | cell
+    unit: str | None = None  # page | slide | cell | sheet
     units: tuple[tuple[int, int], ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
 

@@ -145,7 +145,7 @@ def cmd_index(args) -> int:
         for s in d["skipped"]:
             out.write(f"skipped {s['source']}: {s['reason']}\n")
         for c in d["converted"]:
-            facts = ", ".join(f"{v if not isinstance(v, list) else len(v)} {k.replace('_', ' ')}" for k, v in c.items()
+            facts = ", ".join(f"{k.replace('_', ' ')} {len(v) if isinstance(v, list) else v}" for k, v in c.items()
                               if k not in ("source", "kind") and v)
             out.write(f"converted {c['source']}" + (f": {facts}" if facts else "") + "\n")
         for e in d["emptied"]:

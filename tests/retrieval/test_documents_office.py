@@ -133,3 +133,25 @@ def test_without_the_extra_files_are_skipped_with_the_fix(tmp_path, monkeypatch)
     with DocStore.open(tmp_path / "store", embedder="hash-64") as s:
         rep = s.index_paths([docs])
     assert rep.added == 1 and "install knnrag[documents]" in rep.skipped[0]["reason"] and "python-pptx" in rep.skipped[0]["reason"]
+
+
+def test_xlsx_sheets_as_sections_of_rows(tmp_path):
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.active.title = "Stations"
+    book.active.append(["Station", "Depth (m)", "Salinity"])
+    book.active.append(["North buoy", 42, 34.5])
+    costs = book.create_sheet("Costs")
+    for n in range(45):
+        costs.append([f"item {n}", n * 10])
+    costs.append(["Research vessel charter", 125000])
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    book.save(docs / "survey.xlsx")
+    with DocStore.open(tmp_path / "store", embedder="hash-64") as s:
+        rep = s.index_paths([docs])
+        assert rep.added == 1 and not rep.skipped
+        hit = _one(s, "north buoy salinity", "survey.xlsx")
+        assert hit.metadata["sheet"] == 1 and hit.heading == "Stations" and "North buoy | 42 | 34.5" in hit.text
+        hit = _one(s, "research vessel charter", "survey.xlsx")
+        assert hit.metadata["sheet"] == 2 and hit.heading == "Costs" and "Research vessel charter | 125000" in hit.text

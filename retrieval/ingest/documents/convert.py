@@ -14,10 +14,11 @@ FORMATS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
     ".pdf": ("pdf", "retrieval.ingest.documents.pdf:convert", ("pypdfium2",), True),
     ".docx": ("docx", "retrieval.ingest.documents.word:convert", ("docx",), True),
     ".pptx": ("pptx", "retrieval.ingest.documents.slides:convert", ("pptx",), True),
+    ".xlsx": ("xlsx", "retrieval.ingest.documents.sheets:convert", ("openpyxl",), True),
     ".ipynb": ("notebook", "retrieval.ingest.documents.notebook:convert", ("nbformat",), False),
 }
 KINDS = frozenset(kind for kind, _, _, _ in FORMATS.values())
-_MISSING = {"pypdfium2": "pypdfium2", "docx": "python-docx", "pptx": "python-pptx", "nbformat": "nbformat"}
+_MISSING = {"pypdfium2": "pypdfium2", "docx": "python-docx", "pptx": "python-pptx", "nbformat": "nbformat", "openpyxl": "openpyxl"}
 
 
 def missing_modules(modules: tuple[str, ...]) -> list[str]:

@@ -20,9 +20,9 @@ def unit_metadata(unit: str | None, starts: Sequence[tuple[int, int]], a: int, b
 
 def where(source: str, metadata: Mapping[str, Any] | None, start_line: int | None = None, end_line: int | None = None) -> str:
     """How a hit or citation names its place: "paper.pdf p. 3", "deck.pptx slide 2", "nb.ipynb
-    cell 4", else "file.md:10-20" (lines)."""
+    cell 4", "book.xlsx sheet 2", else "file.md:10-20" (lines)."""
     md = metadata or {}
-    for unit, one, many in (("page", "p.", "pp."), ("slide", "slide", "slides"), ("cell", "cell", "cells")):
+    for unit, one, many in (("page", "p.", "pp."), ("slide", "slide", "slides"), ("cell", "cell", "cells"), ("sheet", "sheet", "sheets")):
         first, last = md.get(f"{unit}_start"), md.get(f"{unit}_end")
         if isinstance(first, int):
             return f"{source} {one} {first}" if last in (None, first) else f"{source} {many} {first}-{last}"

@@ -143,3 +143,29 @@ def test_no_text_layer_is_reported_and_ocr_needs_tesseract(tmp_path, store, monk
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(InvalidInputError, match="tesseract"):
         store.index_paths([write_pdfs(tmp_path / "docs")], documents=DocumentOptions(ocr=True))
+
+
+def test_hyphenation_and_running_lines_rules():
+    from retrieval.ingest.documents.pdf import _dehyphenate, drop_running_lines
+
+    assert _dehyphenate("the docu-\nment and the X-\nRay, a well-\nknown 3-\n4") == "the document and the X-\nRay, a wellknown 3-\n4"
+    pages = [["Report 2024", f"Body text {w}", f"- {n} -"] for n, w in enumerate("abcdefghi", 1)]
+    for n in (0, 4, 8):  # chapter titles atop three pages of nine: sparse, kept
+        pages[n].insert(1, f"Chapter {n // 4 + 1}")
+    assert drop_running_lines(pages) == 18
+    assert [line for p in pages for line in p if line][:4] == ["Chapter 1", "Body text a", "Body text b", "Body text c"]
+    assert sum(line.startswith("Chapter") for p in pages for line in p) == 3
+    two = [["Letterhead", "text a"], ["Letterhead", "text b"]]
+    assert drop_running_lines(two) == 2 and drop_running_lines([["only page", "x"]]) == 0
+
+
+def test_a_damaged_page_is_reported_and_the_others_kept(tmp_path):
+    from retrieval.ingest.documents.convert import parse
+    from retrieval.ingest.documents.options import DocumentOptions
+
+    data = make_pdf(PAGES)
+    # point page 2's object at a missing object number: PDFium cannot load that page
+    broken = data.replace(b"/Kids [4 0 R 6 0 R 8 0 R] /Count 3", b"/Kids [4 0 R 99 0 R 8 0 R] /Count 3")
+    assert broken != data
+    got = parse(".pdf", broken, DocumentOptions())
+    assert "Rivers carry sediment" in got["text"] and "dunes migrate" in got["text"]

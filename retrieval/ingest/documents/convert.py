@@ -58,7 +58,8 @@ def document_items(source: str, ext: str, data: bytes, options: DocumentOptions 
         yield Skip(source, str(reason))
     text = str(got.get("text") or "")
     if not text.strip():
-        yield Skip(source, "no text found" + (" (every page lacks a text layer: scanned? index with --ocr)" if got.get("skips") else ""))
+        scanned = any("no text layer" in str(r) for r in got.get("skips") or ())
+        yield Skip(source, "no text found" + (" (no page has a text layer: scanned? index with --ocr)" if scanned else ""))
         return
     blocks = tuple((int(s), int(e), str(k), int(lv), str(t)) for s, e, k, lv, t in got.get("blocks") or ())
     units = tuple((int(s), int(n)) for s, n in got.get("units") or ())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import re
 import subprocess
-from collections import Counter
 from typing import Any
 
 from retrieval.ingest.documents.layout import Layout, Unreadable
@@ -22,6 +21,7 @@ _DIGITS = re.compile(r"\d+")
 _BREAK = re.compile(r"\r\n")
 EDGE_LINES = 2  # lines at the top and the bottom of a page that may be a running header or footer
 RUNNING_MIN_PAGES = 3  # a header/footer repeats (digits aside) on at least this many pages
+RUNNING_DENSITY = 0.5  # ...and on half the pages of its span at least: odd/even page heads alternate
 HEADING_SLACK = 12  # characters a heading line may hold besides its bookmark title: a number like "12.3.4 "
 
 
@@ -43,19 +43,25 @@ def _edge_keys(lines: list[str]) -> list[tuple[str, int, str]]:
 
 
 def drop_running_lines(pages: list[list[str]]) -> int:
-    """Blank, in place, the header/footer lines that repeat at the same edge of many pages
-    (page numbers included: digits are ignored); returns how many lines were dropped."""
+    """Blank, in place, the header/footer lines that run over the pages: the same line (digits
+    aside, so page numbers match) at the same edge of at least RUNNING_MIN_PAGES pages, on at least
+    RUNNING_DENSITY of the pages between its first and last (a chapter's running head covers its
+    pages; "Chapter 2" atop three chapters' first pages does not); returns how many were dropped."""
     need = min(RUNNING_MIN_PAGES, len(pages))
     if need < 2:
         return 0
     keys = [_edge_keys(lines) for lines in pages]
-    counts: Counter[tuple[str, str]] = Counter()
-    for page_keys in keys:
-        counts.update({(edge, key) for edge, _, key in page_keys})
+    seen: dict[tuple[str, str], list[int]] = {}
+    for n, page_keys in enumerate(keys):
+        for edge, _, key in page_keys:
+            at = seen.setdefault((edge, key), [])
+            if not at or at[-1] != n:
+                at.append(n)
+    running = {k for k, at in seen.items() if len(at) >= need and len(at) >= RUNNING_DENSITY * (at[-1] - at[0] + 1)}
     dropped = 0
     for lines, page_keys in zip(pages, keys):
         for edge, i, key in page_keys:
-            if counts[(edge, key)] >= need and lines[i]:
+            if (edge, key) in running and lines[i]:
                 lines[i] = ""
                 dropped += 1
     return dropped
@@ -110,6 +116,25 @@ def _ocr(page: Any, lang: str) -> str:
     if done.returncode != 0:
         raise Unreadable(f"tesseract failed: {done.stderr.decode(errors='replace').strip()[:200]}")
     return done.stdout.decode("utf-8", errors="replace")
+
+
+def _read_page(pdf: Any, i: int, layout: Layout, options: dict) -> list[str]:
+    """The lines of page i; a damaged page is reported and read as empty, the rest of the file is kept."""
+    import pypdfium2 as pdfium
+
+    try:
+        page = pdf[i]
+        lines = _lines(page_text(page.get_textpage()))
+    except pdfium.PdfiumError as exc:
+        layout.skips.append(f"page {i + 1}: damaged, not read ({exc})")
+        return []
+    if not any(lines) and _has_images(page):
+        if options.get("ocr"):
+            lines = _lines(_ocr(page, str(options.get("ocr_lang") or "eng")))
+            layout.notes["ocr_pages"] = layout.notes.get("ocr_pages", 0) + 1
+        else:
+            layout.skips.append(f"page {i + 1}: no text layer: scanned? (index with --ocr to read it)")
+    return lines
 
 
 def _open(data: bytes) -> Any:
@@ -167,15 +192,7 @@ def convert(data: bytes, options: dict) -> dict[str, Any]:
     layout = Layout("page")
     pages: list[list[str]] = []
     for i in range(len(pdf)):
-        page = pdf[i]
-        lines = _lines(page_text(page.get_textpage()))
-        if not any(lines) and _has_images(page):
-            if options.get("ocr"):
-                lines = _lines(_ocr(page, str(options.get("ocr_lang") or "eng")))
-                layout.notes["ocr_pages"] = layout.notes.get("ocr_pages", 0) + 1
-            else:
-                layout.skips.append(f"page {i + 1}: no text layer: scanned? (index with --ocr to read it)")
-        pages.append(lines)
+        pages.append(_read_page(pdf, i, layout, options))
     layout.notes["pages"] = len(pages)
     if not options.get("keep_running_lines"):  # kept only to measure extraction against pdftotext
         layout.notes["running_lines_dropped"] = drop_running_lines(pages)

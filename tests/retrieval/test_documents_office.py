@@ -72,7 +72,7 @@ def _one(store, query, suffix, mode="bm25"):
 
 def test_docx_headings_tables_and_header_once(built):
     s, _, rep = built
-    assert rep.added == 3 and not rep.skipped
+    assert rep.added == 3 and [k["source"].rsplit("/", 1)[-1] for k in rep.skipped] == ["tides.ipynb"]  # its image output
     hit = _one(s, "impeller seal operating hours", "manual.docx")
     assert hit.metadata["kind"] == "docx" and hit.heading.endswith("Maintenance")
     assert "Bearing grease | 500 hours" in _one(s, "bearing grease interval", "manual.docx").text
@@ -97,7 +97,9 @@ def test_notebook_cells_indexed_and_image_output_drops_nothing(built):
     assert last.metadata.get("cell_end", last.metadata["cell"]) == 3 and "Tidal analysis" in last.heading
     assert not rep.emptied and rep.dropped["low_quality"] == 0
     conv = [c for c in rep.converted if c["source"].endswith("tides.ipynb")][0]
-    assert conv["outputs_left_out"] == [{"cell": 2, "output": "image/png"}]
+    assert conv["outputs_left_out"] == 1
+    assert [k["reason"] for k in rep.skipped if k["source"].endswith("tides.ipynb")] == [
+        "cell 2: image/png output left out (only short text outputs are indexed)"]
 
 
 def test_reindex_and_delete(built):

@@ -2,7 +2,8 @@
 
 Markdown cells keep their headings; code cells are code blocks; an output is kept only when it
 is short text (a printed value); every other output (images, HTML, long logs) is left out and
-listed in the index report, never the reason a cell is dropped.
+listed in the index report's `skipped` ("cell 4: image/png output left out"), never the reason a
+cell is dropped.
 """
 from __future__ import annotations
 
@@ -71,8 +72,9 @@ def convert(data: bytes, options: dict) -> dict[str, Any]:
                     layout.add(text, "fence")
         else:
             layout.add(source)
-    if dropped:
-        layout.notes["outputs_left_out"] = dropped
+    if dropped:  # each listed in the index report's skipped, and counted
+        layout.notes["outputs_left_out"] = len(dropped)
+        layout.skips += [f"cell {d['cell']}: {d['output']} output left out (only short text outputs are indexed)" for d in dropped]
     title = None
     for b in layout.blocks:
         if b[2] == "heading":

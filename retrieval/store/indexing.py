@@ -154,7 +154,9 @@ def _scan(coll: Collection, conn, paths: Sequence[str], opts: IndexOptions, rep:
         out.seen.add(src)
         rep.files_seen += 1
         old = known.get(src)
-        if old is not None and old["content_hash"] == _group_hash(group) and tuple(sorted(old["tags"])) == opts.tags and not opts.force:
+        same_kind = old is None or old.get("kind") in (None, group[0].kind)  # a notebook indexed as code JSON before is read again
+        if old is not None and old["content_hash"] == _group_hash(group) and tuple(sorted(old["tags"])) == opts.tags and same_kind \
+                and not opts.force:
             rep.unchanged += 1
         else:
             out.todo.append(group)

@@ -157,3 +157,17 @@ def test_xlsx_sheets_as_sections_of_rows(tmp_path):
         assert hit.metadata["sheet"] == 1 and hit.heading == "Stations" and "North buoy | 42 | 34.5" in hit.text
         hit = _one(s, "research vessel charter", "survey.xlsx")
         assert hit.metadata["sheet"] == 2 and hit.heading == "Costs" and "Research vessel charter | 125000" in hit.text
+
+
+def test_a_notebook_indexed_as_json_before_is_read_again(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    make_notebook(docs / "tides.ipynb")
+    with DocStore.open(tmp_path / "store", embedder="hash-64") as s:
+        s.index_paths([docs])
+        with s.collection("default").writer() as conn:  # what an older version recorded: the notebook as code
+            conn.execute("UPDATE sources SET kind = 'code'")
+            conn.commit()
+        rep = s.index_paths([docs])
+        assert rep.updated == 1 and rep.unchanged == 0
+        assert s.index_paths([docs]).unchanged == 1

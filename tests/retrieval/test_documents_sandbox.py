@@ -61,6 +61,7 @@ def test_indexer_skips_a_hanging_file_and_indexes_the_rest(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_a_flate_bomb_is_stopped_by_the_memory_limit(tmp_path):
+    pytest.importorskip("pypdfium2")
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "bomb.pdf").write_bytes(bomb_pdf(384))

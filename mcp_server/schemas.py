@@ -83,6 +83,8 @@ class CitationOut(BaseModel):
                                                         "or overlap (word overlap, the fallback)")
     in_prompt: bool | None = Field(default=None, description="generate: whether the LM was given this chunk "
                                                              "(a chunk cited by provenance may not have been)")
+    page_start: int | None = Field(default=None, description="PDF: first page of the cited chunk (1-based)")
+    page_end: int | None = Field(default=None, description="PDF: last page of the cited chunk")
 
 
 class SpanCitationOut(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server import schemas as S
 from retrieval.errors import KnnragError, NotFoundError
-from retrieval.types import Hit, chunk_uri
+from retrieval.types import Hit
 
 log = logging.getLogger("knnrag.mcp")
 
@@ -183,7 +184,7 @@ def hit(h: Hit) -> S.HitOut:
     text = h.text or ""
     coll = h.collection or "default"
     return S.HitOut(
-        id=str(h.id), uri=chunk_uri(coll, h.id), score=float(h.score or 0.0),
+        id=str(h.id), uri=replace(h, collection=coll).uri, score=float(h.score or 0.0),  # a PDF's: #page=N
         scores={k: float(v) for k, v in (h.scores or {}).items() if v is not None},
         source=str(h.source), start_line=int(h.start_line or 0), end_line=int(h.end_line or 0),
         start_char=int(h.start_char or 0), end_char=int(h.end_char or 0),

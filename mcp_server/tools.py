@@ -256,6 +256,11 @@ def _register_chunk_resource(server: Any) -> None:
             raise ResourceNotFoundError(f"no chunk {id!r} in collection {collection!r}")
         return hits[0].text
 
+    @server.resource("chunk://{collection}/{id}{#page}", mime_type="text/plain",
+                     description="the full text of one chunk of a PDF, as hits address it (#page=N: its first page)")
+    async def pdf_chunk(collection: str, id: str, page: str, ctx: Context) -> str:
+        return await chunk(collection, id, ctx)
+
 
 REGISTRARS = (_register_search, _register_ask, _register_get_chunks, _register_chunk_context, _register_list_collections,
               _register_stats, _register_chunk_resource)

@@ -19,12 +19,19 @@ class SourceDocument:
 
     source: str  # path as indexed (as the user gave it, joined with the walked relative path)
     text: str
-    kind: str  # markdown | rst | text | code | html | jsonl
+    kind: str  # markdown | rst | text | code | html | jsonl | pdf | docx | pptx | xlsx | notebook
     content_hash: str  # sha256 hex of the raw file bytes (or of the record's JSON line)
     doc_id: str | None = None  # BEIR `_id` for JSONL records
     title: str | None = None  # BEIR `title`, HTML <title>
     line_offset: int = 0  # added to line numbers: a JSONL record's line in its file, minus one
     metadata: dict[str, Any] = field(default_factory=dict)
+    # converted documents (PDF, DOCX, PPTX, notebooks: retrieval/ingest/documents): `text` is the
+    # extracted text; its blocks (start, end, kind, level, title), where each page/slide/cell starts
+    # ((offset, number), ...), and counts for the index report
+    blocks: tuple[tuple[int, int, str, int, str], ...] | None = None
+    unit: str | None = None  # page | slide | cell | sheet
+    units: tuple[tuple[int, int], ...] = ()
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,10 @@ class Hit:
 
     @property
     def uri(self) -> str:
-        return chunk_uri(self.collection, self.id)
+        """chunk://collection/id, with `#page=N` for a chunk of a PDF (its first page)."""
+        page = (self.metadata or {}).get("page_start")
+        base = chunk_uri(self.collection, self.id)
+        return f"{base}#page={page}" if isinstance(page, int) and not isinstance(page, bool) else base
 
     def to_dict(self) -> dict:
         return {

@@ -109,8 +109,11 @@ def relevance(hit: Hit, cfg: RagConfig) -> bool:
 
 
 def source_header(n: int, hit: Hit) -> str:
+    from retrieval.ingest.documents.units import where
+
     head = f" — {hit.heading}" if hit.heading else ""
-    return f"[{n}] {hit.source} (lines {hit.start_line}-{hit.end_line}){head}\n"
+    place = where(hit.source, hit.metadata) if (hit.metadata or {}).get("page_start") else f"{hit.source} (lines {hit.start_line}-{hit.end_line})"
+    return f"[{n}] {place}{head}\n"
 
 
 def build_messages(question: str, sources: Sequence[str]) -> list[dict[str, str]]:
@@ -336,7 +339,10 @@ def format_sources(res: RagAnswer) -> str:
             mark = f"  (answer copied from line {c.start_line}, characters {c.start_char}-{c.end_char})"
         first = c.start_line if c.chunk_start_line is None else c.chunk_start_line
         last = c.end_line if c.chunk_end_line is None else c.chunk_end_line
-        lines.append(f"  [{c.n}] {c.source}:{first}-{last}{mark}")
+        place = f"{c.source} p. {c.page_start}" if c.page_start else f"{c.source}:{first}-{last}"
+        if c.page_end and c.page_end != c.page_start:
+            place = f"{c.source} pp. {c.page_start}-{c.page_end}"
+        lines.append(f"  [{c.n}] {place}{mark}")
     if res.note:
         lines.append(f"note: {res.note}")
     return "\n".join(lines)

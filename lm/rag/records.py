@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from retrieval.types import Hit, chunk_uri
+from retrieval.types import Hit
 
 
 class Source(NamedTuple):
@@ -39,11 +39,15 @@ class Citation:
     end_char: int | None = None
     chunk_start_line: int | None = None  # extractive: the whole chunk's lines
     chunk_end_line: int | None = None
+    page_start: int | None = None  # a PDF's pages the chunk spans (cite "file.pdf p. N")
+    page_end: int | None = None
 
     @classmethod
     def of(cls, n: int, hit: Hit, cited: bool, truncated: bool = False) -> Citation:
+        md = hit.metadata or {}
         return cls(n, cited, str(hit.source), int(hit.start_line or 0), int(hit.end_line or 0), str(hit.id),
-                   chunk_uri(hit.collection, hit.id), float(hit.score), hit.heading or None, truncated)
+                   hit.uri, float(hit.score), hit.heading or None, truncated,
+                   page_start=md.get("page_start"), page_end=md.get("page_end"))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="embed on Ray actors: `local` or a cluster's HOST:PORT (needs knnrag[ray])")
     p.add_argument("--workers", type=int, default=1, help="with --ray: embedder actors (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--ocr", action="store_true", help="OCR PDF pages that have no text layer (scans) with tesseract (apt-get install tesseract-ocr)")
+    p.add_argument("--ocr-lang", default="eng", metavar="LANG", help="tesseract language(s) for --ocr, e.g. eng+deu (default eng)")
+    p.add_argument("--parse-timeout", type=float, metavar="S", help="skip a PDF/office file parsing longer (default 60 s; 600 s with --ocr)")
+    p.add_argument("--parse-memory-mb", type=int, default=1024, metavar="MB", help="memory limit of the PDF/office parser process (default 1024)")
     p.set_defaults(func=cmd_index)
 
     s = sub.add_parser("search", help="search a store (hybrid dense + BM25 by default)",
@@ -120,10 +124,15 @@ def cmd_index(args) -> int:
         from retrieval.store.ray_embed import ray_embedder
 
         embedder = ray_embedder(args.store, args.collection, args.embedder, address=args.ray, workers=args.workers)
+    from retrieval.ingest.documents.options import DocumentOptions
+
+    documents = DocumentOptions(ocr=args.ocr, ocr_lang=args.ocr_lang, seconds=args.parse_timeout, memory_mb=args.parse_memory_mb)
+    documents.check()
     with _open(args, write=True, embedder=embedder) as store:
         rep = store.index_paths(args.paths, collection=args.collection, exclude=args.exclude, tags=args.tag,
                                 show_progress=show, index_factory=args.index_factory, force=args.force,
-                                near_dup_threshold=args.near_dup or None, max_file_bytes=int(args.max_file_mb * 1e6))
+                                near_dup_threshold=args.near_dup or None, max_file_bytes=int(args.max_file_mb * 1e6),
+                                documents=documents)
         d = rep.to_dict()
         refused = _explicit_skips(args.paths, d["skipped"])
         if args.json:
@@ -138,6 +147,10 @@ def cmd_index(args) -> int:
             out.write("dropped chunks: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) + "\n")
         for s in d["skipped"]:
             out.write(f"skipped {s['source']}: {s['reason']}\n")
+        for c in d["converted"]:
+            facts = ", ".join(f"{k.replace('_', ' ')} {len(v) if isinstance(v, list) else v}" for k, v in c.items()
+                              if k not in ("source", "kind") and v)
+            out.write(f"converted {c['source']}" + (f": {facts}" if facts else "") + "\n")
         for e in d["emptied"]:
             what = e["source"] + (f" record {e['doc_id']}" if e.get("doc_id") is not None else "")
             out.write(f"not searchable, every chunk dropped: {what} ({e['reason']})\n")
@@ -249,9 +262,10 @@ def cmd_search(args) -> int:
 
 
 def _print_hits(hits) -> None:
+    from retrieval.ingest.documents.units import where as place
+
     for n, h in enumerate(hits, 1):
-        src = shown(h.source)
-        where = f"{src}:{h.start_line}-{h.end_line}" if h.start_line is not None else src
+        where = place(shown(h.source), h.metadata, h.start_line, h.end_line)
         extra = " ".join(f"{m}={v:.3f}" for m, v in h.scores.items())
         sys.stdout.write(f"{n}. [{h.score:.3f}] {where}" + (f"  ({h.heading})" if h.heading else "")
                          + (f"  doc_id={h.doc_id}" if h.doc_id else "") + f"  id={h.id}  {extra}\n")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from retrieval.errors import InvalidInputError
 from retrieval.ingest.blocks import Block, code_blocks, markdown_blocks, rst_blocks, text_blocks, without_spans
+from retrieval.ingest.documents.units import unit_metadata
 from retrieval.ingest.html import html_view
 from retrieval.ingest.preprocess import blank_whitespace, normalize_whitespace
 from retrieval.types import Chunk, SourceDocument
@@ -69,6 +70,9 @@ class _View:
             self.html = html_view(doc.text)
             self.text = self.html.text
             self.blocks = self.html.blocks
+        elif doc.blocks is not None:  # a converted document (PDF, DOCX, PPTX, notebook) brings its own
+            self.text = doc.text
+            self.blocks = [Block(*b) for b in doc.blocks]
         else:
             self.text = doc.text
             self.blocks = _blocks(doc.kind, doc.text)
@@ -340,7 +344,7 @@ class _Chunker:
                 kind=doc.kind,
                 index_text=index_text,
                 doc_id=doc.doc_id,
-                metadata=dict(doc.metadata),
+                metadata={**doc.metadata, **unit_metadata(doc.unit, doc.units, rs, re_)},
             )
         )
 

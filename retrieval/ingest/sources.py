@@ -19,6 +19,9 @@ from pathlib import Path
 import pathspec
 
 from retrieval.errors import InvalidInputError
+from retrieval.ingest.documents.convert import FORMATS as DOCUMENT_FORMATS
+from retrieval.ingest.documents.convert import document_items
+from retrieval.ingest.documents.options import DocumentOptions
 from retrieval.ingest.fsread import SWAPPED, escapes, open_nonblocking, read_error, read_regular
 from retrieval.ingest.jsonl import jsonl_documents
 from retrieval.types import Skip, SourceDocument
@@ -73,11 +76,13 @@ def file_hash(path: str | Path) -> str:
 
 
 def kind_of(path: str) -> tuple[str, str | None]:
-    """(kind, language) from a file name: markdown | rst | text | code | html | jsonl."""
+    """(kind, language) from a file name: markdown | rst | text | code | html | jsonl | pdf | docx | pptx | notebook."""
     name = posixpath.basename(path)
     if name in CODE_NAMES:
         return "code", CODE_NAMES[name]
     ext = posixpath.splitext(name)[1].lower()
+    if ext in DOCUMENT_FORMATS:
+        return DOCUMENT_FORMATS[ext][0], None
     if ext in MARKDOWN_EXT:
         return "markdown", None
     if ext in RST_EXT:
@@ -126,7 +131,7 @@ def _html_title(text: str) -> str | None:
 
 def load_file(
     path: str | Path, source: str, max_file_bytes: int = 20_000_000, *, dir_fd: int | None = None, follow: bool = True,
-    full_path: str | None = None, confine: Sequence[str] | None = None,
+    full_path: str | None = None, confine: Sequence[str] | None = None, documents: DocumentOptions | None = None,
 ) -> Iterator[SourceDocument | Skip]:
     """Read one file into SourceDocuments (a JSONL file gives one per record) or a Skip.
 
@@ -136,6 +141,11 @@ def load_file(
     """
     kind, language = kind_of(source)
     ext = posixpath.splitext(source)[1].lower()
+    if ext in DOCUMENT_FORMATS:  # PDF, office files, notebooks: converted (retrieval/ingest/documents)
+        raw = read_regular(os.fspath(path), source, dir_fd=dir_fd, follow=follow, full_path=full_path or os.fspath(path),
+                           max_bytes=max_file_bytes, confine=confine)
+        yield from [raw] if isinstance(raw, Skip) else document_items(source, ext, raw, documents)
+        return
     if ext in NON_TEXT_EXT:
         yield Skip(source, f"unsupported format ({NON_TEXT_EXT[ext]}, {ext}); convert it to text first or exclude it")
         return
@@ -218,8 +228,10 @@ class _Walk:
     for a link mid-walk never leads outside. Links seen in the listing are followed (checked
     against `confine` when given)."""
 
-    def __init__(self, root: str, ignores: _Ignores, max_file_bytes: int, confine: Sequence[str] | None) -> None:
+    def __init__(self, root: str, ignores: _Ignores, max_file_bytes: int, confine: Sequence[str] | None,
+                 documents: DocumentOptions | None = None) -> None:
         self.root, self.ignores, self.max_file_bytes, self.confine = root, ignores, max_file_bytes, confine
+        self.documents = documents
         self.seen_dirs: set[tuple[int, int]] = set()
         self.match_source = not ignores.root_matches(root)
         self.stack: list[tuple[str, pathspec.GitIgnoreSpec]] = []
@@ -280,7 +292,7 @@ class _Walk:
             return
         elif is_file:
             yield from load_file(entry.name, source, self.max_file_bytes, dir_fd=dir_fd, follow=is_link, full_path=full,
-                                 confine=self.confine)
+                                 confine=self.confine, documents=self.documents)
         elif is_link:
             yield Skip(source, "broken symbolic link; fix or remove it")
         # sockets, fifos and devices met in a walk are not documents: passed over on purpose
@@ -288,13 +300,14 @@ class _Walk:
 
 def iter_sources(
     paths: Sequence[str | Path], exclude: Sequence[str] = (), max_file_bytes: int = 20_000_000,
-    confine_to: Sequence[str | Path] | None = None,
+    confine_to: Sequence[str | Path] | None = None, documents: DocumentOptions | None = None,
 ) -> Iterator[SourceDocument | Skip]:
     """Yield a SourceDocument for every indexable file under `paths`, a Skip for every file passed over.
 
     `source` is the path as given (normalised, forward slashes) joined with the walked relative
     path, never resolved through symlinks, so it is stable across runs from the same directory.
     Every path is checked before anything is yielded: a missing one raises InvalidInputError.
+    `documents`: parse limits and OCR for PDF and office files.
     `confine_to` (the MCP server's allowed roots): no file whose real path is outside them is read,
     even one swapped for a symlink after the caller checked the tree. Without it links are followed
     wherever they point (the CLI: the user owns the tree).
@@ -317,11 +330,11 @@ def iter_sources(
     emitted: set[str] = set()
     for path, root in roots:
         if os.path.isdir(path):
-            items = _Walk(root, ignores, max_file_bytes, confine).enter(path, None, path, "", follow=True)
+            items = _Walk(root, ignores, max_file_bytes, confine, documents).enter(path, None, path, "", follow=True)
         elif ignores.ignored(posixpath.basename(root), root, False, []):
             continue  # a file named explicitly but excluded by --exclude
         else:
-            items = load_file(path, root, max_file_bytes, confine=confine)
+            items = load_file(path, root, max_file_bytes, confine=confine, documents=documents)
         current: set[str] = set()
         for item in items:
             if item.source in emitted:

@@ -233,17 +233,17 @@ class DocStore:
         self, paths: Sequence[str | os.PathLike], *, collection: str = "default", exclude: Sequence[str] = (),
         tags: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None, show_progress: bool = False,
         index_factory: str | None = None, force: bool = False, near_dup_threshold: float | None = 0.9,
-        max_file_bytes: int = 20_000_000, confine_to: Sequence[str | os.PathLike] | None = None,
+        max_file_bytes: int = 20_000_000, confine_to: Sequence[str | os.PathLike] | None = None, documents: Any = None,
     ) -> IndexReport:
         """Index files and folders incrementally. `confine_to`: a remote caller's allowed roots, checked
-        on each opened file (one swapped for a symlink mid-walk is never read)."""
+        on each opened file (one swapped for a symlink mid-walk is never read); `documents`: DocumentOptions."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         with self._writing(collection, index_factory) as (c, conn):
             emb = self.embedder_for(c)
             opts = IndexOptions(exclude=tuple(exclude), tags=tuple(tags), force=force, near_dup_threshold=near_dup_threshold,
                                 max_file_bytes=max_file_bytes, show_progress=show_progress,
-                                confine_to=None if confine_to is None else tuple(os.fspath(r) for r in confine_to))
+                                confine_to=None if confine_to is None else tuple(os.fspath(r) for r in confine_to), documents=documents)
             rep = run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads.limit)
         kept = c.manifest.get("fusion") or {}
         if kept.get("applied") and rep.chunks_added and c.info()["chunks"] >= kept.get("regrow", 2.0) * kept["at_chunks"]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import InvalidInputError
+from retrieval.ingest.documents.options import DocumentOptions
 from retrieval.store import chunk_db
 from retrieval.store.collection import Changes, Collection
 from retrieval.types import Chunk, Skip, SourceDocument
@@ -45,6 +46,7 @@ class IndexOptions:
     max_file_bytes: int = 20_000_000
     show_progress: bool = False
     confine_to: tuple[str, ...] | None = None  # real folders no read may leave (the MCP server's allowed roots)
+    documents: DocumentOptions | None = None  # PDF / office parse limits and OCR (None: the defaults)
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0:
@@ -68,6 +70,8 @@ class IndexReport:
     dropped: dict = field(default_factory=lambda: {"empty": 0, "low_quality": 0, "exact_duplicate": 0, "near_duplicate": 0})
     # files (and JSONL records) that produced chunks but kept none: they cannot be found by search
     emptied: list[dict] = field(default_factory=list)
+    # converted documents (PDF, office, notebooks): pages, running header/footer lines dropped, outputs left out
+    converted: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     collection: str = "default"
 
@@ -151,7 +155,9 @@ def _scan(coll: Collection, conn, paths: Sequence[str], opts: IndexOptions, rep:
         out.seen.add(src)
         rep.files_seen += 1
         old = known.get(src)
-        if old is not None and old["content_hash"] == _group_hash(group) and tuple(sorted(old["tags"])) == opts.tags and not opts.force:
+        same_kind = old is None or old.get("kind") in (None, group[0].kind)  # a notebook indexed as code JSON before is read again
+        if old is not None and old["content_hash"] == _group_hash(group) and tuple(sorted(old["tags"])) == opts.tags and same_kind \
+                and not opts.force:
             rep.unchanged += 1
         else:
             out.todo.append(group)
@@ -163,7 +169,8 @@ def _scan(coll: Collection, conn, paths: Sequence[str], opts: IndexOptions, rep:
         bar.update(1)
 
     group: list[SourceDocument] = []
-    for item in iter_sources(paths, exclude=opts.exclude, max_file_bytes=opts.max_file_bytes, confine_to=opts.confine_to):
+    for item in iter_sources(paths, exclude=opts.exclude, max_file_bytes=opts.max_file_bytes, confine_to=opts.confine_to,
+                             documents=opts.documents):
         if isinstance(item, Skip):
             rep.skipped.append({"source": item.source, "reason": item.reason})
             continue
@@ -206,6 +213,8 @@ def _chunk(coll: Collection, conn, embedder, scan: _Scan, opts: IndexOptions, re
         kept: list[Chunk] = []
         made, file_before = 0, pre.to_dict()
         for doc in group:
+            if doc.notes:
+                rep.converted.append({"source": doc.source, "kind": doc.kind, **doc.notes})
             chunks = chunk_document(doc, embedder.token_spans, cfg)
             before = pre.to_dict()
             if doc.doc_id is not None:  # a record: dedup within the record only, and never lose a record
@@ -296,6 +305,8 @@ def run_index(
     from retrieval.store.source_paths import canonical_root
 
     opts = opts or IndexOptions()
+    if opts.documents is not None:
+        opts.documents.check()
     t0 = time.perf_counter()
     paths = [canonical_root(p) for p in paths]  # one stored spelling per file, however it was typed
     adopt_legacy_sources(coll, conn)

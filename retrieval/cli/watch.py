@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("watch", help="keep a collection in step with files and folders as they change",
                        description="Index PATHs, then follow them: each burst of changes (one save, or a `git checkout` "
                                    "of many files) is re-indexed as one incremental batch; a deleted file leaves the "
-                                   "collection. Same ignore rules as `index`. Ctrl-C or SIGTERM stops it after the "
-                                   "running batch. Logs go to stderr.")
+                                   "collection. Same ignore rules as `index`. Ctrl-C or SIGTERM stops it (a batch it "
+                                   "interrupts is left uncommitted). Logs go to stderr.")
     w.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.gitignore files are honoured)")
     w.add_argument("--store", required=True, metavar="DIR", help="store directory (created when missing)")
     w.add_argument("--collection", default="default", metavar="NAME", help="collection (default `default`)")
@@ -47,14 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _stopper(stop: threading.Event) -> None:
-    """Ctrl-C / SIGTERM end the loop after the running batch; a second one aborts at once (the store
-    keeps its last committed generation either way)."""
+    """Ctrl-C / SIGTERM end the loop at the running batch's next file; a second one raises at once
+    (the store keeps its last committed generation either way)."""
     def handle(signum: int, _frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        sys.stderr.write(f"watch: {signal.Signals(signum).name}: stopping after the running batch "
-                         "(again to abort at once)\n")
+        sys.stderr.write(f"watch: {signal.Signals(signum).name}: stopping (a running batch is left uncommitted "
+                         "and the next start catches up)\n")
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)

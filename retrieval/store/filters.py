@@ -48,6 +48,7 @@ class Compiled(NamedTuple):
     args: list[Any]
     keys: frozenset[str]  # metadata keys the filter names (checked against the collection's)
     kinds: frozenset[str]  # kind values the filter names (checked against the collection's)
+    tags: frozenset[str]  # tags the filter names (likewise)
 
 
 def _bad(message: str) -> InvalidInputError:
@@ -59,6 +60,7 @@ class _Compiler:
         self.args: list[Any] = []
         self.keys: set[str] = set()
         self.kinds: set[str] = set()
+        self.tags_named: set[str] = set()
         self.clauses = 0
 
     # ------------------------------------------------------------------ structure
@@ -156,6 +158,7 @@ class _Compiler:
 
     def tags(self, op: str, values: list[str]) -> str:
         has = "EXISTS (SELECT 1 FROM json_each(chunks.tags) WHERE value = ?)"
+        self.tags_named.update(values)
         self.args.extend(values)
         if not values:
             return "0" if op in ("$eq", "$in") else "1"
@@ -219,33 +222,39 @@ def compile_where(where: Mapping[str, Any]) -> Compiled:
     """One SQL condition for `where`; InvalidInputError (naming the valid operators) on a bad one."""
     c = _Compiler()
     sql = c.where(where)
-    return Compiled(sql, c.args, frozenset(c.keys), frozenset(c.kinds))
+    return Compiled(sql, c.args, frozenset(c.keys), frozenset(c.kinds), frozenset(c.tags_named))
 
 
-def _vocabulary(conn: sqlite3.Connection, cache: dict | None) -> tuple[set[str], set[str]]:
-    """(metadata keys, kinds) present in the collection's rows, kept on the snapshot's cache."""
+def _vocabulary(conn: sqlite3.Connection, cache: dict | None) -> tuple[set[str], set[str], set[str]]:
+    """(metadata keys, kinds, tags) present in the collection's rows, kept on the snapshot's cache."""
     if cache is not None and "filter_vocab" in cache:
         return cache["filter_vocab"]
     keys = {r[0] for r in conn.execute("SELECT DISTINCT j.key FROM chunks, json_each(chunks.metadata) AS j")}
     kinds = {r[0] for r in conn.execute("SELECT DISTINCT kind FROM chunks WHERE kind IS NOT NULL")}
+    tags = {r[0] for r in conn.execute("SELECT DISTINCT j.value FROM chunks, json_each(chunks.tags) AS j")}
     if keys & set(PAGE_KEYS):
         keys.add("page")
     if cache is not None:
-        cache["filter_vocab"] = (keys, kinds)
-    return keys, kinds
+        cache["filter_vocab"] = (keys, kinds, tags)
+    return keys, kinds, tags
 
 
 def _check_names(conn: sqlite3.Connection, comp: Compiled, cache: dict | None) -> None:
-    """A kind or metadata key that no chunk has is a typo, not an empty result: say what there is."""
-    if not (comp.keys or comp.kinds) or conn.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is None:
+    """A kind, tag or metadata key that no chunk has is a typo, not an empty result: say what there is."""
+    if not (comp.keys or comp.kinds or comp.tags) or conn.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is None:
         return
-    keys, kinds = _vocabulary(conn, cache)
+    keys, kinds, tags = _vocabulary(conn, cache)
     unknown_kinds = sorted(comp.kinds - kinds)
     if unknown_kinds:
         langs = {r[0] for r in conn.execute("SELECT DISTINCT json_extract(metadata, '$.language') FROM chunks")}
         tip = f"; {unknown_kinds[0]!r} is a language: filter language={unknown_kinds[0]}" if unknown_kinds[0] in langs else ""
         raise InvalidInputError(f"unknown kind {unknown_kinds[0]!r}: this collection holds the kinds {', '.join(sorted(kinds))}",
                                 f"filter on one of them{tip}")
+    unknown_tags = sorted(comp.tags - tags)
+    if unknown_tags:
+        held = f"the tags {', '.join(sorted(tags)[:50])}" if tags else "no tags (tag files with `index --tag T`)"
+        raise InvalidInputError(f"no chunk in this collection has the tag {unknown_tags[0]!r}; it holds {held}",
+                                "filter on one of its tags")
     unknown = sorted(comp.keys - keys)
     if unknown:
         shown = ", ".join(sorted(set(COLUMNS) | keys))

@@ -89,6 +89,11 @@ class BatchReport(NamedTuple):
 Guard = Callable[[str], AbstractContextManager]
 
 
+class WatchStopped(KnnragError):
+    """Raised from the index run's progress callback once the watcher is told to stop: the batch
+    is left uncommitted (the next start's catch-up indexes it)."""
+
+
 class Follower:
     """Keeps one collection in step with some folders and files. Thread-safe: events may be added
     while a batch is being indexed (they wait for the next one)."""
@@ -107,6 +112,11 @@ class Follower:
         self._lock = threading.Lock()
         self._pending: set[str] = set()  # absolute paths that changed
         self._resync: set[int] = set()  # roots (by index) to walk whole
+        self.stop = threading.Event()  # set: the running batch is abandoned at its next file
+
+    def _progress(self, _done: int, _total: int, _stage: str) -> None:
+        if self.stop.is_set():
+            raise WatchStopped("the watcher is stopping", "the next start catches up")
 
     # ------------------------------------------------------------------ events
     def add(self, changes: Iterable[tuple[Any, str]]) -> int:
@@ -176,7 +186,10 @@ class Follower:
             with self.guard(f"watch: {len(batch.paths) + len(batch.resync)} changed paths into {self.config.collection!r}"):
                 rep = self.store.index_paths(batch.resync + batch.paths, collection=self.config.collection,
                                              exclude=self.config.exclude, tags=self.config.tags, missing_ok=True,
-                                             max_file_bytes=self.config.max_file_bytes, confine_to=self.config.confine_to)
+                                             max_file_bytes=self.config.max_file_bytes, confine_to=self.config.confine_to,
+                                             progress=self._progress)
+        except WatchStopped:
+            return None
         except StoreWriteError as e:
             log.warning("watch: the store is busy (%s); retrying in %.0f s", e.message, RETRY_S)
             with self._lock:  # keep the batch for the next try
@@ -203,8 +216,10 @@ class Follower:
             ready: threading.Event | None = None, catch_up: bool = True) -> None:
         """Follow the roots until `stop` is set (or Ctrl-C): one flush per burst of events. The OS
         watch is in place before the catch-up walk, so nothing changed meanwhile is missed; `ready`
-        is set after the catch-up."""
+        is set after the catch-up. Once `stop` is set a running batch ends at its next file, uncommitted."""
         import watchfiles
+
+        self.stop = stop
 
         emit = on_batch or (lambda b: log.info("%s", b.line()))
         first = True

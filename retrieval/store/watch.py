@@ -75,8 +75,9 @@ class BatchReport(NamedTuple):
         if self.error:
             return f"watch: batch of {self.paths} files failed: {self.error}"
         r = self.report or {}
-        what = f"re-walked {', '.join(self.resync)}; " if self.resync else ""
-        return (f"watch: {what}{self.paths} changed paths: {r.get('added', 0)} added, {r.get('updated', 0)} updated, "
+        what = f"re-walked {', '.join(self.resync)}" + (f" and {self.paths} changed paths" if self.paths else "") \
+            if self.resync else f"{self.paths} changed paths"
+        return (f"watch: {what}: {r.get('added', 0)} added, {r.get('updated', 0)} updated, "
                 f"{r.get('removed', 0)} removed, {r.get('unchanged', 0)} unchanged, {len(r.get('skipped', []))} skipped, "
                 f"{self.ignored} ignored; {r.get('chunks_added', 0)} chunks added, {r.get('chunks_removed', 0)} removed "
                 f"in {self.seconds:.2f}s")

@@ -84,6 +84,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     stop = threading.Event()
     with DocStore.open(Path(args.store), embedder=args.embedder, create=True) as store:
         follower = Follower(store, args.paths, cfg)
+        if (Path(args.store) / args.collection / "manifest.json").exists():
+            store.embedder_for(store.collection(args.collection))  # another model than the collection's: refused now
         _stopper(stop)
         sys.stderr.write(f"watch: following {', '.join(args.paths)} into {args.store} collection {args.collection!r} "
                          "(Ctrl-C to stop)\n")

@@ -296,7 +296,7 @@ class DocStore:
     def search(self, query: str, request: SearchRequest | None = None, **settings: Any) -> list[Hit]:
         """Top-k chunks for `query`. Settings: a SearchRequest, or its fields as keywords (k, mode,
         filters, collection, mmr, mmr_lambda, min_score, fusion). Filters (source glob, kind, tags,
-        doc_id, metadata keys) apply before ranking; hybrid fuses dense and BM25 scores."""
+        doc_id, any metadata key; operators as in store/filters.py) apply before ranking."""
         return self._run([query], _search.as_request(request, settings), single=True)[0]
 
     def search_batch(self, queries: Sequence[str], request: SearchRequest | None = None, **settings: Any) -> list[list[Hit]]:

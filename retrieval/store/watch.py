@@ -124,7 +124,7 @@ class Follower:
         """Note watchfiles changes ((Change, path) pairs); returns how many are pending."""
         with self._lock:
             for change, path in changes:
-                if getattr(change, "name", change) == "added" and os.path.isdir(path) and not os.path.islink(path):
+                if getattr(change, "name", change) == "added" and os.path.isdir(path):  # a folder, or a link to one
                     hit = self._root_of(path)
                     if hit is not None:
                         self._resync.add(hit[0])  # a new folder: its files may predate the folder's watch

@@ -78,12 +78,16 @@ class IndexReport:
 
 
 def _gone(known: dict, seen: set[str], roots: Sequence[str]) -> list[str]:
-    """Known sources under the indexed roots that the walk did not see. Looks up each source's
-    folders in a set: the watcher's batches name 1,000 files, and 1,000 roots x 10,000 sources of
-    prefix tests cost seconds."""
+    """Known sources under the indexed roots that the walk did not see. The watcher names single
+    files (and the paths of deleted ones), often 1,000 in a batch: an exact match is a set lookup,
+    and only roots that are (or were) folders need a prefix test."""
     if any(r in (".", "") for r in roots):
         return [s for s in known if s not in seen]
     wanted = {r.rstrip("/") or "/" for r in roots}
+    folders = [r for r in wanted if not os.path.isfile(r)]  # a folder, or a deleted path that may have been one
+    if len(folders) <= 8:
+        prefixes = tuple(f.rstrip("/") + "/" for f in folders)
+        return [s for s in known if s not in seen and (s in wanted or (prefixes and s.startswith(prefixes)))]
     out = []
     for s in known:
         if s in seen:

@@ -168,6 +168,16 @@ def test_missing_paths_are_deletions(tmp_path):
         assert store.index_paths([str(d / "nope.md")], missing_ok=True).removed == 0  # nothing known: a no-op
 
 
+def _found(store_dir: Path, word: str) -> bool:
+    from retrieval.errors import KnnragError
+
+    try:
+        with DocStore.open(store_dir, read_only=True) as store:
+            return bool(hits(store, word))
+    except KnnragError:  # not created yet
+        return False
+
+
 @pytest.mark.slow  # a real subprocess: ~7 s here
 def test_cli_watch_stops_on_sigterm_and_logs_to_stderr(tmp_path):
     docs = tmp_path / "docs"
@@ -178,18 +188,16 @@ def test_cli_watch_stops_on_sigterm_and_logs_to_stderr(tmp_path):
     p = subprocess.Popen([*cli, "watch", str(docs), "--store", str(tmp_path / "s"), "--embedder", "hash-64",
                           "--debounce-ms", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        wait_for(lambda: (tmp_path / "s" / "default" / "manifest.json").exists(), "the catch-up", 60)
+        wait_for(lambda: _found(tmp_path / "s", "alpha"), "the catch-up", 60)
         (docs / "b.md").write_text("# B\n\nbravo" + SENT)
-        store = DocStore.open(tmp_path / "s", read_only=True)
-        wait_for(lambda: hits(store, "bravo"), "the new file", 60)
-        store.close()
+        wait_for(lambda: _found(tmp_path / "s", "bravo"), "the new file", 60)
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=WAIT_S)
     finally:
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0, err
-    assert out == "" and "watch: stopped" in err and "1 added" in err and "SIGTERM" in err
+    assert out == "" and "watch: stopped" in err and "1 added" in err and "SIGTERM" in err, err
     listing = subprocess.run([*cli, "sources", "--store", str(tmp_path / "s"), "--json"], capture_output=True, text=True,
                              env=env, timeout=120)
     page = json.loads(listing.stdout)

@@ -225,36 +225,44 @@ def compile_where(where: Mapping[str, Any]) -> Compiled:
     return Compiled(sql, c.args, frozenset(c.keys), frozenset(c.kinds), frozenset(c.tags_named))
 
 
-def _vocabulary(conn: sqlite3.Connection, cache: dict | None) -> tuple[set[str], set[str], set[str]]:
-    """(metadata keys, kinds, tags) present in the collection's rows, kept on the snapshot's cache."""
-    if cache is not None and "filter_vocab" in cache:
-        return cache["filter_vocab"]
-    keys = {r[0] for r in conn.execute("SELECT DISTINCT j.key FROM chunks, json_each(chunks.metadata) AS j")}
-    kinds = {r[0] for r in conn.execute("SELECT DISTINCT kind FROM chunks WHERE kind IS NOT NULL")}
-    tags = {r[0] for r in conn.execute("SELECT DISTINCT j.value FROM chunks, json_each(chunks.tags) AS j")}
-    if keys & set(PAGE_KEYS):
-        keys.add("page")
+_VOCAB_SQL = {  # what the collection holds, each read only when a filter names it (json_each scans every row)
+    "keys": "SELECT DISTINCT j.key FROM chunks, json_each(chunks.metadata) AS j",
+    "kinds": "SELECT DISTINCT kind FROM chunks WHERE kind IS NOT NULL",
+    "tags": "SELECT DISTINCT j.value FROM chunks, json_each(chunks.tags) AS j",
+}
+
+
+def _vocabulary(conn: sqlite3.Connection, cache: dict | None, part: str) -> set[str]:
+    """The metadata keys, kinds or tags present in the collection's rows, kept on the snapshot's cache."""
+    slot = f"filter_{part}"
+    if cache is not None and slot in cache:
+        return cache[slot]
+    got = {r[0] for r in conn.execute(_VOCAB_SQL[part])}
+    if part == "keys" and got & set(PAGE_KEYS):
+        got.add("page")
     if cache is not None:
-        cache["filter_vocab"] = (keys, kinds, tags)
-    return keys, kinds, tags
+        cache[slot] = got
+    return got
 
 
 def _check_names(conn: sqlite3.Connection, comp: Compiled, cache: dict | None) -> None:
     """A kind, tag or metadata key that no chunk has is a typo, not an empty result: say what there is."""
     if not (comp.keys or comp.kinds or comp.tags) or conn.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is None:
         return
-    keys, kinds, tags = _vocabulary(conn, cache)
+    kinds = _vocabulary(conn, cache, "kinds") if comp.kinds else set()
     unknown_kinds = sorted(comp.kinds - kinds)
     if unknown_kinds:
         langs = {r[0] for r in conn.execute("SELECT DISTINCT json_extract(metadata, '$.language') FROM chunks")}
         tip = f"; {unknown_kinds[0]!r} is a language: filter language={unknown_kinds[0]}" if unknown_kinds[0] in langs else ""
         raise InvalidInputError(f"unknown kind {unknown_kinds[0]!r}: this collection holds the kinds {', '.join(sorted(kinds))}",
                                 f"filter on one of them{tip}")
+    tags = _vocabulary(conn, cache, "tags") if comp.tags else set()
     unknown_tags = sorted(comp.tags - tags)
     if unknown_tags:
         held = f"the tags {', '.join(sorted(tags)[:50])}" if tags else "no tags (tag files with `index --tag T`)"
         raise InvalidInputError(f"no chunk in this collection has the tag {unknown_tags[0]!r}; it holds {held}",
                                 "filter on one of its tags")
+    keys = _vocabulary(conn, cache, "keys") if comp.keys else set()
     unknown = sorted(comp.keys - keys)
     if unknown:
         shown = ", ".join(sorted(set(COLUMNS) | keys))

@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--allow-root", action="append", default=[], metavar="PATH",
                    help="folder clients may index with index_paths (repeatable); without it indexing is refused")
+    p.add_argument("--watch", action="append", default=[], metavar="PATH",
+                   help="keep these files/folders indexed while serving (repeatable; under an --allow-root): "
+                        "each burst of changes is re-indexed as one batch, deleted files leave the collection")
+    p.add_argument("--watch-collection", default="default", metavar="NAME", help="collection --watch keeps (default `default`)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="HOST[:PORT]",
                    help="extra Host header value accepted over HTTP (DNS-rebinding protection)")
     p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
@@ -164,7 +168,8 @@ def serve(args: argparse.Namespace, announce=None) -> int:
                           model=args.model, embedder=args.embedder,
                           allow_roots=tuple(Path(r) for r in args.allow_root), min_score=args.min_score,
                           max_write_seconds=args.max_write_seconds, index_wait_seconds=args.index_wait_seconds,
-                          ray=args.ray, shards=args.shards)
+                          ray=args.ray, shards=args.shards, watch=tuple(Path(w) for w in args.watch),
+                          watch_collection=args.watch_collection)
     server = build_server(config)
     if args.transport == "stdio":
         import anyio

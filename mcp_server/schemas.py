@@ -231,6 +231,28 @@ class StatsOut(BaseModel):
                                   "(chosen k, temperature, lambda, held-out size and measured gain); null without one")
 
 
+class SourceOut(BaseModel):
+    source: str = Field(description="file path as indexed (what search hits name), or add_texts' `source`")
+    kind: str | None = Field(default=None, description="markdown, rst, text, code, html, jsonl, pdf, ...")
+    chunks: int = Field(description="chunks it has in the collection (0: every chunk was dropped as empty or a duplicate)")
+    pages: int | None = Field(default=None, description="its last page, when its chunks carry page numbers; else null")
+    tags: list[str] = Field(default_factory=list)
+    indexed_at: str | None = Field(default=None, description="when it was last (re)indexed, ISO 8601 UTC")
+    modified: str | None = Field(default=None, description="the file's modification time when indexed, ISO 8601 UTC")
+    size: int | None = Field(default=None, description="bytes, when indexed")
+    content_hash: str | None = Field(default=None, description="sha256 of the bytes indexed")
+
+
+class SourcesOut(BaseModel):
+    collection: str
+    sources: list[SourceOut] = Field(description="sources by path")
+    total: int = Field(description="sources in the collection (matching `source`, when given)")
+    offset: int = Field(description="position of the first source here (0-based)")
+    returned: int
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page; null on the last")
+    note: str | None = None
+
+
 class TokenProbOut(BaseModel):
     token: str
     prob: float

@@ -30,7 +30,7 @@ INSTRUCTIONS = (
     "line range; read the whole chunk with the chunk://{collection}/{id} resource), `ask` for a short "
     "grounded answer from the bundled small LM, `index_paths` to add files under the allowed roots "
     "(`start_indexing` + `index_status` for big trees), `add_texts` to add text directly, `get_chunks` and "
-    "`chunk_context` to read chunks and their neighbours. "
+    "`chunk_context` to read chunks and their neighbours, `list_sources` to see which files a collection holds. "
     "The knn_* tools and `perplexity` expose the kNN-LM (base LM mixed with a token datastore)."
 )
 
@@ -50,6 +50,8 @@ class ServerConfig:
     index_wait_seconds: float = 300.0  # index_paths waits this long, then leaves the job running and says so
     ray: str | None = None  # search the datastore on Ray actors: "local" or HOST:PORT (lm.datastore.shards)
     shards: int | None = None  # with ray: shards, one actor each (default 2)
+    watch: tuple[Path, ...] = ()  # folders/files kept indexed while serving (mcp_server/watching.py); under allow_roots
+    watch_collection: str = "default"
 
     def __post_init__(self) -> None:
         for name in ("max_write_seconds", "index_wait_seconds"):
@@ -66,7 +68,18 @@ class ServerConfig:
         if self.shards is not None and not self.ray:
             raise InvalidInputError("--shards needs --ray", "add --ray local (or a cluster address), or drop --shards")
         object.__setattr__(self, "allow_roots", roots)
+        object.__setattr__(self, "watch", tuple(_watched(self.watch, roots)))
         object.__setattr__(self, "store", Path(os.path.expanduser(str(self.store))))
+
+
+def _watched(paths: tuple[Path, ...], roots: tuple[Path, ...]) -> list[Path]:
+    """--watch paths, real, each under an --allow-root (the watcher reads nothing a client could not index)."""
+    from mcp_server.paths import resolve_allowed
+
+    if paths and not roots:
+        raise InvalidInputError("--watch needs --allow-root: watched paths must lie under an allowed root",
+                                f"add --allow-root {paths[0]} (or a folder above it)")
+    return [resolve_allowed(str(p), roots) for p in paths]
 
 
 @dataclass
@@ -191,16 +204,22 @@ def _server_class():
 
 def build_server(config: ServerConfig, *, state: ServerState | None = None):
     """The MCPServer with every tool and the chunk resource registered; nothing loaded yet."""
-    from mcp_server import admin_tools, lm_tools, tools, write_tools
+    import anyio
+
+    from mcp_server import admin_tools, lm_tools, source_tools, tools, write_tools
+    from mcp_server.watching import ServerWatch
 
     shared = state or ServerState(config)
 
     @asynccontextmanager
     async def lifespan(_server: Any) -> AsyncIterator[ServerState]:
         # Streamable HTTP enters this once per process; stdio once per connection.
+        watch = ServerWatch(shared).start() if config.watch else None
         try:
             yield shared
         finally:
+            if watch is not None:
+                await anyio.to_thread.run_sync(watch.stop)
             if state is None:  # we own it
                 shared.close()
 
@@ -212,7 +231,7 @@ def build_server(config: ServerConfig, *, state: ServerState | None = None):
         lifespan=lifespan,
         log_level="WARNING",
     )
-    for module in (tools, write_tools, admin_tools, lm_tools):
+    for module in (tools, write_tools, admin_tools, lm_tools, source_tools):
         module.register(server)
     server.knnrag_state = shared  # the web page (mcp_server/web) serves from the same loaded store and models
     return server

@@ -17,7 +17,7 @@ import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ContentBlock, ResourceLink, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mcp_server import schemas as S
 from retrieval.errors import KnnragError, NotFoundError
@@ -61,15 +61,15 @@ _CLI_TO_MCP = [
 ]
 
 
-class Filters(BaseModel):
-    """Metadata filters applied inside the search (never after it)."""
-
-    model_config = ConfigDict(extra="forbid")
-    source: str | None = Field(default=None, max_length=1000, description="glob over source paths, e.g. 'docs/*.md'")
-    kind: str | None = Field(default=None, max_length=64, description="file type, e.g. 'markdown', 'python', 'text'")
-    tags: list[Annotated[str, Field(max_length=200)]] | None = Field(
-        default=None, max_length=50, description="all of these tags must be present")
-    doc_id: str | None = Field(default=None, max_length=1000)
+FILTERS_HELP = ("metadata filters, applied inside the search (never after it): {KEY: VALUE} for equality (source: a "
+                "glob like 'docs/*.md'; tags: has the tag), {KEY: [V, ...]} for any of them (tags: all of them), "
+                "{KEY: {OP: V}} with OP one of $eq $ne $in $nin $gt $gte $lt $lte ($gt...$lte compare numbers or ISO "
+                "dates), and {\"$and\": [filter, ...]} / {\"$or\": [filter, ...]}. KEY: source, kind, tags, doc_id, page "
+                "or any metadata key (e.g. language, or one given to add_texts). A kind, tag or key no chunk has is refused "
+                "with the ones there are")
+Filters = Annotated[dict[str, Any], Field(description=FILTERS_HELP, max_length=64, examples=[
+    {"source": "docs/*.md"}, {"kind": {"$in": ["markdown", "rst"]}, "page": {"$gte": 3}},
+    {"$or": [{"owner": "ana"}, {"tags": "public"}]}])]
 
 
 def state(ctx: Context):

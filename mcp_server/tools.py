@@ -16,7 +16,7 @@ import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp_types import CallToolResult
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from mcp_server import paging
 from mcp_server import schemas as S
@@ -26,6 +26,7 @@ from mcp_server.tool_support import COLLECTION_RE, COMPUTE, MAX_QUERY_CHARS, REA
 from retrieval.errors import KnnragError
 from retrieval.store import admin
 from retrieval.store.admin import MAX_NEIGHBOURS
+from retrieval.store.filters import compile_where
 from retrieval.store.search import MAX_K, MODES
 
 MAX_SEARCH_K = min(1000, MAX_K)
@@ -34,11 +35,11 @@ MAX_PAGE_HITS = 200  # no page holds more (a hit is >= ~250 characters of JSON);
 
 def _page_of(cursor: str | None, query: str, k: int, mode: str, filters: Filters | None, collection: str) -> Page:
     if cursor is None:
-        return Page(k, mode, filters.model_dump(exclude_none=True) if filters else None, collection, 0, -1)
+        return Page(k, mode, dict(filters) if filters else None, collection, 0, -1)
     page = paging.decode(cursor, query)
     try:  # a cursor is untrusted: its fields pass the same checks as direct arguments
-        Filters.model_validate(page.filters or {})
-    except ValidationError:
+        compile_where(page.filters or {})
+    except KnnragError:
         raise ToolError("cursor is damaged. Hint: pass `next_cursor` unchanged") from None
     if not (1 <= page.k <= MAX_SEARCH_K and page.mode in MODES and re.match(COLLECTION_RE, page.collection)):
         raise ToolError("cursor is damaged. Hint: pass `next_cursor` unchanged")
@@ -78,7 +79,7 @@ def _register_search(server: Any) -> None:
         k: Annotated[int, Field(description=f"number of hits (pages of them when they do not fit one result; "
                                             f"at most {MAX_SEARCH_K})", ge=1, le=MAX_SEARCH_K, strict=True)] = 10,
         mode: Annotated[Literal["hybrid", "dense", "bm25"], Field(description="retrieval mode")] = "hybrid",
-        filters: Annotated[Filters | None, Field(description="metadata filters")] = None,
+        filters: Filters | None = None,
         collection: Collection = "default",
         cursor: Annotated[str | None, Field(description="next_cursor of the previous page (same query); k, mode, "
                                                         "filters and collection then come from it",

@@ -117,7 +117,7 @@ def search(state: Any, req: SearchIn) -> dict:
     with state.gate.shared():
         store = state.store()
         T.require_collection(store, req.collection)
-        filters = req.filters.model_dump(exclude_none=True) if req.filters else None
+        filters = dict(req.filters) if req.filters else None
         found = store.search(req.query, k=req.k, mode=req.mode, filters=filters or None, collection=req.collection)
         tok = store.collection(req.collection).tokenizer()
     hits = [T.hit(h) for h in found]

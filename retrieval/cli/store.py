@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from retrieval.cli import watch
+from retrieval.cli.filters import WHERE_HELP, combine
 from retrieval.errors import InvalidInputError, NotFoundError
 from retrieval.store.source_paths import shown
 
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dense: embedding cosine; bm25: keyword (Lucene BM25); hybrid: both fused (default)")
     s.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="source=GLOB, kind=markdown, tags=T, doc_id=ID or any metadata key; repeatable (all must match)")
+    s.add_argument("--where", metavar="JSON", help=WHERE_HELP)
     s.add_argument("--mmr", action="store_true", help="diversify results with maximal marginal relevance")
     s.add_argument("--mmr-lambda", type=float, default=0.5, help="MMR trade-off: 1 = relevance only, 0 = diversity only")
     s.add_argument("--min-score", type=float, help="drop hits scoring below this; scale of --mode: dense cosine in [-1, 1], bm25 raw BM25 (>= 0), "
@@ -91,6 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--store", required=True, metavar="DIR", help="store directory")
     c.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     c.set_defaults(func=cmd_collections)
+    watch.register(sub)
 
 
 def _store_args(p: argparse.ArgumentParser, collection_default: str | None = "default") -> None:
@@ -167,24 +171,8 @@ def _explicit_skips(paths: list[str], skipped: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- search
-def _filters(items: list[str]) -> dict | None:
-    if not items:
-        return None
-    f: dict = {}
-    for it in items:
-        if "=" not in it:
-            raise InvalidInputError(f"bad --filter {it!r}", "use KEY=VALUE, e.g. --filter kind=markdown or --filter source='docs/*'")
-        key, val = it.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise InvalidInputError(f"bad --filter {it!r}: empty key", "use KEY=VALUE")
-        if key == "tags" or key == "tag":
-            f.setdefault("tags", []).extend(v for v in val.split(",") if v)
-        elif key in f:
-            f[key] = (f[key] if isinstance(f[key], list) else [f[key]]) + [val]
-        else:
-            f[key] = val
-    return f
+def _filters(items: list[str], where: str | None = None) -> dict | None:
+    return combine(items, where)
 
 
 def _read_queries(path: str) -> list[tuple[str, str]]:
@@ -223,7 +211,7 @@ def _request(args, store):
     if args.min_score is not None and not math.isfinite(args.min_score):
         raise InvalidInputError(f"--min-score must be a finite number, got {args.min_score}",
                                 "dense: a cosine in [-1, 1]; bm25: a BM25 score >= 0; hybrid: a fused score in [0, 1]")
-    req = SearchRequest(k=args.k, mode=args.mode, filters=_filters(args.filter), collection=args.collection, mmr=args.mmr,
+    req = SearchRequest(k=args.k, mode=args.mode, filters=_filters(args.filter, args.where), collection=args.collection, mmr=args.mmr,
                         mmr_lambda=args.mmr_lambda, min_score=args.min_score)
     over = {k: v for k, v in (("alpha", args.alpha), ("method", args.fusion), ("norm", args.norm), ("doc_agg", args.doc_agg))
             if v is not None}

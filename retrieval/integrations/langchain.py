@@ -79,7 +79,8 @@ def _doc(h: Hit) -> Document:
 class KnnragVectorStore(VectorStore):
     """LangChain VectorStore over one DocStore collection. `mode` picks dense, bm25 or hybrid
     (default) ranking for similarity_search; `filter` takes DocStore filters (source glob, kind,
-    tags, doc_id, or any metadata key)."""
+    tags, doc_id, or any metadata key, with chroma-style $eq/$ne/$in/$nin/$gt/$gte/$lt/$lte and
+    $and/$or: retrieval/store/filters.py)."""
 
     def __init__(self, store: DocStore, *, collection: str = "default", mode: str = "hybrid") -> None:
         if mode not in ("dense", "bm25", "hybrid"):

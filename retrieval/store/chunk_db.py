@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import CorruptStoreError, InvalidInputError
+from retrieval.errors import CorruptStoreError
+from retrieval.store.filters import allowed_ids
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -178,38 +179,9 @@ def reserve_ids(conn: sqlite3.Connection, given: Sequence[str]) -> None:
         set_meta(conn, "next_id", top + 1)
 
 
-def filter_ids(conn: sqlite3.Connection, filters: dict | None) -> np.ndarray | None:
-    """Chunk ids matching every filter (None when there is no filter). Keys: source (glob or list),
-    kind, doc_id (value or list), tags (all must match); any other key matches metadata[key]."""
-    if not filters:
-        return None
-    where: list[str] = []
-    args: list[str | int | float] = []
-    for key, val in filters.items():
-        vals = list(val) if isinstance(val, (list, tuple, set)) else [val]
-        if not vals:
-            if key == "tags":
-                continue
-            return np.zeros(0, np.int64)
-        if key == "tags":
-            for t in vals:
-                where.append("EXISTS (SELECT 1 FROM json_each(chunks.tags) WHERE value = ?)")
-                args.append(str(t))
-        elif key == "source":
-            where.append("(" + " OR ".join(["knn_glob(?, source)"] * len(vals)) + ")")
-            args += [str(v) for v in vals]
-        elif key in ("kind", "doc_id"):
-            where.append(f"{key} IN ({','.join('?' * len(vals))})")
-            args += [str(v) for v in vals]
-        else:
-            if not str(key).replace("_", "").replace("-", "").replace(".", "").isalnum():
-                raise InvalidInputError(f"invalid filter key {key!r}", "use source, kind, tags, doc_id or a metadata key")
-            where.append("(" + " OR ".join([f"json_extract(metadata, '$.\"{key}\"') = ?"] * len(vals)) + ")")
-            args += [v if isinstance(v, (int, float)) else str(v) for v in vals]
-    if not where:
-        return None
-    q = "SELECT id FROM chunks WHERE " + " AND ".join(where) + " ORDER BY id"
-    return np.asarray([r[0] for r in conn.execute(q, args)], dtype=np.int64)
+def filter_ids(conn: sqlite3.Connection, filters: dict | None, cache: dict | None = None) -> np.ndarray | None:
+    """Chunk ids matching a filter (None when there is none): see retrieval/store/filters.py."""
+    return allowed_ids(conn, filters, cache)
 
 
 def chunk_ids_of_sources(conn: sqlite3.Connection, sources: Sequence[str]) -> list[int]:

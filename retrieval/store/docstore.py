@@ -47,19 +47,6 @@ __all__ = ["DocStore", "Hit", "IndexReport", "LiveChunks", "FusionConfig", "Sear
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-def _request(request: SearchRequest | None, settings: dict[str, Any]) -> SearchRequest:
-    """A SearchRequest from either a request or its fields as keywords (not both)."""
-    if request is not None and not isinstance(request, SearchRequest):
-        raise InvalidInputError(f"expected a SearchRequest, got {type(request).__name__}", "pass settings as keywords, e.g. k=10")
-    unknown = sorted(set(settings) - set(SearchRequest.__dataclass_fields__))
-    if unknown:
-        raise InvalidInputError(f"unknown search setting(s) {', '.join(unknown)}",
-                                f"use {', '.join(SearchRequest.__dataclass_fields__)}")
-    if request is None:
-        return SearchRequest(**settings)
-    return request.with_(**settings) if settings else request
-
-
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInputError(f"invalid collection name {name!r}", "use letters, digits, '-' and '_' (at most 64), e.g. 'docs'")
@@ -234,15 +221,17 @@ class DocStore:
         tags: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None, show_progress: bool = False,
         index_factory: str | None = None, force: bool = False, near_dup_threshold: float | None = 0.9,
         max_file_bytes: int = 20_000_000, confine_to: Sequence[str | os.PathLike] | None = None, documents: Any = None,
+        missing_ok: bool = False,
     ) -> IndexReport:
         """Index files and folders incrementally. `confine_to`: a remote caller's allowed roots, checked
-        on each opened file (one swapped for a symlink mid-walk is never read); `documents`: DocumentOptions."""
+        on each opened file (one swapped for a symlink mid-walk is never read); `documents`: DocumentOptions.
+        `missing_ok`: a path that no longer exists is a deletion (its sources leave the collection)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         with self._writing(collection, index_factory) as (c, conn):
             emb = self.embedder_for(c)
             opts = IndexOptions(exclude=tuple(exclude), tags=tuple(tags), force=force, near_dup_threshold=near_dup_threshold,
-                                max_file_bytes=max_file_bytes, show_progress=show_progress,
+                                max_file_bytes=max_file_bytes, show_progress=show_progress, missing_ok=missing_ok,
                                 confine_to=None if confine_to is None else tuple(os.fspath(r) for r in confine_to), documents=documents)
             rep = run_index(c, conn, emb, [os.fspath(p) for p in paths], opts, progress=progress, limit_threads=self._threads.limit)
         kept = c.manifest.get("fusion") or {}
@@ -313,16 +302,16 @@ class DocStore:
     def search(self, query: str, request: SearchRequest | None = None, **settings: Any) -> list[Hit]:
         """Top-k chunks for `query`. Settings: a SearchRequest, or its fields as keywords (k, mode,
         filters, collection, mmr, mmr_lambda, min_score, fusion). Filters (source glob, kind, tags,
-        doc_id, metadata keys) apply before ranking; hybrid fuses dense and BM25 scores."""
-        return self._run([query], _request(request, settings), single=True)[0]
+        doc_id, any metadata key; operators as in store/filters.py) apply before ranking."""
+        return self._run([query], _search.as_request(request, settings), single=True)[0]
 
     def search_batch(self, queries: Sequence[str], request: SearchRequest | None = None, **settings: Any) -> list[list[Hit]]:
         """Many queries with the same settings; the queries are embedded in one batch."""
-        return self._run(list(queries), _request(request, settings), single=len(queries) == 1)
+        return self._run(list(queries), _search.as_request(request, settings), single=len(queries) == 1)
 
     def search_by_vector(self, vector: Sequence[float], request: SearchRequest | None = None, **settings: Any) -> list[Hit]:
         """Dense search with a query vector you embedded yourself (same model as the collection)."""
-        req = _request(request, settings).with_(mode="dense")
+        req = _search.as_request(request, settings).with_(mode="dense")
         c = self.collection(req.collection)
         xq = np.asarray(vector, dtype=np.float32).reshape(1, -1)  # (1, D)
         if xq.shape[1] != c.dim:
@@ -342,11 +331,12 @@ class DocStore:
         return self.fusion
 
     def _scope(self, c: Collection, conn: Any, snap: Any, req: SearchRequest) -> _search.Scope:
-        filters = dict(req.filters) if req.filters is not None else None
+        filters = dict(req.filters) if req.filters else None
         if filters and isinstance(filters.get("source"), (str, list, tuple)):  # a path as the user sees it
             given = [filters["source"]] if isinstance(filters["source"], str) else list(filters["source"])
             filters["source"] = expand(str(g) for g in given)
-        return _search.Scope(c, conn, snap, chunk_db.filter_ids(conn, filters), self.fusion_for(c, req), _search.has_doc_ids(conn, snap))
+        return _search.Scope(c, conn, snap, chunk_db.filter_ids(conn, filters, snap.cache), self.fusion_for(c, req),
+                             _search.has_doc_ids(conn, snap))
 
     def _run(self, queries: list[str], req: SearchRequest, single: bool, xq: np.ndarray | None = None) -> list[list[Hit]]:
         queries = [_search.clean_query(q) for q in queries]
@@ -375,6 +365,13 @@ class DocStore:
     def get(self, ids: Sequence[str], *, collection: str = "default") -> list[Hit]:
         """Chunks by id (unknown ids are left out), score 0."""
         return _search.get_hits(self.collection(collection), [str(i) for i in ids])
+
+    def list_sources(self, collection: str = "default", *, limit: int = 100, offset: int = 0, source: str | None = None) -> dict:
+        """The indexed files, by path: chunks, kind, pages, tags, when indexed (see store/listing.py)."""
+        from retrieval.store.listing import list_sources
+
+        with self.collection(collection).reading() as (conn, snap):
+            return list_sources(conn, limit=limit, offset=offset, source=source) | {"collection": collection, "generation": snap.generation}
 
     def verify(self, collection: str = "default") -> dict:
         """Check that vectors, rows and BM25 entries of the committed state agree (CorruptStoreError if not)."""

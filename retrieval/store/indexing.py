@@ -47,6 +47,7 @@ class IndexOptions:
     show_progress: bool = False
     confine_to: tuple[str, ...] | None = None  # real folders no read may leave (the MCP server's allowed roots)
     documents: DocumentOptions | None = None  # PDF / office parse limits and OCR (None: the defaults)
+    missing_ok: bool = False  # a path that no longer exists is a deletion (the watcher names deleted files)
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0:
@@ -81,8 +82,30 @@ class IndexReport:
         return d
 
 
-def _under(source: str, roots: Sequence[str]) -> bool:
-    return any(r in (".", "") or source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
+def _gone(known: dict, seen: set[str], roots: Sequence[str]) -> list[str]:
+    """Known sources under the indexed roots that the walk did not see. The watcher names single
+    files (and the paths of deleted ones), often 1,000 in a batch: an exact match is a set lookup,
+    and only roots that are (or were) folders need a prefix test."""
+    if any(r in (".", "") for r in roots):
+        return [s for s in known if s not in seen]
+    wanted = {r.rstrip("/") or "/" for r in roots}
+    folders = [r for r in wanted if not os.path.isfile(r)]  # a folder, or a deleted path that may have been one
+    if len(folders) <= 8:
+        prefixes = tuple(f.rstrip("/") + "/" for f in folders)
+        return [s for s in known if s not in seen and (s in wanted or (prefixes and s.startswith(prefixes)))]
+    out = []
+    for s in known:
+        if s in seen:
+            continue
+        p = s
+        while p not in wanted:
+            up = posixpath.dirname(p)
+            if up == p:
+                break
+            p = up
+        if p in wanted:
+            out.append(s)
+    return out
 
 
 def _group_hash(docs: list[SourceDocument]) -> str:
@@ -169,8 +192,10 @@ def _scan(coll: Collection, conn, paths: Sequence[str], opts: IndexOptions, rep:
         bar.update(1)
 
     group: list[SourceDocument] = []
-    for item in iter_sources(paths, exclude=opts.exclude, max_file_bytes=opts.max_file_bytes, confine_to=opts.confine_to,
-                             documents=opts.documents):
+    present = [p for p in paths if not opts.missing_ok or os.path.exists(p)]
+    items = iter_sources(present, exclude=opts.exclude, max_file_bytes=opts.max_file_bytes, confine_to=opts.confine_to,
+                         documents=opts.documents) if present else ()
+    for item in items:
         if isinstance(item, Skip):
             rep.skipped.append({"source": item.source, "reason": item.reason})
             continue
@@ -182,7 +207,7 @@ def _scan(coll: Collection, conn, paths: Sequence[str], opts: IndexOptions, rep:
         judge(group)
     bar.close()
     roots = [posixpath.normpath(os.fspath(p).replace(os.sep, "/")) for p in paths]
-    out.gone = [s for s in known if s not in out.seen and _under(s, roots)]
+    out.gone = _gone(known, out.seen, roots)
     rep.removed = len(out.gone)
     return out
 
@@ -302,18 +327,18 @@ def run_index(
     progress: Progress | None = None, limit_threads: Callable[[int], ContextManager] | None = None,
 ) -> IndexReport:
     """Scan `paths`, chunk + embed what changed, commit once. Caller holds the writer lock."""
-    from retrieval.store.source_paths import canonical_root
+    from retrieval.store.source_paths import adopt_legacy_sources, canonical_root
 
     opts = opts or IndexOptions()
     if opts.documents is not None:
         opts.documents.check()
     t0 = time.perf_counter()
     paths = [canonical_root(p) for p in paths]  # one stored spelling per file, however it was typed
-    adopt_legacy_sources(coll, conn)
+    adopt_legacy_sources(coll, conn)  # older versions stored paths as typed
     rep = IndexReport(collection=coll.name)
     bar = _Bar(opts.show_progress, progress)
     scan = _scan(coll, conn, paths, opts, rep, bar)
-    if rep.files_seen == 0 and not rep.skipped and not scan.gone:
+    if rep.files_seen == 0 and not rep.skipped and not scan.gone and not opts.missing_ok:
         raise InvalidInputError(
             f"nothing to index in {', '.join(map(str, paths))}: no files found",
             "check the path and --exclude patterns (.gitignore'd files are left out)",
@@ -330,36 +355,6 @@ def run_index(
     rep.dropped = pre.to_dict()
     rep.seconds = time.perf_counter() - t0
     return rep
-
-
-def adopt_legacy_sources(coll: Collection, conn) -> int:
-    """Rewrite the relative source paths older versions stored (as typed) to canonical ones, once per
-    collection, so re-indexing the same files in any spelling updates them instead of adding copies.
-    A relative path is read from the current folder, as the CLI always did; one that names no file
-    here is left alone (it goes when its folder is re-indexed from where it was typed)."""
-    from retrieval.store.durable import atomic_write_json
-    from retrieval.store.source_paths import canonical_root
-
-    if coll.manifest.get("source_paths") == "canonical" or coll.read_only:
-        return 0
-    moved = 0
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for (src,) in conn.execute("SELECT source FROM sources").fetchall():
-            new = canonical_root(src) if not posixpath.isabs(src) and os.path.isfile(src) else src
-            if new != src and conn.execute("SELECT 1 FROM sources WHERE source=?", (new,)).fetchone() is None:
-                conn.execute("UPDATE sources SET source=? WHERE source=?", (new, src))
-                conn.execute("UPDATE chunks SET source=? WHERE source=?", (new, src))
-                moved += 1
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    coll.manifest["source_paths"] = "canonical"
-    atomic_write_json(coll.dir / "manifest.json", coll.manifest)
-    if moved:
-        log.info("collection %s: %d relative source paths made canonical", coll.name, moved)
-    return moved
 
 
 MAX_METADATA_BYTES = 16_384  # per chunk, as JSON: a 900 KB value once made every search that hit it 1.8 MB

@@ -57,6 +57,10 @@ class SearchRequest:
             raise InvalidInputError(f"unknown search mode {self.mode!r}", f"use one of {', '.join(MODES)}")
         if self.filters is not None and not isinstance(self.filters, Mapping):
             raise InvalidInputError("filters must be a dict like {'kind': 'markdown'}", "keys: source, kind, tags, doc_id or a metadata key")
+        if self.filters:
+            from retrieval.store.filters import compile_where
+
+            compile_where(self.filters)  # a bad operator is refused here, before any model loads
         if isinstance(self.mmr_lambda, bool) or not isinstance(self.mmr_lambda, (int, float)) or not 0.0 <= self.mmr_lambda <= 1.0:
             raise InvalidInputError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}", "1 = pure relevance, 0 = pure diversity")
         ms = self.min_score
@@ -68,6 +72,19 @@ class SearchRequest:
 
     def with_(self, **kw: Any) -> SearchRequest:
         return replace(self, **kw)
+
+
+def as_request(request: SearchRequest | None, settings: dict[str, Any]) -> SearchRequest:
+    """A SearchRequest from either a request or its fields as keywords (not both)."""
+    if request is not None and not isinstance(request, SearchRequest):
+        raise InvalidInputError(f"expected a SearchRequest, got {type(request).__name__}", "pass settings as keywords, e.g. k=10")
+    unknown = sorted(set(settings) - set(SearchRequest.__dataclass_fields__))
+    if unknown:
+        raise InvalidInputError(f"unknown search setting(s) {', '.join(unknown)}",
+                                f"use {', '.join(SearchRequest.__dataclass_fields__)}")
+    if request is None:
+        return SearchRequest(**settings)
+    return request.with_(**settings) if settings else request
 
 
 class Scope(NamedTuple):

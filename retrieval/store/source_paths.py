@@ -10,9 +10,11 @@ Sources that are not files (add_texts metadata, JSONL records' own names) are ke
 """
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 from collections.abc import Iterable
+from typing import Any
 
 _GLOB = "*?["
 
@@ -22,6 +24,9 @@ def canonical_root(path: str) -> str:
     does not exist, so the error that follows names what the user typed."""
     p = os.path.expanduser(os.fspath(path))
     if not os.path.exists(p) and not os.path.islink(p):
+        parent, name = os.path.split(os.path.abspath(p))
+        if name and os.path.isdir(parent):  # a file deleted since (watch): its folder still names it
+            return os.path.join(os.path.realpath(parent), name).replace(os.sep, "/")
         return path
     return os.path.realpath(p).replace(os.sep, "/")
 
@@ -51,3 +56,32 @@ def shown(source: str) -> str:
 
 def expand(patterns: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(s for p in patterns for s in spellings(str(p))))
+
+
+def adopt_legacy_sources(coll: Any, conn: Any) -> int:
+    """Rewrite the relative source paths older versions stored (as typed) to canonical ones, once per
+    collection, so re-indexing the same files in any spelling updates them instead of adding copies.
+    A relative path is read from the current folder, as the CLI always did; one that names no file
+    here is left alone (it goes when its folder is re-indexed from where it was typed)."""
+    from retrieval.store.durable import atomic_write_json
+
+    if coll.manifest.get("source_paths") == "canonical" or coll.read_only:
+        return 0
+    moved = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for (src,) in conn.execute("SELECT source FROM sources").fetchall():
+            new = canonical_root(src) if not posixpath.isabs(src) and os.path.isfile(src) else src
+            if new != src and conn.execute("SELECT 1 FROM sources WHERE source=?", (new,)).fetchone() is None:
+                conn.execute("UPDATE sources SET source=? WHERE source=?", (new, src))
+                conn.execute("UPDATE chunks SET source=? WHERE source=?", (new, src))
+                moved += 1
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    coll.manifest["source_paths"] = "canonical"
+    atomic_write_json(coll.dir / "manifest.json", coll.manifest)
+    if moved:
+        logging.getLogger(__name__).info("collection %s: %d relative source paths made canonical", coll.name, moved)
+    return moved

@@ -21,7 +21,7 @@ from tests.support.tiny_lm import make_tiny_lm
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOOLS = {"search", "ask", "index_paths", "delete", "list_collections", "stats", "knn_next_tokens", "knn_generate",
          "perplexity", "add_texts", "create_collection", "drop_collection", "get_chunks", "chunk_context",
-         "start_indexing", "index_status", "cancel_indexing"}
+         "start_indexing", "index_status", "cancel_indexing", "list_sources"}
 pytestmark = pytest.mark.anyio
 
 
@@ -126,8 +126,8 @@ async def test_search_modes_and_filters(env, indexed):
         assert out["hits"][0]["source"].endswith("deploy.md"), mode
     out = (await call(env, "search", {"query": "curly braces", "filters": {"source": "*notes/*"}})).structured_content
     assert out["hits"] and all("notes/" in h["source"] for h in out["hits"])
-    res = await call(env, "search", {"query": "x", "filters": {"colour": "red"}})
-    assert res.is_error and "colour" in text_of(res)
+    res = await call(env, "search", {"query": "x", "filters": {"colour": "red"}})  # a key no chunk has: refused, keys listed
+    assert res.is_error and "colour" in text_of(res) and "language" not in text_of(res) and "source" in text_of(res)
 
 
 async def test_results_are_bounded_and_say_so(env, indexed):

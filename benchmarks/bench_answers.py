@@ -9,7 +9,7 @@ and the best unit (sentence, list item, table row) of the top 5 chunks by MiniLM
 abstains. The held-out model for corpus C is lm.rag.fit.fit on the committed rows of the other
 corpora (benchmarks/data/answer_rows.jsonl.gz), run through lm.rag.answer.answer with the real store.
 
-  python -m benchmarks answers [--quick]     (--quick: 12 questions per set)
+  python -m benchmarks answers [--quick] [--per-set N]     (--quick: 12 questions per set)
 
 Stores are built under .bench/answers/store (shared with benchmarks/fit_answers.py, which builds
 the same collections from benchmarks/data/questions/corpora.json).
@@ -139,6 +139,7 @@ def _doc_right(store, collection: str, q: dict, chunk_id: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="12 questions per set")
+    ap.add_argument("--per-set", type=int, default=None, help="the first N questions of each set (default: all)")
     args = ap.parse_args(argv)
     from lm.rag import fit, params
     from retrieval.store.docstore import DocStore
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     build(store_path, spec)
     with gzip.open(ROWS, "rt", encoding="utf-8") as f:
         rows = [json.loads(x) for x in f if x.strip()]
-    n = 12 if args.quick else None
+    n = 12 if args.quick else args.per_set
     results = []
     with DocStore.open(store_path, create=False, read_only=True) as store:
         for corpus, collection in spec["corpora"].items():

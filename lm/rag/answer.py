@@ -1,15 +1,16 @@
-"""Grounded answers: retrieval -> an extractive span (default) or generation from numbered sources.
+"""Grounded answers: retrieval -> the passage that answers (default) or generation from numbered sources.
 
-Modes (RagConfig.answer_mode): "extractive" copies the best short phrase of the retrieved
-sentences (lm.rag.extract) with its exact file, lines and characters, and needs no LM at all;
+Modes (RagConfig.answer_mode): "extractive" copies the shortest passage of the retrieved chunks
+that holds the answer, and a phrase inside it when the reader is confident (lm.rag.extractive,
+with the fitted model of lm/rag/params.json), with exact file, lines and characters; no LM at all;
 "generate" asks the LM to write from numbered sources; "auto" (default) generates only with a
 model of at least GENERATE_MIN_PARAMS parameters (known from --model's config.json or the
 loaded LM) and otherwise extracts, because a 135M LM invents text. In every mode the abstention
 model (lm.rag.abstain) decides first, without the LM, whether the sources hold an answer.
 
 Why the generate steps are shaped this way:
-- Relevance is judged on the dense cosine (a calibrated scale across queries), not on the fused
-  rank score; below `min_score` we say we found nothing instead of letting a small LM invent.
+- Whether the sources hold an answer is the fitted abstention model's call (evidence that
+  transfers across corpora); `min_score` (off by default) can also drop hits below a dense cosine.
 - The prompt is measured with the LM's own tokenizer *after* its chat template is applied, and
   sources are cut token-wise until it fits `context_tokens - max_new_tokens`: it never overflows.
 - Citations are parsed back from the answer and mapped to source path + line range; markers the

@@ -66,7 +66,8 @@ def _logistic(F: np.ndarray, y: np.ndarray) -> np.ndarray:
 
     res = minimize(loss, np.zeros(A.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 1000})
     w = res.x[1:] / sd
-    return np.round(np.r_[res.x[0] - float(w @ mu), w], 5)
+    out: np.ndarray = np.concatenate([[res.x[0] - float(w @ mu)], w])
+    return np.asarray(np.round(out, 5))
 
 
 def _X(r: dict) -> np.ndarray:

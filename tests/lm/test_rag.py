@@ -187,7 +187,7 @@ def test_overlap_fallback_marks_the_source_holding_most_words():
     from lm.rag.citations import add_markers, overlap_best
 
     sources = ["deploy behind a proxy", "Path parameters are declared with curly braces in the route"]
-    assert overlap_best("Path parameters use curly braces in the route.", sources) == (1, 1.0)
+    assert overlap_best("Path parameters take curly braces in the route.", sources) == (1, 5 / 6)
     assert overlap_best("Bananas are yellow today.", sources) is None
     text = "Path parameters use curly braces in the route. Bananas are yellow."
     assert add_markers(text, [(0, 46, 2)]) == "Path parameters use curly braces in the route [2]. Bananas are yellow."

@@ -96,7 +96,9 @@ def run_corpus(store, corpus: str, collection: str, qs: list[dict], off: list[di
     from lm.rag.spans import words
 
     cfg = RagConfig(answer_mode="extractive")
-    ours, peers, secs = [], {"chunk": [], "cos": []}, []
+    ours: list[dict] = []
+    peers: dict[str, list[tuple]] = {"chunk": [], "cos": []}
+    secs: list[float] = []
     for q in qs:
         t0 = time.perf_counter()
         res = answer(q["question"], store=store, knnlm=_NoLM(), collection=collection, config=cfg, fitted=fitted)

@@ -50,6 +50,10 @@ def upr_scores(lm, passages: list[str], question: str) -> np.ndarray:
         return lp.gather(2, tgt)[..., 0].mean(1).numpy()
 
 
+def _embed_with(emb):
+    return lambda texts: np.stack([emb.embed_query(t) for t in texts])  # (n, d) unit rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=40)
@@ -71,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             data[corpus] = []
             for q in qs[:args.n]:
                 hits = s.search(q["question"], k=5, mode="hybrid", collection=coll)
-                t = passages.unit_table(q["question"], hits, stats,
-                                        lambda ts, e=emb: np.stack([e.embed_query(x) for x in ts]), p.max_embed)
+                t = passages.unit_table(q["question"], hits, stats, _embed_with(emb), p.max_embed)
                 if not len(t.rows):
                     continue
                 z, _ = passages.probabilities(t.X, p.unit_weights)

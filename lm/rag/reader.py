@@ -19,7 +19,7 @@ import numpy as np
 from lm.rag.spans import Span, clause_cuts, code_spans, words
 from retrieval.index.stopwords import STOPWORDS_EN_PLUS
 
-MAX_WORDS = 6  # 95% of squad2-rhine's gold answers have at most 6 words
+MAX_WORDS = 6  # the shortest gold of 99% of squad2-rhine questions and 83% of the docs/SciFact ones has <= 6 words
 STOP = frozenset(STOPWORDS_EN_PLUS)
 WH = ("who", "when", "where", "how", "what", "which", "other")
 SHAPES = ("number", "capital", "code")

@@ -27,7 +27,8 @@ from lm.rag.rows import holds
 L2 = 0.01
 LENGTH_COST = 0.25
 PHRASE_PRECISION = 0.8
-SHAPE = {"max_embed": 12, "max_units": 3, "max_words": 80}  # 12: see lm.rag.passages.unit_table
+# the 3 sentences / 80 words; 12 embedded units is not tuned (each costs one MiniLM forward)
+SHAPE = {"max_embed": 12, "max_units": 3, "max_words": 80}
 TAUS = tuple(round(x, 2) for x in np.arange(0.3, 1.0, 0.05))
 
 

@@ -1,191 +1,178 @@
-"""Answers you can trust, measured on squad2-rhine (issue 12): `knnrag ask`'s answer() end to end.
+"""`ask` end to end on four corpora, each answered by a model fitted WITHOUT it (leave one corpus out).
 
-For each mode (extractive = the default with the bundled LM; generate; the old `ask` baseline =
-generate with no abstention model) it reports, on answerable questions, mean SQuAD token F1 and
-exact match (an abstention scores 0) and the share answered; the share citing the gold paragraph;
-the abstention rate on SQuAD's unanswerable questions; the abstention rate on off-topic questions
-(the same questions asked of stores built from other text: this project's docs, CACM abstracts);
-and seconds per question. The abstention model and the phrase weights were fitted on the
-even-numbered paragraphs, so the odd ("held-out") rows are the honest ones.
+Per corpus (this project's README, installed packages' long descriptions, squad2-rhine, SciFact
+abstracts; question sets in benchmarks/data/questions): gold answer inside the answer, mean words,
+right file cited, answerable questions answered, off-topic questions abstained (other libraries
+and topics, and other corpora's questions, asked of the store), phrase coverage and precision,
+seconds per question. Two baselines in the same run, on the same hits: the top hit's whole chunk,
+and the best unit (sentence, list item, table row) of the top 5 chunks by MiniLM cosine. Neither
+abstains. The held-out model for corpus C is lm.rag.fit.fit on the committed rows of the other
+corpora (benchmarks/data/answer_rows.jsonl.gz), run through lm.rag.answer.answer with the real store.
 
-  python -m benchmarks answers [--every 2] [--generate-sample 3] [--json OUT]
-  python -m benchmarks answers --quick     (every 10th question, 10 off-topic, no generate sample)
+  python -m benchmarks answers [--quick] [--per-set N]     (--quick: 12 questions per set)
 
-The store is built once under .bench/store (git-ignored) and reused.
+Stores are built under .bench/answers/store (shared with benchmarks/fit_answers.py, which builds
+the same collections from benchmarks/data/questions/corpora.json).
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
-import statistics
-import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
-from benchmarks._shared_squad import PROJECT_QUESTIONS, build_store, f1, norm, squad
-from benchmarks.common import WORK, record
+from benchmarks.common import ROOT, WORK, data_dir, median, record
 
-PEER = "answer() with generate mode and no abstention (the plain RAG `ask` baseline), same questions, same store"
+PEER = "top hit's whole chunk; best unit by MiniLM cosine"
+QDIR = ROOT / "benchmarks" / "data" / "questions"
+ROWS = ROOT / "benchmarks" / "data" / "answer_rows.jsonl.gz"
 
 
-def run_mode(store, questions, collection: str, cfg, knnlm) -> list[dict]:
-    from lm.rag.answer import answer
+class _NoLM:
+    def __call__(self):
+        raise AssertionError("extractive answers and abstentions must not load the LM")
 
-    out = []
-    for q in questions:
+
+def build(path: Path, spec: dict) -> None:
+    """The collections of corpora.json (the same builder as fit_answers: data, not shared code)."""
+    from retrieval.store.docstore import DocStore
+
+    with DocStore.open(path) as s:
+        have = {c["name"] for c in s.list_collections()}
+        for name, c in spec["stores"].items():
+            if name in have:
+                continue
+            if "paths" in c:
+                s.index_paths([str(ROOT / p) for p in c["paths"]], collection=name, exclude=c.get("exclude", []))
+            elif "packages" in c:
+                out = path.parent / name
+                out.mkdir(parents=True, exist_ok=True)
+                for pkg in c["packages"]:
+                    md = metadata.metadata(pkg)
+                    ext = ".md" if "markdown" in (md.get("Description-Content-Type") or "") else ".rst"  # type: ignore[attr-defined]
+                    (out / f"{pkg}{ext}").write_text(md.get_payload() or "", encoding="utf-8")  # type: ignore[attr-defined]
+                s.index_paths([str(out)], collection=name)
+            elif "first" in c:
+                lines = (data_dir(c["data"]) / c["file"]).read_text(encoding="utf-8").splitlines()[:c["first"]]
+                tmp = path.parent / f"{name}.jsonl"
+                tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                s.index_paths([str(tmp)], collection=name)
+            else:
+                s.index_paths([str(data_dir(c["data"]) / c.get("file", ""))], collection=name)
+
+
+def _right(q: dict, source: str | None, doc_id: str | None) -> bool:
+    f = q.get("file") or ""
+    return bool(f) and source is not None and (source.endswith("/" + f) or doc_id == f)
+
+
+def baselines(store, q: dict, collection: str) -> dict:
+    """The two peers on the question's top 5 hybrid hits."""
+    import numpy as np
+
+    from lm.rag.rows import holds
+    from lm.rag.spans import units, words
+
+    t0 = time.perf_counter()
+    hits = store.search(q["question"], k=5, mode="hybrid", collection=collection)
+    t_search = time.perf_counter() - t0
+    if not hits:
+        return {"chunk": (False, 0, False, t_search), "cos": (False, 0, False, t_search)}
+    top = hits[0]
+    chunk = (holds(top.text, q["answers"]), len(words(top.text)), _right(q, top.source, top.doc_id), t_search)
+    emb = store.embedder_for(store.collection(collection))
+    cands = [(h, u) for h in hits for u in units(h.text)]
+    V = np.stack([emb.embed_query(x) for x in [q["question"]] + [u.text for _h, u in cands]])  # (1 + n, d)
+    h, u = cands[int(np.argmax(V[1:] @ V[0]))]
+    cos = (holds(u.text, q["answers"]), len(words(u.text)), _right(q, h.source, h.doc_id), time.perf_counter() - t0)
+    return {"chunk": chunk, "cos": cos}
+
+
+def run_corpus(store, corpus: str, collection: str, qs: list[dict], off: list[dict], fitted) -> dict:
+    from lm.rag.answer import RagConfig, answer
+    from lm.rag.rows import holds
+    from lm.rag.spans import words
+
+    cfg = RagConfig(answer_mode="extractive")
+    ours: list[dict] = []
+    peers: dict[str, list[tuple]] = {"chunk": [], "cos": []}
+    secs: list[float] = []
+    for q in qs:
         t0 = time.perf_counter()
-        first: list[float] = []
-        res = answer(q["question"], store=store, knnlm=knnlm, collection=collection, config=cfg,
-                     on_token=lambda piece, first=first, t0=t0: first.append(time.perf_counter() - t0) if not first else None)
-        dt = time.perf_counter() - t0
-        cited = [c.source for c in res.citations if c.cited]
-        out.append({"id": q["id"], "impossible": q["impossible"], "held_out": int(q["file"][6:9]) % 2 == 1,
-                    "answered": res.grounded, "answer": res.answer if res.grounded else "",
-                    "f1": f1(res.answer, q["answers"]) if res.grounded and q["answers"] else 0.0,
-                    "em": float(res.grounded and any(norm(res.answer) == norm(g) for g in q["answers"])),
-                    "gold_cited": any(c.endswith("/" + q["file"]) for c in cited), "seconds": dt,
-                    "first_token_s": first[0] if first else dt,
-                    "confidence": res.confidence, "mode": res.mode})
+        res = answer(q["question"], store=store, knnlm=_NoLM(), collection=collection, config=cfg, fitted=fitted)
+        secs.append(time.perf_counter() - t0)
+        sp = res.answer_span
+        ours.append({"answered": res.grounded, "gold_in": bool(res.grounded and holds(res.answer, q["answers"])),
+                     "words": len(words(res.answer)) if res.grounded else 0,
+                     "right": bool(sp and _right(q, sp.source, next((c.chunk_id for c in res.citations if c.cited), None))
+                                   or sp and _doc_right(store, collection, q, sp.chunk_id)),
+                     "phrase": res.phrase.text if res.phrase else None,
+                     "phrase_ok": bool(res.phrase and holds(res.phrase.text, q["answers"]))})
+        for k, v in baselines(store, q, collection).items():
+            peers[k].append(v)
+    abst = [not answer(q["question"], store=store, knnlm=_NoLM(), collection=collection, config=cfg,
+                       fitted=fitted).grounded for q in off]
+    answered = [x for x in ours if x["answered"]]
+    given = [x for x in answered if x["phrase"] is not None]
+
+    def mean(xs) -> float:
+        return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
+    out = {"corpus": corpus, "questions": len(qs), "offtopic": len(off),
+           "gold_in_answer": mean([x["gold_in"] for x in ours]), "mean_words": mean([x["words"] for x in answered]),
+           "right_file": mean([x["right"] for x in answered]), "answered": mean([x["answered"] for x in ours]),
+           "offtopic_abstained": mean(abst), "phrase_coverage": mean([x["phrase"] is not None for x in answered]),
+           "phrase_precision": mean([x["phrase_ok"] for x in given]), "s_per_question": round(median(secs), 3)}
+    for k, v in peers.items():
+        out[f"{k}_gold_in"] = mean([x[0] for x in v])
+        out[f"{k}_words"] = mean([x[1] for x in v])
+        out[f"{k}_right_file"] = mean([x[2] for x in v])
+        out[f"{k}_s"] = round(median([x[3] for x in v]), 3)
     return out
 
 
-def compare_scorers(store, questions, n: int) -> dict:
-    """Span scorers on the same top sentence: the text-feature scorer (the default) against the
-    LM's log p(span | question, sentence) and its PMI against log p(span | sentence)."""
-    import numpy as np
-
-    from lm.models import load_lm
-    from lm.rag.evidence import gather, term_stats
-    from lm.rag.extract import candidate_table, linear_scores
-    from lm.rag.lm_scorer import span_log_probs
-
-    lm = load_lm(None)
-    emb = store.embedder_for(store.collection("rhine"))
-    stats = term_stats(store, "rhine")
-    tot = {"text_features": 0.0, "lm_conditional": 0.0, "lm_pmi": 0.0, "text_plus_0.3_lm": 0.0}
-    secs = []
-    for q in questions[:n]:
-        hits = store.search(q["question"], k=5, collection="rhine")
-        ev = gather(q["question"], hits, lambda t: np.stack([emb.embed_query(x) for x in t]), stats)
-        table = candidate_table(ev, n_sentences=1)
-        if not table:
-            continue
-        s = ev.sentences[0]
-        cands: dict[str, float] = {}
-        for c, sc in zip(table, linear_scores(table)):
-            cands[c.span.text] = max(float(sc), cands.get(c.span.text, -1e9))
-        top = sorted(cands, key=lambda c: -cands[c])[:16]
-        h = np.array([cands[c] for c in top])
-        t0 = time.perf_counter()
-        cond = span_log_probs(lm, s.span.text, q["question"], top)
-        pmi = cond - span_log_probs(lm, s.span.text, None, top)
-        secs.append(time.perf_counter() - t0)
-        for name, sc in (("text_features", h), ("lm_conditional", cond), ("lm_pmi", pmi), ("text_plus_0.3_lm", h + 0.3 * cond)):
-            tot[name] += f1(top[int(np.argmax(sc))], q["answers"])
-    k = max(1, min(n, len(questions)))
-    return {"n": k, **{name: round(v / k, 3) for name, v in tot.items()}, "lm_seconds_per_question": round(statistics.median(secs), 2)}
-
-
-def summarise(rows: list[dict], off: list[dict]) -> dict:
-    ans = [r for r in rows if not r["impossible"]]
-    imp = [r for r in rows if r["impossible"]]
-
-    def mean(xs):
-        return round(sum(xs) / len(xs), 3) if xs else None
-
-    return {"answerable": len(ans), "f1": mean([r["f1"] for r in ans]), "em": mean([r["em"] for r in ans]),
-            "answered": mean([float(r["answered"]) for r in ans]),
-            "gold_cited": mean([float(r["gold_cited"]) for r in ans]),
-            "unanswerable_abstained": mean([float(not r["answered"]) for r in imp]),
-            "off_topic": len(off), "off_topic_abstained": mean([float(not r["answered"]) for r in off]),
-            "median_s": round(statistics.median([r["seconds"] for r in rows + off]), 3) if rows + off else None,
-            "median_first_token_s": round(statistics.median([r["first_token_s"] for r in rows + off]), 3) if rows + off else None}
+def _doc_right(store, collection: str, q: dict, chunk_id: str) -> bool:
+    got = store.get([chunk_id], collection=collection)
+    return bool(got) and got[0].doc_id == q.get("file")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", default=str(WORK / "store"))
-    ap.add_argument("--every", type=int, default=2, help="use every Nth squad2-rhine question (CPU time)")
-    ap.add_argument("--off-topic", type=int, default=60, help="off-topic questions per other store")
-    ap.add_argument("--generate-sample", type=int, default=3, help="questions for generate / baseline (~1 min each here)")
-    ap.add_argument("--scorers", type=int, default=0, help="also compare span scorers (text features vs LM) on N questions")
-    ap.add_argument("--only-scorers", action="store_true", help="run only the span-scorer comparison")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--quick", action="store_true", help="every 10th question, 10 off-topic per store, no generate sample")
+    ap.add_argument("--quick", action="store_true", help="12 questions per set")
+    ap.add_argument("--per-set", type=int, default=None, help="the first N questions of each set (default: all)")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.every, args.off_topic, args.generate_sample = 10, 10, 0
-    from lm.knnlm import KNNLM
-    from lm.rag.answer import RagConfig
+    from lm.rag import fit, params
     from retrieval.store.docstore import DocStore
 
-    store_path = Path(args.store)
-    build_store(store_path)
-    qs = [json.loads(x) for x in (squad() / "questions.jsonl").read_text().splitlines()]
-    sub = qs[:: args.every]
-    lm_cache: list = []
-
-    def loader():
-        if not lm_cache:
-            lm_cache.append(KNNLM.load(None, None))
-        return lm_cache[0]
-
-    report: dict = {"questions": len(sub)}
-    with DocStore.open(store_path, read_only=True) as s:
-        if args.scorers:
-            held = [q for q in qs if not q["impossible"] and int(q["file"][6:9]) % 2 == 1][::3]
-            report["scorers"] = compare_scorers(s, held, args.scorers)
-            print(json.dumps(report["scorers"]), file=sys.stderr)
-            if args.only_scorers:
-                print(json.dumps(report, indent=1))
-                return 0
-        cfg = RagConfig()
-        rows = run_mode(s, sub, "rhine", cfg, loader)
-        off = [r for c, part in (("projdocs", qs[0::7]), ("cacm", qs[3::7]))
-               for r in run_mode(s, part[: args.off_topic], c, cfg, loader)]
-        report["extractive"] = {"all": summarise(rows, off),
-                                "held_out": summarise([r for r in rows if r["held_out"]], [r for r in off if r["held_out"]])}
-        proj = []
-        for q, want in PROJECT_QUESTIONS:
-            from lm.rag.answer import answer
-
-            res = answer(q, store=s, knnlm=loader, collection="projdocs", config=cfg)
-            sent = res.answer_span.sentence if res.answer_span else ""
-            proj.append({"question": q, "answered": res.grounded, "answer": res.answer[:120],
-                         "expected_in_sentence": want.lower() in sent.lower(),
-                         "expected_in_answer": res.grounded and want.lower() in res.answer.lower()})
-        report["project_docs"] = proj
-        print(json.dumps(report["extractive"], indent=1), file=sys.stderr)
-        n = args.generate_sample
-        if n:
-            sample = [q for q in sub if not q["impossible"]][:n]
-            gen = run_mode(s, sample, "rhine", RagConfig(answer_mode="generate", max_new_tokens=64), loader)
-            base = run_mode(s, sample, "rhine", RagConfig(answer_mode="generate", abstain_threshold=0.0), loader)
-            ext = [r for r in rows if r["id"] in {q["id"] for q in sample}]
-            report["sample"] = {"n": n, "extractive": summarise(ext, []), "generate": summarise(gen, []),
-                                "baseline_ask": summarise(base, []),
-                                "answers": [{"extractive": a["answer"], "generate": b["answer"][:200], "baseline": c["answer"][:200]}
-                                            for a, b, c in zip(ext, gen, base)]}
-    out = json.dumps(report, indent=1)
-    print(out)
-    if args.json:
-        Path(args.json).write_text(out)
-    _record(report, args.quick)
+    spec = json.loads((QDIR / "corpora.json").read_text(encoding="utf-8"))
+    store_path = WORK / "answers" / "store"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    build(store_path, spec)
+    with gzip.open(ROWS, "rt", encoding="utf-8") as f:
+        rows = [json.loads(x) for x in f if x.strip()]
+    n = 12 if args.quick else args.per_set
+    results = []
+    with DocStore.open(store_path, create=False, read_only=True) as store:
+        for corpus, collection in spec["corpora"].items():
+            qs = [json.loads(x) for x in (QDIR / f"{corpus}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()][:n]
+            off = [{"question": r["question"]} for r in rows if r["kind"] == "offtopic" and r["store"] == collection][:n]
+            held = params.from_model(fit.fit([r for r in rows if r["store"] != collection and r["corpus"] != corpus]))
+            res = run_corpus(store, corpus, collection, qs, off, held)
+            results.append(res)
+            print(json.dumps(res), flush=True)
+            for target, ours, peer, unit, hib in (
+                    ("gold in answer", res["gold_in_answer"], res["chunk_gold_in"], "share", True),
+                    ("words per answer", res["mean_words"], res["chunk_words"], "words", False),
+                    ("right file", res["right_file"], res["chunk_right_file"], "share", True),
+                    ("seconds per question", res["s_per_question"], res["chunk_s"], "s", False)):
+                record("answers", f"{corpus}: {target}", ours, peer, unit, peer_name="top hit's whole chunk",
+                       higher_is_better=hib, quick=args.quick, extra=res,
+                       goal={"gold in answer": ">= 0.80 docs, >= 0.85 SQuAD", "words per answer": "<= 80",
+                             "right file": ">= 0.90"}.get(target, ""))
     return 0
 
 
-def _record(report: dict, quick: bool) -> None:
-    held = report["extractive"]["held_out"]
-    base = report.get("sample", {}).get("baseline_ask", {})
-    extra = {"questions": report["questions"], "held_out": held}
-    record("answers", "extractive `ask` token F1 on held-out answerable squad2-rhine questions (goal: >= 0.60)",
-           held["f1"], base.get("f1"), "F1", peer_name="plain generate ask (sample)", goal=">= 0.60", extra=extra, quick=quick)
-    record("answers", "`ask` cites the gold paragraph, held out (goal: >= 85%)", held["gold_cited"],
-           base.get("gold_cited"), "share", peer_name="plain generate ask (sample)", goal=">= 0.85", extra=extra, quick=quick)
-    record("answers", "`ask` abstains on off-topic questions (goal: >= 90%)", held["off_topic_abstained"],
-           base.get("off_topic_abstained"), "share", peer_name="plain generate ask (sample)", goal=">= 0.90",
-           extra=extra, quick=quick)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

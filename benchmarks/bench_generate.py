@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks._shared_squad import f1, squad
+from benchmarks._shared_squad import squad
 from benchmarks.common import WORK, record
+from lm.rag.rows import f1  # SQuAD token F1
 
 PEER = "the same generate-mode answers with the plain LM (no datastore: citations from word overlap only)"
 COLL = "rhine"

@@ -134,6 +134,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _knn_options(x)
     x.set_defaults(func=cmd_explain)
 
+    from lm.ask_cli import register as register_ask  # `ask` uses no MCP: it lives in lm
+
+    register_ask(sub)
+
     from lm.datastore.verify import register as register_verify  # cheap: numpy-free until it runs
     from lm.knn_index import register as register_knn_index
 

@@ -114,7 +114,12 @@ class AskOut(BaseModel):
     note: str | None = None
     mode: str = Field(default="generate", description="what produced the answer: extractive, generate or abstain")
     answer_span: dict[str, Any] | None = Field(
-        default=None, description="extractive: the copied span's source, lines, characters and whole sentence")
+        default=None, description="extractive: the copied passage's source, lines, characters, heading path and "
+                                  "(a table row) its table's header row")
+    phrase: dict[str, Any] | None = Field(
+        default=None, description="extractive: the short answer inside the passage with its offsets, when the reader "
+                                  "is confident of one; else null")
+    phrase_confidence: float | None = Field(default=None, description="the phrase's p(phrase | unit) * p(unit)")
     confidence: float | None = Field(default=None, description="p(answerable) from the abstention model")
     spans: list[SpanCitationOut] = Field(default_factory=list, description="generate: each answer sentence's cited "
                                                                             "chunks and the basis of the citation")

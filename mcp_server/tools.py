@@ -128,6 +128,7 @@ def _register_ask(server: Any) -> None:
                                 citations=[S.CitationOut(**asdict(c)) for c in res.citations], model=res.model,
                                 used_knn=res.used_knn, attributed=res.attributed, note=res.note, mode=res.mode,
                                 answer_span=asdict(res.answer_span) if res.answer_span else None,
+                                phrase=asdict(res.phrase) if res.phrase else None, phrase_confidence=res.phrase_confidence,
                                 confidence=res.confidence, agreement=res.agreement,
                                 spans=[S.SpanCitationOut(**T.jsonable(asdict(sp))) for sp in res.spans]))
 

@@ -1,15 +1,16 @@
-"""Grounded answers: retrieval -> an extractive span (default) or generation from numbered sources.
+"""Grounded answers: retrieval -> the passage that answers (default) or generation from numbered sources.
 
-Modes (RagConfig.answer_mode): "extractive" copies the best short phrase of the retrieved
-sentences (lm.rag.extract) with its exact file, lines and characters, and needs no LM at all;
+Modes (RagConfig.answer_mode): "extractive" copies the shortest passage of the retrieved chunks
+that holds the answer, and a phrase inside it when the reader is confident (lm.rag.extractive,
+with the fitted model of lm/rag/params.json), with exact file, lines and characters; no LM at all;
 "generate" asks the LM to write from numbered sources; "auto" (default) generates only with a
 model of at least GENERATE_MIN_PARAMS parameters (known from --model's config.json or the
 loaded LM) and otherwise extracts, because a 135M LM invents text. In every mode the abstention
 model (lm.rag.abstain) decides first, without the LM, whether the sources hold an answer.
 
 Why the generate steps are shaped this way:
-- Relevance is judged on the dense cosine (a calibrated scale across queries), not on the fused
-  rank score; below `min_score` we say we found nothing instead of letting a small LM invent.
+- Whether the sources hold an answer is the fitted abstention model's call (evidence that
+  transfers across corpora); `min_score` (off by default) can also drop hits below a dense cosine.
 - The prompt is measured with the LM's own tokenizer *after* its chat template is applied, and
   sources are cut token-wise until it fits `context_tokens - max_new_tokens`: it never overflows.
 - Citations are parsed back from the answer and mapped to source path + line range; markers the
@@ -27,7 +28,7 @@ import numpy as np
 from lm.rag.citations import EchoCutStream, cut_echo, echoes, extract_citations
 from lm.rag.modes import GENERATE_MIN_PARAMS  # noqa: F401  (re-exported: the answer-mode size rule)
 from lm.rag.provenance import SpanCitation
-from lm.rag.records import AnswerSpan, Citation, Source
+from lm.rag.records import AnswerSpan, Citation, Excerpt, Source
 from retrieval.errors import InvalidInputError
 from retrieval.types import Hit
 
@@ -47,7 +48,7 @@ FALLBACK_TEMPLATE = "System: {system}\n\nUser: {user}\n\nAssistant:"
 class RagConfig:
     k: int = 5
     mode: str = "hybrid"
-    min_score: float = 0.25  # dense cosine below which a hit is not relevant
+    min_score: float | None = None  # dense cosine below which a hit is dropped; None: the fitted abstention decides
     min_bm25: float = 1.0  # used only for hits without a dense score (bm25 mode)
     max_new_tokens: int = 256
     context_tokens: int | None = None  # None = min(LM context, 1024): CPU prefill delays the first token
@@ -56,7 +57,7 @@ class RagConfig:
     temperature: float | None = None
     answer_mode: str = "auto"  # auto | extractive | generate (see the module docstring)
     model: str | None = None  # the answering LM's spec, so "auto" can size it without loading it
-    abstain_threshold: float | None = None  # None = lm.rag.abstain.THRESHOLD; 0 never abstains
+    abstain_threshold: float | None = None  # None = the fitted one (lm/rag/params.json); 0 never abstains
     no_repeat_ngram: int = 4  # generate: never repeat a 4-gram (stops the 256-token loops)
 
     def __post_init__(self) -> None:
@@ -88,7 +89,9 @@ class RagAnswer:
     note: str | None = None
     streamed: bool = False
     mode: str = "generate"  # the mode that produced the answer: extractive | generate | abstain
-    answer_span: AnswerSpan | None = None  # extractive: the copied span's file, lines, chars and sentence
+    answer_span: AnswerSpan | None = None  # extractive: the copied passage's file, lines, chars and heading
+    phrase: Excerpt | None = None  # extractive: the short answer inside the passage, when the reader is confident
+    phrase_confidence: float | None = None  # its p(phrase | unit) * p(unit), also when below the threshold
     confidence: float | None = None  # p(answerable) from lm.rag.abstain
     spans: list[SpanCitation] = field(default_factory=list)  # generate: each sentence's chunks and basis (lm.rag.provenance)
     agreement: float | None = None  # generate: share of sentences whose provenance and overlap top chunks agree
@@ -100,7 +103,10 @@ class RagAnswer:
 
 
 def relevance(hit: Hit, cfg: RagConfig) -> bool:
-    """On the dense cosine where the dense search found the hit, else on its BM25 score."""
+    """On the dense cosine where the dense search found the hit, else on its BM25 score; every hit
+    when no `min_score` was asked for (the fitted abstention model then judges the evidence)."""
+    if cfg.min_score is None:
+        return True
     if "dense" in hit.scores:
         return hit.scores["dense"] >= cfg.min_score
     if "bm25" in hit.scores:
@@ -179,12 +185,6 @@ def fit_sources(question: str, hits: Sequence[Hit], tokenizer: Any, budget: int,
             used[-1] = used[-1]._replace(truncated=True)
 
 
-def not_found_answer(collection: str, best: float | None, cfg: RagConfig) -> str:
-    why = f" (best relevance {best:.2f} < threshold {cfg.min_score:.2f})" if best is not None else ""
-    return (f"I could not find anything relevant to this question in collection {collection!r}{why}, "
-            "so I will not guess. Try rephrasing, a larger k, or indexing more documents.")
-
-
 def _model_id(lm: Any, knnlm: Any) -> str:
     return str(getattr(lm, "model_id", None) or getattr(getattr(knnlm, "lm", None), "model_id", None) or "not loaded")
 
@@ -201,46 +201,46 @@ def _abstain(question: str, collection: str, knnlm: Any, lm: Any, why: str, on_t
 
 
 def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection: str = "default",
-           config: RagConfig | None = None, on_token: Callable[[str], None] | None = None) -> RagAnswer:
+           config: RagConfig | None = None, on_token: Callable[[str], None] | None = None,
+           fitted: Any = None) -> RagAnswer:
     """Answer `question` from `store` (a DocStore).
 
     `knnlm`: a KNNLM (kNN mixing when it has a datastore) or a zero-argument callable returning
     one, called only when the answer is generated (so extraction and abstention never load the LM).
     `lm`: its LoadedLM (default: knnlm.lm), whose tokenizer measures the prompt.
+    `fitted`: the answer model's Params (default: lm/rag/params.json; benchmarks pass held-out fits).
     """
-    from lm.rag import abstain, modes  # noqa: I001
-    from lm.rag.evidence import gather, term_stats
-    from lm.rag.extract import best_span
+    from lm.rag import modes, params
+    from lm.rag.evidence import term_stats
+    from lm.rag.extractive import read
 
     cfg = config or RagConfig()
     if not isinstance(question, str) or not question.strip():
         raise InvalidInputError("the question is empty", "ask something")
+    fitted = fitted or params.default()  # a missing or edited parameter file is refused before any work
     hits: list[Hit] = store.search(question, k=cfg.k, mode=cfg.mode, collection=collection)
     relevant = [h for h in hits if relevance(h, cfg)]
     if not relevant:
         dense = [h.scores["dense"] for h in hits if "dense" in h.scores]
-        best = f"best relevance {max(dense):.2f} < threshold {cfg.min_score:.2f}" if dense else "nothing was retrieved"
+        best = (f"best relevance {max(dense):.2f} < threshold {cfg.min_score:.2f}" if dense and cfg.min_score is not None
+                else "nothing was retrieved")
         return _abstain(question, collection, knnlm, lm, best, on_token)
     emb = store.embedder_for(store.collection(collection))
-    # one query-path embedding per sentence: the numpy BERT fast path never imports torch (a fresh
-    # process paid 15-28 s for torch + the torch model under load; the numpy path ~30 ms a sentence)
+    # query-path embeddings: the numpy BERT fast path never imports torch (a fresh process paid
+    # 15-28 s for torch + the torch model under load), then a one-thread onnxruntime session
     def embed(texts: list[str]) -> np.ndarray:
         return np.stack([emb.embed_query(t) for t in texts])  # (n, d) unit rows
 
-    ev = gather(question, relevant, embed, term_stats(store, collection))
-    ex = best_span(ev, embed)  # embed: the masked-sentence re-ranking of the best phrases
-    if ex is None:
+    r = read(question, relevant, term_stats(store, collection), embed, fitted)
+    if r.span is None:
         return _abstain(question, collection, knnlm, lm, "no retrieved sentence", on_token)
-    p = abstain.p_answerable(abstain.features(ev, ex.sentence.hit, ex.type_match))
-    threshold = abstain.THRESHOLD if cfg.abstain_threshold is None else cfg.abstain_threshold
+    p = r.p_answerable
+    threshold = fitted.abstain_threshold if cfg.abstain_threshold is None else cfg.abstain_threshold
     if p < threshold:
         return _abstain(question, collection, knnlm, lm, f"answerable with p={p:.2f} < {threshold:.2f}", on_token, p)
     if modes.resolve(cfg.answer_mode, cfg.model, knnlm if lm is None else lm) == "extractive":
-        res = extractive_answer(question, ev, ex, _model_id(lm, knnlm), bool(getattr(knnlm, "has_datastore", False)))
-        res.confidence = p
-        if on_token:
-            on_token(res.answer)
-            res.streamed = True
+        res = extractive_answer(question, r, _model_id(lm, knnlm), bool(getattr(knnlm, "has_datastore", False)))
+        res.confidence = p  # not streamed: the caller prints the passage (the CLI marks its phrase)
         return res
     res = _generate(question, relevant, knnlm, lm, cfg, on_token, store, collection)
     res.confidence = p
@@ -336,7 +336,7 @@ def format_sources(res: RagAnswer) -> str:
         if c.in_prompt is False:
             mark += " (not in the prompt: the kNN neighbours came from it)"
         if c.cited and res.answer_span:
-            mark = f"  (answer copied from line {c.start_line}, characters {c.start_char}-{c.end_char})"
+            mark = f"  (answer copied from lines {c.start_line}-{c.end_line}, characters {c.start_char}-{c.end_char})"
         first = c.start_line if c.chunk_start_line is None else c.chunk_start_line
         last = c.end_line if c.chunk_end_line is None else c.chunk_end_line
         place = f"{c.source} p. {c.page_start}" if c.page_start else f"{c.source}:{first}-{last}"
@@ -348,19 +348,28 @@ def format_sources(res: RagAnswer) -> str:
     return "\n".join(lines)
 
 
-def extractive_answer(question: str, ev: Any, ex: Any, model_id: str, used_knn: bool) -> RagAnswer:
-    """The copied span as the answer; its chunk is citation [n] with the span's exact lines."""
-    from lm.rag.extract import locate
+def marked_answer(res: RagAnswer) -> str:
+    """The passage for a terminal: its heading path first, the confident phrase between ** marks."""
+    sp, ph = res.answer_span, res.phrase
+    if sp is None:
+        return res.answer
+    text = sp.text
+    if ph is not None:
+        a, b = ph.chunk_start - sp.chunk_start, ph.chunk_end - sp.chunk_start
+        text = f"{text[:a]}**{text[a:b]}**{text[b:]}"
+    head = f"[{sp.heading}]\n" if sp.heading else ""
+    table = f"{sp.table_header.text}\n" if sp.table_header else ""
+    return head + table + text
 
-    hit = ev.hits[ex.sentence.hit]
-    loc = locate(hit, ex.span)
-    text = hit.text[loc.chunk_start:loc.chunk_end]
-    sent = ex.sentence.span
-    span = AnswerSpan(text, hit.id, hit.source, loc.start_line, loc.end_line, loc.start_char, loc.end_char,
-                      loc.chunk_start, loc.chunk_end, sent.text, sent.start, sent.end)
-    citations = [Citation.of(i + 1, h, i == ex.sentence.hit) for i, h in enumerate(ev.hits)]
-    c = citations[ex.sentence.hit]
+
+def extractive_answer(question: str, r: Any, model_id: str, used_knn: bool) -> RagAnswer:
+    """The copied passage as the answer; its chunk is citation [n] with the passage's exact lines."""
+    span = r.span
+    hits = r.table.hits
+    citations = [Citation.of(i + 1, h, i == r.hit) for i, h in enumerate(hits)]
+    c = citations[r.hit]
     c.chunk_start_line, c.chunk_end_line = c.start_line, c.end_line
-    c.start_line, c.end_line, c.start_char, c.end_char = loc.start_line, loc.end_line, loc.start_char, loc.end_char
-    return RagAnswer(question, text, True, citations, model_id, used_knn, mode="extractive", answer_span=span,
-                     note=f"extractive: copied from [{ex.sentence.hit + 1}] {loc.start_line}-{loc.end_line}; the LM was not called")
+    c.start_line, c.end_line, c.start_char, c.end_char = span.start_line, span.end_line, span.start_char, span.end_char
+    note = f"extractive: copied from [{r.hit + 1}] lines {span.start_line}-{span.end_line}; the LM was not called"
+    return RagAnswer(question, span.text, True, citations, model_id, used_knn, mode="extractive", answer_span=span,
+                     phrase=r.phrase, phrase_confidence=r.phrase_confidence, note=note)

@@ -3,21 +3,21 @@
 Small instruct models (the bundled 135M) often answer correctly but cite nothing, and tend to
 continue the prompt's pattern ("Question: ...", "[2] path (lines ...)") after the answer. We
 stop the answer at such an echo (also while streaming) and, when the LM cited nothing, attribute
-each answer sentence to the source that contains most of its words. Attributed markers are
-flagged as such: they are evidence matching done by us, not claims made by the LM.
+each answer sentence to the source that contains most of its words (lm.rag.provenance's fallback).
+Attributed markers are flagged as such: they are evidence matching done by us, not claims made by the LM.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
 
+from retrieval.index.stopwords import STOPWORDS_EN_PLUS
+
 CITE_RE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 # a new line that starts like the prompt, not like an answer
 ECHO_RE = re.compile(r"^\s*(Question\s*:|Sources\s*:|\[\d+\]\s+\S+.*\(lines \d+-\d+\)|System\s*:|User\s*:)", re.I)
 WORD_RE = re.compile(r"[A-Za-z0-9_]{3,}")
-STOP = frozenset("the and for are was were with that this from into your you can has have not but its use used "
-                 "using also which when what how why who will would should could may might been being than then "
-                 "there their they them these those such each any all via per".split())
+STOP = frozenset(STOPWORDS_EN_PLUS)  # the project's one stop-word list
 
 
 def extract_citations(answer: str) -> list[int]:
@@ -140,15 +140,3 @@ def add_markers(text: str, marks: Sequence[tuple[int, int, int]]) -> str:
             out.append(f"{text[last:cut]} [{n}]")
         last = cut
     return "".join(out) + text[last:]
-
-
-def attribute(answer: str, sources: Sequence[str], min_overlap: float = 0.5) -> tuple[str, list[int]]:
-    """Append [n] to each answer sentence whose content words are mostly (>= min_overlap) in source n."""
-    marks, used = [], []
-    for a, b in sentence_spans(answer):
-        best = overlap_best(answer[a:b], sources, min_overlap)
-        if best is not None:
-            marks.append((a, b, best[0] + 1))
-            if best[0] + 1 not in used:
-                used.append(best[0] + 1)
-    return add_markers(answer, marks), used

@@ -1,4 +1,4 @@
-"""The records an answer is made of: its numbered sources, the copied span, a sentence's cited chunks.
+"""The records an answer is made of: its numbered sources, the copied passage and phrase, a sentence's cited chunks.
 
 Dataclasses rather than dicts, so every field exists with one meaning and one default whichever
 mode produced the answer; `RagAnswer.to_dict` (dataclasses.asdict) turns them into the JSON of
@@ -51,8 +51,22 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class Excerpt:
+    """A piece of a chunk, located: chunk_text[chunk_start:chunk_end] == text == file_text[start_char:end_char]."""
+
+    text: str
+    chunk_start: int  # in the chunk text
+    chunk_end: int
+    start_char: int  # in the source file (the chunk's offsets when the source has none, e.g. JSONL)
+    end_char: int
+    start_line: int  # in the source file, 1-based, inclusive
+    end_line: int
+
+
+@dataclass(frozen=True)
 class AnswerSpan:
-    """An extractive answer: chunk_text[chunk_start:chunk_end] == text, inside `sentence`."""
+    """An extractive answer: the passage chunk_text[chunk_start:chunk_end] == text, where it lies in the
+    file, the heading path it sits under and, for a table row, the table's header row."""
 
     text: str
     chunk_id: str
@@ -63,9 +77,9 @@ class AnswerSpan:
     end_char: int
     chunk_start: int  # in the chunk text
     chunk_end: int
-    sentence: str  # the whole sentence the span was cut from
-    sentence_start: int  # the sentence's characters in the chunk text
-    sentence_end: int
+    heading: str  # "Guide > Install", "" when none
+    units: int  # sentences, list items or table rows in the passage
+    table_header: Excerpt | None = None
 
 
 @dataclass

@@ -183,14 +183,14 @@ def test_echo_is_cut_while_streaming_and_after():
     assert cut_echo("Question: first line is kept") == "Question: first line is kept"
 
 
-def test_attribution_by_overlap_is_flagged():
-    from lm.rag.citations import attribute
+def test_overlap_fallback_marks_the_source_holding_most_words():
+    from lm.rag.citations import add_markers, overlap_best
 
-    text, used = attribute("Path parameters use curly braces in the route. Bananas are yellow.",
-                           ["deploy behind a proxy", "Path parameters are declared with curly braces in the route"])
-    assert text == "Path parameters use curly braces in the route [2]. Bananas are yellow." and used == [2]
-    assert attribute("Nothing matches here at all.", ["completely different words"]) == (
-        "Nothing matches here at all.", [])
+    sources = ["deploy behind a proxy", "Path parameters are declared with curly braces in the route"]
+    assert overlap_best("Path parameters take curly braces in the route.", sources) == (1, 5 / 6)
+    assert overlap_best("Bananas are yellow today.", sources) is None
+    text = "Path parameters use curly braces in the route. Bananas are yellow."
+    assert add_markers(text, [(0, 46, 2)]) == "Path parameters use curly braces in the route [2]. Bananas are yellow."
 
 
 def test_refusal_does_not_load_the_lm(store):

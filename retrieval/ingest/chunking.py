@@ -21,9 +21,10 @@ import unicodedata
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from retrieval.errors import InvalidInputError
+from retrieval.ingest import code_chunks
 from retrieval.ingest.blocks import Block, code_blocks, markdown_blocks, rst_blocks, text_blocks, without_spans
 from retrieval.ingest.html import html_view
 from retrieval.ingest.preprocess import blank_whitespace, normalize_whitespace
@@ -389,4 +390,11 @@ def chunk_document(doc: SourceDocument, token_spans: TokenSpans, config: Chunker
     config = config or ChunkerConfig()
     if not doc.text.strip():
         return []
+    if code_chunks.supported(doc):  # by syntax; a file that does not parse falls back to lines, saying why
+        starts = _token_starts(blank_whitespace(doc.text), token_spans)
+        got = code_chunks.syntax_chunks(doc, token_spans, starts, config.max_tokens, config.max_prefix_tokens,
+                                        tokenizer_is_exact(token_spans))
+        if got.chunks is not None:
+            return got.chunks
+        doc = replace(doc, metadata={**doc.metadata, "chunking": "lines", "fallback": got.reason})
     return _Chunker(doc, token_spans, config).run()

@@ -59,7 +59,10 @@ class Filters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     source: str | None = Field(default=None, max_length=1000, description="glob over source paths, e.g. 'docs/*.md'")
-    kind: str | None = Field(default=None, max_length=64, description="file type, e.g. 'markdown', 'python', 'text'")
+    kind: str | None = Field(default=None, max_length=64, description="file type ('markdown', 'code', 'text') or, for code, "
+                             "the definition's kind: 'function', 'method', 'class', 'module'")
+    symbol: str | None = Field(default=None, max_length=500, description="code: a qualified name, e.g. 'Option.get_help_extra'")
+    language: str | None = Field(default=None, max_length=64, description="code: 'python', 'typescript', 'go', ...")
     tags: list[Annotated[str, Field(max_length=200)]] | None = Field(
         default=None, max_length=50, description="all of these tags must be present")
     doc_id: str | None = Field(default=None, max_length=1000)

@@ -150,7 +150,9 @@ class _Builder:
     # -- chunks --------------------------------------------------------------------------------
     def add(self, a: int, b: int, heading: str, context: str, extra: str, meta: dict) -> None:
         body = normalize_whitespace(self.text[a:b])
-        index_text = "\n".join(p for p in (context, body, extra) if p)
+        # one line: the preprocess filters judge the last line, and the name must count there (two
+        # classes' identical `__repr__` bodies are not near duplicates)
+        index_text = " ".join(p for p in (context, body, extra) if p)
         if not self.exact and len(self.token_spans(index_text)) > self.max_tokens:
             i0, i1 = bisect_left(self.starts, a), bisect_left(self.starts, b)
             if i1 - i0 >= 2:  # the tokenizer counts more than our sum: halve and check again
@@ -176,7 +178,7 @@ class _Builder:
             parts = self.split(a, b, self.max_tokens - head_n - 1 if n == 0 else rest, rest)
             spans += [(s, e, n == 0 and k == 0) for k, (s, e) in enumerate(parts)]
         for k, (a, b, first) in enumerate(spans):
-            context = head if first or not sig else f"{head}\n{sig}"
+            context = head if first or not sig else f"{head} {sig}"
             room = self.max_tokens - self.count(a, b) - head_n - (0 if first or not sig else sig_n) - 2
             extra = []
             for stub, n_stub in (stubs if k == 0 else []):
@@ -185,7 +187,7 @@ class _Builder:
                 extra.append(stub)
                 room -= n_stub
             part = {"part": f"{k + 1}/{len(spans)}"} if len(spans) > 1 else {}
-            self.add(a, b, heading, context, "\n".join(extra), {**meta, **part})
+            self.add(a, b, heading, context, " ".join(extra), {**meta, **part})
 
     def definition(self, tree: list[_Def], i: int) -> None:
         node = tree[i]

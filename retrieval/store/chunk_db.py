@@ -155,7 +155,8 @@ def resolve_ids(conn: sqlite3.Connection, ids: Sequence[str | int]) -> dict[str,
 
 def filter_ids(conn: sqlite3.Connection, filters: dict | None) -> np.ndarray | None:
     """Chunk ids matching every filter (None when there is no filter). Keys: source (glob or list),
-    kind, doc_id (value or list), tags (all must match); any other key matches metadata[key]."""
+    kind (the file's, or a code chunk's metadata kind), doc_id (value or list), tags (all must match); any other
+    key matches metadata[key] (code chunks: symbol, language, signature)."""
     if not filters:
         return None
     where: list[str] = []
@@ -173,7 +174,11 @@ def filter_ids(conn: sqlite3.Connection, filters: dict | None) -> np.ndarray | N
         elif key == "source":
             where.append("(" + " OR ".join(["knn_glob(?, source)"] * len(vals)) + ")")
             args += [str(v) for v in vals]
-        elif key in ("kind", "doc_id"):
+        elif key == "kind":  # the file's kind (code, markdown) or a code chunk's (function, method, class, module)
+            marks = ",".join("?" * len(vals))
+            where.append(f"(kind IN ({marks}) OR json_extract(metadata, '$.kind') IN ({marks}))")
+            args += [str(v) for v in vals] * 2
+        elif key == "doc_id":
             where.append(f"{key} IN ({','.join('?' * len(vals))})")
             args += [str(v) for v in vals]
         else:

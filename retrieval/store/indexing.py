@@ -307,7 +307,7 @@ def run_index(
     rows = [_row(c, opts.tags) for c in new_chunks]
     xb = _embed(coll, embedder, rows, bar, limit_threads)
     tok = coll.tokenizer()
-    tokens = [tok(t) for t in bm25_texts]
+    tokens = [tok(t, c.kind == "code") for t, c in zip(bm25_texts, new_chunks)]  # identifier parts for code only
     coll.commit(conn, Changes(np.asarray(remove_ids, np.int64), rows, xb, tokens, upserts, scan.gone))
     rep.chunks_added = len(rows)
     rep.chunks_removed = len(remove_ids)

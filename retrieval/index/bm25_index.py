@@ -82,7 +82,8 @@ class BM25Config:
 def tokenizer_id(cfg: BM25Config) -> str:
     """What a query must be tokenised with to match the index: pattern, case, stopwords, stemmer."""
     kind = "+identifiers" if cfg.pattern == "identifiers" else ""  # "words" and "bm25s" ids as before it existed
-    return f"{PATTERNS[cfg.pattern]}{kind}|lower|stopwords:{cfg.stopwords or 'none'}:{len(stoplists.LISTS[cfg.stopwords])}|stemmer:{cfg.stemmer or 'none'}"
+    stop = f"{cfg.stopwords or 'none'}:{len(stoplists.LISTS[cfg.stopwords])}"
+    return f"{PATTERNS[cfg.pattern]}{kind}|lower|stopwords:{stop}|stemmer:{cfg.stemmer or 'none'}"
 
 
 class Tokenizer:

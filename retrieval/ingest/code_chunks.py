@@ -167,7 +167,7 @@ class _Builder:
             end_line=1 + bisect_left(self.newlines, max(a, b - 1)) + doc.line_offset,
             heading=heading, kind=doc.kind, index_text=index_text, doc_id=doc.doc_id, metadata=dict(meta)))
 
-    def emit(self, pieces: list[tuple[int, int]], heading: str, signature: str, meta: dict, stubs: list[str]) -> None:
+    def emit(self, pieces: list[tuple[int, int]], heading: str, signature: str, meta: dict, stubs: list[tuple[str, int]]) -> None:
         """The chunks of one definition (or module stretch): its own pieces, cut to the budget; the
         first carries as many child stubs as fit, every later part the signature line."""
         head, head_n = self.capped(f"{self.path} {heading}")
@@ -196,7 +196,9 @@ class _Builder:
         signature = normalize_whitespace(self.text[d.sig_start:sig_end])
         meta = {**self.doc.metadata, "language": self.doc.metadata.get("language", self.language), "symbol": node.qual,
                 "kind": node.kind, "signature": signature[:_SIGNATURE_CHARS], "chunking": "syntax"}
-        pieces, pos, stubs = [], d.start, []
+        pieces: list[tuple[int, int]] = []
+        stubs: list[tuple[str, int]] = []
+        pos = d.start
         for c in node.children:
             cd = tree[c].d
             pieces.append((pos, cd.start))

@@ -83,7 +83,7 @@ def language_of(source: str, language: str | None) -> str | None:
     return language if language in GRAMMARS else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grammar(language: str) -> tuple[Any, Any] | None:
     """(parser, query) for a language, built once per process; None when the wheel is missing."""
     try:

@@ -10,7 +10,7 @@ function and named none of them (issue 29). Here:
   near the budget, else a line, else a word piece) and every part's indexed text carries the
   definition's signature line;
 - code between top-level definitions (imports, constants, `main`) forms `module` chunks;
-- the indexed text starts with the file's path (its last 3 parts) and the qualified name, so
+- the indexed text starts with the file's path (its last 2 parts) and the qualified name, so
   dense and BM25 see what the chunk is; the hit text is exactly the file's characters.
 A file that does not parse returns the reason, and the caller falls back to line chunks.
 """
@@ -22,14 +22,16 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from typing import NamedTuple
 
-from retrieval.ingest.code_syntax import Definition, language_of, parse
+from retrieval.ingest.code_ast import parse_python
+from retrieval.ingest.code_syntax import Definition, grammar_available, language_of, parse
 from retrieval.ingest.preprocess import normalize_whitespace
 from retrieval.types import Chunk, SourceDocument
 
 TokenSpans = Callable[[str], "list[tuple[int, int]]"]
 _NEWLINE = re.compile(r"\n")
 _TRIVIAL = re.compile(r"(?:[\W_]|\b(?:end|fi|done|esac|pass)\b)*")  # closing braces and `end`s alone
-_PATH_PARTS = 3  # path context: enough to tell `requests/models.py` from `pydantic/main.py`
+_WORD = re.compile(r"[^\W\d_]{2,}")
+_PATH_PARTS = 2  # path context: enough to tell `requests/models.py` from `pydantic/main.py`; each part costs tokens in every chunk
 _SIGNATURE_CHARS = 300  # metadata only; the context line is capped in tokens
 
 
@@ -222,7 +224,7 @@ class _Builder:
         for i in top + [-1]:
             end = tree[i].d.start if i >= 0 else len(self.text)
             a, b = self.trim(pos, end)
-            if a < b and not _TRIVIAL.fullmatch(self.text[a:b]):
+            if a < b and len(_WORD.findall(self.text, a, b)) >= 3:  # not a lone `package p` or closing brace
                 self.emit([(a, b)], self.module, "", meta, [])
             if i >= 0:
                 self.definition(tree, i)
@@ -238,7 +240,7 @@ def syntax_chunks(doc: SourceDocument, token_spans: TokenSpans, starts: list[int
     language = language_of(doc.source, doc.metadata.get("language"))
     if language is None:
         return CodeChunks(None, f"no grammar for {doc.metadata.get('language') or 'this file type'}")
-    syntax = parse(doc.text, language)
+    syntax = parse_python(doc.text) if language == "python" and not grammar_available(language) else parse(doc.text, language)
     if syntax.error is not None:
         return CodeChunks(None, syntax.error)
     builder = _Builder(doc, language, token_spans, starts, max_tokens, max_prefix_tokens, exact)

@@ -70,7 +70,7 @@ def test_every_python_function_and_method_is_its_own_chunk():
     assert top.text.startswith("@decorated") and '"""Add two numbers."""' in top.text
     assert top.metadata["kind"] == "function" and top.metadata["language"] == "python"
     assert top.metadata["signature"] == "def top(a, b):"
-    assert top.index_text.startswith("pkg/cli/options.py top ")
+    assert top.index_text.startswith("cli/options.py top ")
     method = by_name["Option.get_help_extra"]
     assert method.metadata["kind"] == "method" and method.metadata["symbol"] == "Option.get_help_extra"
     assert "return fmt(ctx)" in method.text or any(
@@ -145,3 +145,14 @@ def test_non_ascii_offsets_are_characters():
     chunks = _chunks("u.py", text)
     assert {c.heading for c in chunks} >= {"grüß", "after"}
     assert next(c for c in chunks if c.heading == "after").text == "def after():\n    return 2"
+
+
+def test_python_without_the_grammar_wheels_uses_ast(monkeypatch):
+    from retrieval.ingest import code_chunks
+
+    with_grammar = [(c.heading, c.start_char, c.end_char) for c in _chunks("pkg/cli/options.py", PY)]
+    monkeypatch.setattr(code_chunks, "grammar_available", lambda language: False)
+    without = [(c.heading, c.start_char, c.end_char) for c in _chunks("pkg/cli/options.py", PY)]
+    assert without == with_grammar
+    bad = _chunks("bad.py", "def broken(:\n    pass\n")
+    assert bad[0].metadata["chunking"] == "lines" and "line 1" in bad[0].metadata["fallback"]

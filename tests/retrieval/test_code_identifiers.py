@@ -33,3 +33,23 @@ def test_saved_tokenizer_reloads_with_its_pattern(tmp_path):
         idx = bm25_index.update(None, [], [1], [bm25_index.tokenizer_for(cfg)("readFile")], cfg)
         bm25_index.save(idx, tmp_path / pattern)
         assert bm25_index.load(tmp_path / pattern).config.pattern == pattern
+
+
+def test_a_store_built_with_words_keeps_them_for_new_code(tmp_path, monkeypatch):
+    from retrieval.store import docstore as docstore_module
+    from retrieval.store.docstore import DocStore
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("plain words here\n")
+    monkeypatch.setattr(docstore_module, "BM25Config", lambda: BM25Config(pattern="words"))
+    with DocStore.open(tmp_path / "old", embedder="hash-64") as s:
+        s.index_paths([src])
+    monkeypatch.undo()
+    (src / "m.py").write_text("def getHelpExtra(ctx):\n    return ctx.extra_value\n")
+    for name, found in (("old", False), ("new", True)):
+        with DocStore.open(tmp_path / name, embedder="hash-64") as s:
+            s.index_paths([src])
+            assert s.collection("default").bm25_config.pattern == ("words" if name == "old" else "identifiers")
+            hits = s.search("help", k=3, mode="bm25")
+            assert bool(hits and hits[0].heading == "getHelpExtra") == found, name

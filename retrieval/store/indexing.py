@@ -287,6 +287,21 @@ def _embed(coll: Collection, embedder, rows: list[dict], bar: _Bar,
     return np.asarray(xb, np.float32).reshape(-1, coll.dim)
 
 
+def _stored_vectors(coll: Collection, conn, changed: Sequence[str], rows: list[dict]) -> dict[str, np.ndarray]:
+    """Vectors of a changed file's chunks whose indexed text did not change, by content hash: an edit
+    to one function re-embeds that function only (code chunks are definitions, and most stay the same)."""
+    if not changed or not rows:
+        return {}
+    want = {r["content_hash"] for r in rows}
+    found: dict[str, int] = {}
+    for b in range(0, len(changed), 500):
+        part = list(changed[b : b + 500])
+        for i, h in conn.execute(f"SELECT id, content_hash FROM chunks WHERE source IN ({','.join('?' * len(part))})", part):
+            if h in want:
+                found.setdefault(h, i)
+    return dict(zip(found, chunk_db.fetch_vectors(conn, list(found.values()), coll.dim))) if found else {}
+
+
 def run_index(
     coll: Collection, conn, embedder, paths: Sequence[str], opts: IndexOptions | None = None, *,
     progress: Progress | None = None, limit_threads: Callable[[int], ContextManager] | None = None,
@@ -305,7 +320,11 @@ def run_index(
     new_chunks, bm25_texts, upserts, pre = _chunk(coll, conn, embedder, scan, opts, rep, bar)
     remove_ids = chunk_db.chunk_ids_of_sources(conn, scan.changed + scan.gone)
     rows = [_row(c, opts.tags) for c in new_chunks]
-    xb = _embed(coll, embedder, rows, bar, limit_threads)
+    reuse = {} if opts.force else _stored_vectors(coll, conn, scan.changed, rows)
+    fresh = [r for r in rows if r["content_hash"] not in reuse]
+    xf = iter(_embed(coll, embedder, fresh, bar, limit_threads))
+    xb = np.asarray([reuse[r["content_hash"]] if r["content_hash"] in reuse else next(xf) for r in rows],
+                    np.float32).reshape(-1, coll.dim)  # (n, D)
     tok = coll.tokenizer()
     tokens = [tok(t, c.kind == "code") for t, c in zip(bm25_texts, new_chunks)]  # identifier parts for code only
     coll.commit(conn, Changes(np.asarray(remove_ids, np.int64), rows, xb, tokens, upserts, scan.gone))

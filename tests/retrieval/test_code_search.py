@@ -69,3 +69,23 @@ def test_mcp_filters_accept_code_keys():
     tool_support = pytest.importorskip("mcp_server.tool_support")
     f = tool_support.Filters(kind="method", symbol="SessionStore.loadSignedCookie", language="python")
     assert f.model_dump(exclude_none=True) == {"kind": "method", "symbol": "SessionStore.loadSignedCookie", "language": "python"}
+
+
+def test_editing_one_function_re_embeds_only_its_chunk(tmp_path):
+    from tests.retrieval.docstore_helpers import CountingEmbedder
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "sessions.py").write_text(PY, encoding="utf-8")
+    emb = CountingEmbedder(64)
+    s = DocStore.open(tmp_path / "store", embedder=emb)
+    s.index_paths([str(src)])
+    first = emb.embedded
+    assert first >= 4
+    (src / "sessions.py").write_text(PY.replace("return raw\n", "return raw.strip()\n"), encoding="utf-8")
+    rep = s.index_paths([str(src)])
+    assert rep.updated == 1 and emb.embedded - first == 1  # SessionStore.verify_signature only
+    hit = s.search("strip", k=1, mode="bm25")[0]
+    assert hit.heading == "SessionStore.verify_signature" and "raw.strip()" in hit.text
+    dense = s.search("Merge per-request settings with the session defaults", k=1, mode="dense")[0]
+    assert dense.heading == "merge_settings"  # a reused vector still finds its chunk

@@ -1,7 +1,7 @@
 """Code search: "where is X done?" over four Python codebases, knnrag hybrid against two peers.
 
 usage: python -m benchmarks code_search [--quick] [--codebases requests,starlette,stdlib,knnrag]
-                                         [--speed --baseline ../main]
+                                         [--speed --baseline ../main] [--prose] [--reuse]
 
 Questions: benchmarks/data/code_questions/*.jsonl, written in plain words without the target's
 identifiers; gold = the defining file and the qualified name. Peers, in the same run, over the
@@ -12,6 +12,7 @@ method), so the peers' class-sized units are not handicapped. file@1, file@5, de
 MRR@10 per codebase. Nothing here is fitted: fusion is the collection's default.
 --speed: index time of a 1,000-file tree (stdlib) with this tree and with `--baseline` (another
 checkout, e.g. main) in subprocesses, and the time to re-index one changed file.
+--prose: BM25 nDCG@10 on SciFact and CACM with the "identifiers" tokenizer against "words".
 """
 from __future__ import annotations
 
@@ -201,6 +202,43 @@ def reindex_one(name: str, paths: list[Path], quick: bool) -> None:
            quick=quick, extra={"codebase": name, "file": target.name, "chunks_added": rep.chunks_added})
 
 
+def prose_check(quick: bool) -> None:
+    """BM25 nDCG@10 on SciFact (test, train) and CACM with the "words" and the "identifiers"
+    tokenizer, texts as `knnrag index` gives BM25 (title 3x + text; prose documents code=False,
+    queries as search tokenises them): the identifiers tokenizer must change nothing on prose."""
+    import math
+
+    from benchmarks.common import data_dir
+    from retrieval.index import bm25_index
+    from retrieval.index.bm25_index import BM25Config
+
+    for ds, split in (("beir-scifact", "test.tsv"), ("beir-scifact", "train.tsv"), ("cacm-beir", "test.tsv")):
+        root = data_dir(ds)
+        docs = [json.loads(x) for x in (root / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+        qtext = {q["_id"]: q["text"] for q in map(json.loads, (root / "queries.jsonl").read_text().splitlines()) if q}
+        rel: dict[str, dict[str, int]] = {}
+        for ln in (root / "qrels" / split).read_text().splitlines()[1:]:
+            q, d, r = (ln.split("\t") + ["", "", "0"])[:3]
+            if q and int(r) > 0:
+                rel.setdefault(q, {})[d] = int(r)
+        texts = ["\n".join([d.get("title") or ""] * 2 + [" ".join(f"{d.get('title') or ''} {d.get('text') or ''}".split())]) for d in docs]
+        got = {}
+        for pattern in ("words", "identifiers"):
+            cfg = BM25Config(pattern=pattern)
+            tok = bm25_index.tokenizer_for(cfg)
+            idx = bm25_index.update(None, np.zeros(0, np.int64), np.arange(len(docs)), [tok(t, False) for t in texts], cfg)
+            nd = []
+            for qid, judged in rel.items():
+                _, ids = idx.top_k(tok(qtext[qid]), 10)
+                dcg = sum(judged.get(docs[i]["_id"], 0) / math.log2(k + 2) for k, i in enumerate(ids))
+                ideal = sum(v / math.log2(k + 2) for k, v in enumerate(sorted(judged.values(), reverse=True)[:10]))
+                nd.append(dcg / ideal)
+            got[pattern] = float(np.mean(nd))
+        print(f"{ds} {split}: BM25 nDCG@10 words {got['words']:.4f}, identifiers {got['identifiers']:.4f}", flush=True)
+        record("code_search", f"prose BM25 nDCG@10, {ds} {split}", got["identifiers"], got["words"], "nDCG@10",
+               peer_name="the words tokenizer", goal="no loss", quick=quick)
+
+
 def _table(rows: list[tuple[str, str, dict]]) -> str:
     out = ["| codebase | method | file@1 | file@5 | definition@5 | (strict) | MRR |", "|---|---|---|---|---|---|---|"]
     out += [f"| {cb} | {m} | {r['file@1']:.2f} | {r['file@5']:.2f} | {r['def@5']:.2f} | {r['strict@5']:.2f} | {r['MRR']:.2f} |"
@@ -217,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=1000)
     p.add_argument("--speed-embedder", default="hash-64", help="embedder for the 1,000-file timing (minilm is slow here)")
     p.add_argument("--skip-search", action="store_true")
+    p.add_argument("--prose", action="store_true", help="also check BM25 on SciFact and CACM: identifiers vs words tokenizer")
     p.add_argument("--reuse", action="store_true", help="keep the stores of an earlier run (index only what changed)")
     p.add_argument("--reindex-codebase", default="requests", help="the codebase of the one-file re-index timing")
     args = p.parse_args(argv)
@@ -240,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                    extra={"ours": ours, **{k: v for k, v in peers.items()}, **info})
             print(_table(rows[-6:]), f"\n(index {info['index_s']:.0f} s, {info['chunks']} chunks)", flush=True)
         print(_table(rows))
+    if args.prose:
+        prose_check(args.quick)
     if args.speed:
         if args.baseline:
             speed(Path(args.baseline).resolve(), args.files, args.speed_embedder, args.quick)

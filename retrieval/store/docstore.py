@@ -276,8 +276,8 @@ class DocStore:
             replaced = list(chunk_db.resolve_ids(conn, [r["ext_id"] for r in rows if r["ext_id"]]).values()) if ids is not None else []
             chunk_db.reserve_ids(conn, given)
             xb = emb.embed([r["index_text"] for r in rows])  # (n, D)
-            tok = c.tokenizer()
-            new_ids = c.commit(conn, Changes(np.asarray(replaced, np.int64), rows, np.asarray(xb, np.float32), [tok(r["index_text"]) for r in rows]))
+            tokens = [c.tokenizer()(r["index_text"], r["kind"] == "code") for r in rows]  # identifier parts for code only
+            new_ids = c.commit(conn, Changes(np.asarray(replaced, np.int64), rows, np.asarray(xb, np.float32), tokens))
             return [r["ext_id"] or str(i) for r, i in zip(rows, new_ids)]
 
     def delete(self, *, sources: Sequence[str] | None = None, ids: Sequence[str] | None = None, collection: str = "default") -> dict:

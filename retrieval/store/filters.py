@@ -120,9 +120,16 @@ class _Compiler:
             inner = " OR ".join(["knn_glob(?, source)"] * len(values)) or "0"
             self.args += [str(v) for v in values]
             return f"NOT ({inner})" if op in ("$ne", "$nin") else f"({inner})"
-        if key in ("kind", "doc_id"):
-            if key == "kind":
-                self.kinds.update(str(v) for v in values if v is not None)
+        if key == "kind":  # the file's kind (code, markdown) or a code chunk's (function, method, class, module)
+            kinds = [str(v) for v in values if v is not None]
+            self.kinds.update(kinds)
+            if not kinds:
+                return "0" if op in ("$eq", "$in") else "1"
+            marks = ",".join("?" * len(kinds))
+            self.args += kinds * 2
+            inner = f"(kind IN ({marks}) OR coalesce(json_extract(metadata, '$.kind'), '') IN ({marks}))"
+            return f"NOT {inner}" if op in ("$ne", "$nin") else inner
+        if key == "doc_id":
             return self.equal(key, op, [None if v is None else str(v) for v in values])
         if key == "page":
             return self.page(op, values)
@@ -227,7 +234,8 @@ def compile_where(where: Mapping[str, Any]) -> Compiled:
 
 _VOCAB_SQL = {  # what the collection holds, each read only when a filter names it (json_each scans every row)
     "keys": "SELECT DISTINCT j.key FROM chunks, json_each(chunks.metadata) AS j",
-    "kinds": "SELECT DISTINCT kind FROM chunks WHERE kind IS NOT NULL",
+    "kinds": "SELECT DISTINCT kind FROM chunks WHERE kind IS NOT NULL UNION "
+             "SELECT DISTINCT json_extract(metadata, '$.kind') FROM chunks WHERE json_extract(metadata, '$.kind') IS NOT NULL",
     "tags": "SELECT DISTINCT j.value FROM chunks, json_each(chunks.tags) AS j",
 }
 

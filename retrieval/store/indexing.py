@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import posixpath
-import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
@@ -27,6 +26,7 @@ from retrieval.errors import InvalidInputError
 from retrieval.ingest.documents.options import DocumentOptions
 from retrieval.store import chunk_db
 from retrieval.store.collection import Changes, Collection
+from retrieval.store.progress_bar import Bar as _Bar
 from retrieval.types import Chunk, Skip, SourceDocument
 
 log = logging.getLogger(__name__)
@@ -124,35 +124,6 @@ def _row(c: Chunk, tags: Sequence[str]) -> dict:
             "end_char": c.end_char, "start_line": c.start_line, "end_line": c.end_line, "heading": c.heading,
             "kind": c.kind, "doc_id": c.doc_id, "metadata": dict(c.metadata), "content_hash": content_hash(c.index_text),
             "tags": list(tags)}
-
-
-class _Bar:
-    """tqdm on stderr (files/s, chunks/s) when wanted, plus the caller's progress callback."""
-
-    def __init__(self, show: bool, progress: Progress | None) -> None:
-        self.show, self.progress, self.bar = show, progress, None
-
-    def stage(self, desc: str, total: int | None, unit: str) -> None:
-        self.close()
-        if self.show:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
-        self.desc, self.total, self.done = desc, total, 0
-
-    def update(self, n: int = 1, **postfix) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-        if self.progress is not None:
-            self.progress(self.done, self.total or 0, self.desc)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 @dataclass
@@ -322,6 +293,21 @@ def _embed(coll: Collection, embedder, rows: list[dict], bar: _Bar,
     return np.asarray(xb, np.float32).reshape(-1, coll.dim)
 
 
+def _stored_vectors(coll: Collection, conn, changed: Sequence[str], rows: list[dict]) -> dict[str, np.ndarray]:
+    """Vectors of a changed file's chunks whose indexed text did not change, by content hash: an edit
+    to one function re-embeds that function only (code chunks are definitions, and most stay the same)."""
+    if not changed or not rows:
+        return {}
+    want = {r["content_hash"] for r in rows}
+    found: dict[str, int] = {}
+    for b in range(0, len(changed), 500):
+        part = list(changed[b : b + 500])
+        for i, h in conn.execute(f"SELECT id, content_hash FROM chunks WHERE source IN ({','.join('?' * len(part))})", part):
+            if h in want:
+                found.setdefault(h, i)
+    return dict(zip(found, chunk_db.fetch_vectors(conn, list(found.values()), coll.dim))) if found else {}
+
+
 def run_index(
     coll: Collection, conn, embedder, paths: Sequence[str], opts: IndexOptions | None = None, *,
     progress: Progress | None = None, limit_threads: Callable[[int], ContextManager] | None = None,
@@ -346,9 +332,13 @@ def run_index(
     new_chunks, bm25_texts, upserts, pre = _chunk(coll, conn, embedder, scan, opts, rep, bar)
     remove_ids = chunk_db.chunk_ids_of_sources(conn, scan.changed + scan.gone)
     rows = [_row(c, opts.tags) for c in new_chunks]
-    xb = _embed(coll, embedder, rows, bar, limit_threads)
+    reuse = {} if opts.force else _stored_vectors(coll, conn, scan.changed, rows)
+    fresh = [r for r in rows if r["content_hash"] not in reuse]
+    xf = iter(_embed(coll, embedder, fresh, bar, limit_threads))
+    xb = np.asarray([reuse[r["content_hash"]] if r["content_hash"] in reuse else next(xf) for r in rows],
+                    np.float32).reshape(-1, coll.dim)  # (n, D)
     tok = coll.tokenizer()
-    tokens = [tok(t) for t in bm25_texts]
+    tokens = [tok(t, c.kind == "code") for t, c in zip(bm25_texts, new_chunks)]  # identifier parts for code only
     coll.commit(conn, Changes(np.asarray(remove_ids, np.int64), rows, xb, tokens, upserts, scan.gone))
     rep.chunks_added = len(rows)
     rep.chunks_removed = len(remove_ids)

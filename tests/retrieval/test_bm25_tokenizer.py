@@ -35,7 +35,7 @@ def test_default_list_drops_question_words_that_en_keeps():
 
 
 def test_words_split_snake_case_where_bm25s_does_not():
-    new = bm25_index.tokenizer_for(BM25Config())
+    new = bm25_index.tokenizer_for(BM25Config(pattern="words"))
     old = bm25_index.tokenizer_for(BM25Config(pattern="bm25s"))
     assert new("read_file(path_2) x_y café p53") == ["read", "file", "path", "café", "p53"]
     assert old("read_file(path_2) x_y café p53") == ["read_fil", "path_2", "x_i", "café", "p53"]

@@ -330,6 +330,8 @@ BASIS_MARK = {"provenance": "  (attributed by kNN provenance)", "overlap": "  (a
 
 
 def format_sources(res: RagAnswer) -> str:
+    from retrieval.store.source_paths import shown
+
     lines = ["Sources:"]
     for c in res.citations:
         mark = BASIS_MARK.get(c.basis or "", "") if c.cited else "  (not cited)"
@@ -339,9 +341,10 @@ def format_sources(res: RagAnswer) -> str:
             mark = f"  (answer copied from lines {c.start_line}-{c.end_line}, characters {c.start_char}-{c.end_char})"
         first = c.start_line if c.chunk_start_line is None else c.chunk_start_line
         last = c.end_line if c.chunk_end_line is None else c.chunk_end_line
-        place = f"{c.source} p. {c.page_start}" if c.page_start else f"{c.source}:{first}-{last}"
+        src = shown(c.source)  # relative to the current folder when under it
+        place = f"{src} p. {c.page_start}" if c.page_start else f"{src}:{first}-{last}"
         if c.page_end and c.page_end != c.page_start:
-            place = f"{c.source} pp. {c.page_start}-{c.page_end}"
+            place = f"{src} pp. {c.page_start}-{c.page_end}"
         lines.append(f"  [{c.n}] {place}{mark}")
     if res.note:
         lines.append(f"note: {res.note}")

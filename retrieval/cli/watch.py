@@ -107,10 +107,12 @@ def cmd_sources(args: argparse.Namespace) -> int:
     rows = page["sources"]
     if not rows:
         out.write("no sources" + (" on this page" if page["total"] else "") + "\n")
+    from retrieval.store.source_paths import shown
+
     for r in rows:
         pages = "-" if r["pages"] is None else str(r["pages"])
         out.write(f"{r['chunks']:>6} chunks  {str(r['kind'] or '-'):<9} {pages:>5} pages  {r['indexed_at'] or '-':<20}  "
-                  f"{r['source']}\n")
+                  f"{shown(r['source'])}\n")
     if rows:
         end = page["offset"] + len(rows)
         nxt = f"; next page: --offset {page['next_offset']}" if page["next_offset"] is not None else ""

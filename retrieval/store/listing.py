@@ -52,7 +52,10 @@ def list_sources(conn: sqlite3.Connection, *, limit: int = 100, offset: int = 0,
     """One page of the collection's sources: {"sources": [...], "total", "offset", "next_offset"}.
     `source`: a glob (or folder) the paths must match, as in search filters."""
     _check(limit, offset)
-    where, args = ("WHERE knn_glob(?, src)", [source]) if source else ("", [])
+    from retrieval.store.source_paths import spellings  # a path as the user sees it: relative, ~, ..
+
+    pats = spellings(source) if source else []
+    where, args = ("WHERE (" + " OR ".join(["knn_glob(?, src)"] * len(pats)) + ")", pats) if pats else ("", [])
     total = conn.execute(f"SELECT count(*) FROM ({_UNION}) {where}", args).fetchone()[0]
     names = [r[0] for r in conn.execute(f"SELECT src FROM ({_UNION}) {where} ORDER BY src LIMIT ? OFFSET ?",
                                         [*args, limit, offset])]

@@ -230,7 +230,7 @@ def _register_delete(server: Any) -> None:
         state = T.state(ctx)
         wanted = _delete_sources(sources or [], state.config.allow_roots)
 
-        def work():
+        def work() -> dict:
             store = state.store()
             T.require_collection(store, collection)
             with state.write.held(f"delete in {collection!r}", wait_s=LOCK_WAIT_S):

@@ -10,8 +10,13 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrieval.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from retrieval.store.docstore import DocStore
+    from retrieval.store.search import SearchRequest
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -191,7 +196,7 @@ def _read_queries(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def _request(args, store):
+def _request(args: argparse.Namespace, store: DocStore) -> SearchRequest:
     """The CLI's search settings as one SearchRequest; fusion flags override the collection's fusion."""
     from retrieval.store.search import SearchRequest
 

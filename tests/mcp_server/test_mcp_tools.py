@@ -48,7 +48,7 @@ def server_for(env, **overrides):
     cfg = ServerConfig(**{**env["cfg"].__dict__, **overrides}) if overrides else env["cfg"]
     state = env["state"] if not overrides else ServerState(cfg)
     if overrides:  # share the loaded store and LM, change only the config
-        state._store, state._knnlm, state._lm = env["state"].store(), env["state"]._knnlm, env["state"]._lm
+        state._store, state._knnlm = env["state"].store(), env["state"]._knnlm
     return build_server(cfg, state=state)
 
 

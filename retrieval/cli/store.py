@@ -1,5 +1,8 @@
 """`knnrag index | search | stats | delete | collections`: the document store on the command line.
 
+Other packages extend `index` and `stats` through retrieval/cli/extend.py (lm adds `index --knn`
+and the kNN half of `stats`), never by replacing these handlers.
+
 Cheap to import: the store (faiss, numpy) loads inside the handlers, and a search never imports
 torch (queries are embedded by the numpy BERT fast path).
 """
@@ -12,11 +15,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from retrieval.cli.extend import accept_hooks, merged, run_hooks
 from retrieval.errors import InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from retrieval.store.docstore import DocStore
     from retrieval.store.search import SearchRequest
+    from retrieval.types import Hit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="with --ray: embedder actors (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_index)
+    accept_hooks(p)
 
     s = sub.add_parser("search", help="search a store (hybrid dense + BM25 by default)",
                        description="Search a collection. Give a QUERY, or --queries FILE for a batch (BEIR queries.jsonl "
@@ -68,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st = sub.add_parser("stats", help="what a store holds: collections, chunks, sources, embedder, index type, size")
     _store_args(st, collection_default=None)
     st.set_defaults(func=cmd_stats)
+    accept_hooks(st)
 
     cal = sub.add_parser("calibrate", help="tune a collection's hybrid fusion on pseudo-queries from its own text",
                          description="Make pseudo-queries from the collection (titles, headings, sentences with words held "
@@ -105,14 +112,14 @@ def _emit(obj: object) -> None:
     emit_json(obj)
 
 
-def _open(args, *, write: bool, embedder=None):
+def _open(args: argparse.Namespace, *, write: bool, embedder: object = None) -> DocStore:
     from retrieval.store.docstore import DocStore
 
     return DocStore.open(Path(args.store), embedder=embedder, create=write, read_only=not write)
 
 
 # --------------------------------------------------------------------------- index
-def cmd_index(args) -> int:
+def cmd_index(args: argparse.Namespace) -> int:
     show = not args.json and not args.no_progress and sys.stderr.isatty()
     if args.max_file_mb <= 0:
         raise InvalidInputError(f"--max-file-mb must be positive, got {args.max_file_mb}", "use e.g. --max-file-mb 20")
@@ -127,23 +134,37 @@ def cmd_index(args) -> int:
         rep = store.index_paths(args.paths, collection=args.collection, exclude=args.exclude, tags=args.tag,
                                 show_progress=show, index_factory=args.index_factory, force=args.force,
                                 near_dup_threshold=args.near_dup or None, max_file_bytes=int(args.max_file_mb * 1e6))
-        d = rep.to_dict()
-        if args.json:
-            _emit(d)
-            return 0
-        out = sys.stdout
-        out.write(f"{args.collection}: {d['files_seen']} files seen, {d['added']} added, {d['updated']} updated, "
-                  f"{d['removed']} removed, {d['unchanged']} unchanged; {d['chunks_added']} chunks added, "
-                  f"{d['chunks_removed']} removed in {d['seconds']:.1f}s\n")
-        dropped = {k: v for k, v in d["dropped"].items() if v}
-        if dropped:
-            out.write("dropped chunks: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) + "\n")
-        for s in d["skipped"]:
-            out.write(f"skipped {s['source']}: {s['reason']}\n")
-        for e in d["emptied"]:
-            what = e["source"] + (f" record {e['doc_id']}" if e.get("doc_id") is not None else "")
-            out.write(f"not searchable, every chunk dropped: {what} ({e['reason']})\n")
+    d = rep.to_dict()
+    if not args.json:
+        _print_index_report(args.collection, d)
+    _finish(args, d)
     return 0
+
+
+def _print_index_report(collection: str, d: dict) -> None:
+    out = sys.stdout
+    out.write(f"{collection}: {d['files_seen']} files seen, {d['added']} added, {d['updated']} updated, "
+              f"{d['removed']} removed, {d['unchanged']} unchanged; {d['chunks_added']} chunks added, "
+              f"{d['chunks_removed']} removed in {d['seconds']:.1f}s\n")
+    dropped = {k: v for k, v in d["dropped"].items() if v}
+    if dropped:
+        out.write("dropped chunks: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) + "\n")
+    for s in d["skipped"]:
+        out.write(f"skipped {s['source']}: {s['reason']}\n")
+    for e in d["emptied"]:
+        what = e["source"] + (f" record {e['doc_id']}" if e.get("doc_id") is not None else "")
+        out.write(f"not searchable, every chunk dropped: {what} ({e['reason']})\n")
+
+
+def _finish(args: argparse.Namespace, obj: dict) -> None:
+    """Run the command's hooks (retrieval/cli/extend.py) once its store is closed: with --json print
+    its one JSON object with their contributions, else their lines after its own text."""
+    extra = run_hooks(args)
+    if args.json:
+        _emit(merged(obj, extra))
+        return
+    for c in extra:
+        sys.stdout.write("".join(line + "\n" for line in c.lines))
 
 
 # --------------------------------------------------------------------------- search
@@ -212,7 +233,7 @@ def _request(args: argparse.Namespace, store: DocStore) -> SearchRequest:
     return req
 
 
-def cmd_search(args) -> int:
+def cmd_search(args: argparse.Namespace) -> int:
     if (args.query is not None) == bool(args.queries):
         raise InvalidInputError("give either a QUERY or --queries FILE", "e.g. knnrag search 'install' --store DIR")
     with _open(args, write=False, embedder=args.embedder) as store:
@@ -241,7 +262,7 @@ def cmd_search(args) -> int:
     return 0
 
 
-def _print_hits(hits) -> None:
+def _print_hits(hits: list[Hit]) -> None:
     for n, h in enumerate(hits, 1):
         where = f"{h.source}:{h.start_line}-{h.end_line}" if h.start_line is not None else h.source
         extra = " ".join(f"{m}={v:.3f}" for m, v in h.scores.items())
@@ -252,28 +273,30 @@ def _print_hits(hits) -> None:
 
 
 # --------------------------------------------------------------------------- stats / delete / collections
-def cmd_stats(args) -> int:
+def cmd_stats(args: argparse.Namespace) -> int:
     with _open(args, write=False) as store:
         st = store.stats(args.collection)
-        if args.json:
-            _emit(st)
-            return 0
-        cols = [st] if args.collection else st["collections"]
-        if not cols:
-            sys.stdout.write(f"{args.store}: no collections yet\n")
-        for c in cols:
-            sys.stdout.write(
-                f"{c['name']}: {c['chunks']} chunks from {c['sources']} sources, embedder {c['embedder']} (dim {c['dim']}), "
-                f"index {c['index_type']} ({c['vectors']} vectors), {c['bm25_terms']} BM25 terms, "
-                f"generation {c['generation']}, {c['disk_bytes'] / 1e6:.1f} MB\n")
-            f = c.get("fusion")
-            if f:
-                how = f"rrf k={f['rrf_k']}" if f["method"] == "rrf" else f"convex {f['norm']} alpha={f['alpha']}"
-                sys.stdout.write(f"  hybrid fusion: {how} ({f['source']})\n")
+    if not args.json:
+        _print_stats(args.store, [st] if args.collection else st["collections"])
+    _finish(args, st)
     return 0
 
 
-def cmd_calibrate(args) -> int:
+def _print_stats(store: str, cols: list[dict]) -> None:
+    if not cols:
+        sys.stdout.write(f"{store}: no collections yet\n")
+    for c in cols:
+        sys.stdout.write(
+            f"{c['name']}: {c['chunks']} chunks from {c['sources']} sources, embedder {c['embedder']} (dim {c['dim']}), "
+            f"index {c['index_type']} ({c['vectors']} vectors), {c['bm25_terms']} BM25 terms, "
+            f"generation {c['generation']}, {c['disk_bytes'] / 1e6:.1f} MB\n")
+        f = c.get("fusion")
+        if f:
+            how = f"rrf k={f['rrf_k']}" if f["method"] == "rrf" else f"convex {f['norm']} alpha={f['alpha']}"
+            sys.stdout.write(f"  hybrid fusion: {how} ({f['source']})\n")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from retrieval.store.calibrate import CalibrationConfig
     from retrieval.store.docstore import DocStore
 
@@ -290,7 +313,7 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def cmd_delete(args) -> int:
+def cmd_delete(args: argparse.Namespace) -> int:
     if not args.source and not args.id:
         raise InvalidInputError("nothing to delete", "pass --source PATH... or --id ID...")
     from retrieval.store.docstore import DocStore
@@ -308,7 +331,7 @@ def cmd_delete(args) -> int:
     return 0
 
 
-def cmd_collections(args) -> int:
+def cmd_collections(args: argparse.Namespace) -> int:
     with _open(args, write=False) as store:
         cols = store.list_collections()
         if args.json:

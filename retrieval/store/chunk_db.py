@@ -140,6 +140,11 @@ def all_index_texts(conn: sqlite3.Connection) -> tuple[np.ndarray, list[str]]:
     return np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
 
+def live_texts(conn: sqlite3.Connection) -> dict[str, str]:
+    """Every live chunk's text, keyed by the id its hits carry (the external id, else the row id)."""
+    return {str(ext or rid): text for rid, ext, text in conn.execute("SELECT id, ext_id, text FROM chunks")}
+
+
 def resolve_ids(conn: sqlite3.Connection, ids: Sequence[str | int]) -> dict[str, int]:
     """External ids (strings given by the user / LangChain) or our numeric ids -> row ids."""
     out: dict[str, int] = {}

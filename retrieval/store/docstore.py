@@ -36,25 +36,13 @@ from retrieval.store.durable import WriterLock, atomic_write_json, read_json, wr
 from retrieval.store.indexing import IndexOptions, IndexReport, run_index, text_rows
 from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_manifest, new_store_manifest
 from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
+from retrieval.types import ChunkTexts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DocStore", "Hit", "IndexReport", "FusionConfig", "SearchRequest", "MAX_K", "MODES"]
+__all__ = ["DocStore", "Hit", "ChunkTexts", "IndexReport", "FusionConfig", "SearchRequest", "MAX_K", "MODES"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-def _request(request: SearchRequest | None, settings: dict[str, Any]) -> SearchRequest:
-    """A SearchRequest from either a request or its fields as keywords (not both)."""
-    if request is not None and not isinstance(request, SearchRequest):
-        raise InvalidInputError(f"expected a SearchRequest, got {type(request).__name__}", "pass settings as keywords, e.g. k=10")
-    unknown = sorted(set(settings) - set(SearchRequest.__dataclass_fields__))
-    if unknown:
-        raise InvalidInputError(f"unknown search setting(s) {', '.join(unknown)}",
-                                f"use {', '.join(SearchRequest.__dataclass_fields__)}")
-    if request is None:
-        return SearchRequest(**settings)
-    return request.with_(**settings) if settings else request
 
 
 def _check_name(name: str) -> str:
@@ -309,15 +297,15 @@ class DocStore:
         """Top-k chunks for `query`. Settings: a SearchRequest, or its fields as keywords (k, mode,
         filters, collection, mmr, mmr_lambda, min_score, fusion). Filters (source glob, kind, tags,
         doc_id, metadata keys) apply before ranking; hybrid fuses dense and BM25 scores."""
-        return self._run([query], _request(request, settings), single=True)[0]
+        return self._run([query], _search.request_from(request, settings), single=True)[0]
 
     def search_batch(self, queries: Sequence[str], request: SearchRequest | None = None, **settings: Any) -> list[list[Hit]]:
         """Many queries with the same settings; the queries are embedded in one batch."""
-        return self._run(list(queries), _request(request, settings), single=len(queries) == 1)
+        return self._run(list(queries), _search.request_from(request, settings), single=len(queries) == 1)
 
     def search_by_vector(self, vector: Sequence[float], request: SearchRequest | None = None, **settings: Any) -> list[Hit]:
         """Dense search with a query vector you embedded yourself (same model as the collection)."""
-        req = _request(request, settings).with_(mode="dense")
+        req = _search.request_from(request, settings).with_(mode="dense")
         c = self.collection(req.collection)
         xq = np.asarray(vector, dtype=np.float32).reshape(1, -1)  # (1, D)
         if xq.shape[1] != c.dim:
@@ -381,6 +369,12 @@ class DocStore:
     def get(self, ids: Sequence[str], *, collection: str = "default") -> list[Hit]:
         """Chunks by id (unknown ids are left out), score 0."""
         return _search.get_hits(self.collection(collection), [str(i) for i in ids])
+
+    def chunk_texts(self, collection: str = "default") -> ChunkTexts:
+        """Every live chunk's text by id, with the generation they were read from (one snapshot)."""
+        c = self.collection(collection)
+        with c.reading() as (conn, snap):
+            return ChunkTexts(snap.generation, chunk_db.live_texts(conn))
 
     def verify(self, collection: str = "default") -> dict:
         """Check that vectors, rows and BM25 entries of the committed state agree (CorruptStoreError if not)."""

@@ -21,7 +21,7 @@ from retrieval.store import chunk_db
 from retrieval.store.collection import Collection, Snapshot
 from retrieval.types import Hit
 
-__all__ = ["MAX_K", "MODES", "Hit", "SearchRequest", "Scope", "clean_query", "search_one", "get_hits", "has_doc_ids"]
+__all__ = ["MAX_K", "MODES", "Hit", "SearchRequest", "request_from", "Scope", "clean_query", "search_one", "get_hits", "has_doc_ids"]
 
 MODES = ("dense", "bm25", "hybrid")
 MAX_K = 10_000
@@ -68,6 +68,19 @@ class SearchRequest:
 
     def with_(self, **kw: Any) -> SearchRequest:
         return replace(self, **kw)
+
+
+def request_from(request: SearchRequest | None, settings: dict[str, Any]) -> SearchRequest:
+    """A SearchRequest from either a request or its fields as keywords (not both)."""
+    if request is not None and not isinstance(request, SearchRequest):
+        raise InvalidInputError(f"expected a SearchRequest, got {type(request).__name__}", "pass settings as keywords, e.g. k=10")
+    unknown = sorted(set(settings) - set(SearchRequest.__dataclass_fields__))
+    if unknown:
+        raise InvalidInputError(f"unknown search setting(s) {', '.join(unknown)}",
+                                f"use {', '.join(SearchRequest.__dataclass_fields__)}")
+    if request is None:
+        return SearchRequest(**settings)
+    return request.with_(**settings) if settings else request
 
 
 class Scope(NamedTuple):

@@ -73,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--min-score", type=float, help="relevance threshold (dense cosine) below which it refuses")
     a.add_argument("--abstain-threshold", type=float,
                    help="p(answerable) below which it abstains (default 0.5; 0 never abstains)")
-    a.add_argument("--context-tokens", type=int, help="prompt+answer token budget (default: min(LM context, 2048))")
+    a.add_argument("--context-tokens", type=int,
+                   help="prompt+answer token budget (default: min(LM context, 1024): CPU prefill delays the first token)")
     a.add_argument("--json", action="store_true", help="print one JSON object (no streaming)")
     a.set_defaults(func=ask)
 

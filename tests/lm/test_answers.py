@@ -136,6 +136,7 @@ def test_generation_stops_on_a_repeated_sentence(tmp_path):
 
 def test_lm_span_scores_match_a_full_forward(tmp_path):
     """The KV-cache batch scorer equals log p computed from one plain forward per candidate."""
+    import numpy as np
     import torch
 
     from lm.models import load_lm
@@ -145,12 +146,21 @@ def test_lm_span_scores_match_a_full_forward(tmp_path):
     lm = load_lm(str(make_tiny_lm(tmp_path / "lm", vocab="word")))
     tok = lm.tokenizer
     sent, q, cands = "The value is passed to the function as an argument .", "What is passed ?", ["The value", "function", "an argument ."]
-    got = lm_scorer.span_log_probs(lm, sent, q, cands)
-    prompt = lm_scorer._prompt_ids(tok, sent, q)[0].tolist()
-    for c, g in zip(cands, got):
-        ids = prompt + tok(c, add_special_tokens=False)["input_ids"] + [lm_scorer._end_id(tok)]
-        with torch.inference_mode():
-            lp = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)  # (T, V)
-        want = sum(float(lp[i - 1, ids[i]]) for i in range(len(prompt), len(ids)))
-        assert abs(want - float(g)) < 1e-3
-    assert lm_scorer.score_spans(lm, sent, q, cands).shape == (3,)
+
+    def full_forward(question: str | None) -> np.ndarray:  # (3,) log p(candidate + end | prompt), one forward each
+        prompt = lm_scorer._prompt_ids(tok, sent, question)[0].tolist()
+        out = []
+        for c in cands:
+            ids = prompt + tok(c, add_special_tokens=False)["input_ids"] + [lm_scorer._end_id(tok)]
+            with torch.inference_mode():
+                lp = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)  # (T, V)
+            out.append(sum(float(lp[i - 1, ids[i]]) for i in range(len(prompt), len(ids))))
+        return np.asarray(out)
+
+    with_q, without_q = full_forward(q), full_forward(None)
+    assert np.all(with_q < 0) and not np.allclose(with_q, without_q)  # the question changes the scores
+    np.testing.assert_allclose(lm_scorer.span_log_probs(lm, sent, q, cands), with_q, atol=1e-3)
+    np.testing.assert_allclose(lm_scorer.span_log_probs(lm, sent, None, cands), without_q, atol=1e-3)
+    # PMI: what the question adds over the sentence alone; without pmi the plain log p
+    np.testing.assert_allclose(lm_scorer.score_spans(lm, sent, q, cands), with_q - without_q, atol=2e-3)
+    np.testing.assert_allclose(lm_scorer.score_spans(lm, sent, q, cands, pmi=False), with_q, atol=1e-3)

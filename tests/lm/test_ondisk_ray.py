@@ -56,6 +56,7 @@ def test_cli_ondisk_build_keeps_stdout_json_and_refuses_fast_scan(tiny, tmp_path
     assert not (tmp_path / "fs" / "manifest.json").exists()  # refused before anything was written
 
 
+@pytest.mark.ray
 def test_ray_ondisk_build_equals_one_process_build(ray, tiny, tmp_path, monkeypatch):
     from lm.datastore import ondisk
     from lm.datastore.ray_build import RayBuildConfig, build_datastore_ray
@@ -83,6 +84,7 @@ def test_ray_ondisk_build_equals_one_process_build(ray, tiny, tmp_path, monkeypa
         build_datastore(lm, files, tmp_path / "ray", BuildConfig(**{**CFG.__dict__, "index_ondisk": False}), progress=False)
 
 
+@pytest.mark.ray
 def test_sharded_search_over_ondisk_lists_equals_one_index(ray, tiny, tmp_path):
     from lm.datastore.shards import ShardedStore
 

@@ -157,6 +157,7 @@ def test_kill_at_named_step(reference, tmp_path, step, commit_no):
     _check_after_crash(tmp_path / "w" / "store", [expected])
 
 
+@pytest.mark.slow  # kills writer processes at random points
 def test_kill_after_random_delays(reference, tmp_path):
     factory, states = reference
     rng = random.Random(1234)

@@ -66,6 +66,7 @@ def _index(tmp_path, *extra):
     return one_json(knnrag("index", "docs", "--store", "store", "--embedder", "hash-64", "--json", *extra, cwd=tmp_path))
 
 
+@pytest.mark.slow  # several CLI subprocesses
 def test_index_and_search_json(tmp_path, corpus):
     rep = _index(tmp_path)
     assert rep["files_seen"] == 4 and rep["added"] == 4 and rep["chunks_added"] >= 5
@@ -91,6 +92,7 @@ def test_index_and_search_json(tmp_path, corpus):
     assert "docs/README.md:1-" in human
 
 
+@pytest.mark.slow  # several CLI subprocesses
 def test_batch_queries(tmp_path, corpus):
     _index(tmp_path)
     (tmp_path / "queries.jsonl").write_text(
@@ -106,6 +108,7 @@ def test_batch_queries(tmp_path, corpus):
     assert [r["query_id"] for r in recs] == ["1", "3"] and recs[1]["hits"][0]["source"] == "docs/guide/setup.rst"
 
 
+@pytest.mark.slow  # several CLI subprocesses
 def test_stats_collections_delete(tmp_path, corpus):
     _index(tmp_path, "--collection", "notes", "--tag", "mine")
     st = one_json(knnrag("stats", "--store", "store", "--json", cwd=tmp_path))

@@ -216,6 +216,7 @@ def test_serve_refuses_bad_arguments(tmp_path):
     assert nan.returncode == 2 and "finite" in json.loads(nan.stdout)["error"]
 
 
+@pytest.mark.slow  # Node MCP Inspector against stdio and HTTP servers
 def test_independent_client_mcp_inspector_cli():
     """The official MCP Inspector CLI (Node) against `knnrag serve`, stdio and HTTP: tests/inspector_check.sh.
 

@@ -184,6 +184,7 @@ def test_old_manifest_opens_with_old_defaults_and_a_note(llama, calibrated, tmp_
     assert any("not calibrated" in r.getMessage() and "datastore calibrate" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow  # calibration sweep and a matplotlib plot
 def test_cli_calibrate_info_and_plot(llama, calibrated, tmp_path, capsys):
     import shutil
 

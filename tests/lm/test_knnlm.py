@@ -179,6 +179,7 @@ def test_explain_lists_neighbours_with_sources(llama, datastore):
     assert abs(sum(t["prob"] for t in knn.next_tokens("The", top=1000)["knn"]) - 1) < 1e-3
 
 
+@pytest.mark.slow  # three datastore builds, one interrupted
 def test_resume_after_interruption_equals_one_shot(llama, corpus, tmp_path, monkeypatch):
     from lm.datastore.token_store import TokenStore
 
@@ -347,6 +348,7 @@ def test_cached_encoder_equals_one_long_forward(llama):
     assert enc.forward_tokens == d.ids.size  # every token forwarded once
 
 
+@pytest.mark.slow  # two datastore builds
 def test_kv_cache_build_stores_the_same_entries(llama, corpus, tmp_path):
     from lm.datastore.token_store import TokenStore
 

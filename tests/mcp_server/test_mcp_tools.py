@@ -280,6 +280,7 @@ async def test_fuzz_every_tool_with_hostile_arguments(env, indexed):
         assert not ok.is_error and ok.structured_content["hits"]
 
 
+@pytest.mark.slow  # hypothesis fuzzing of every tool
 async def test_fuzz_random_arguments_never_crash_the_server(env, indexed):
     """Random JSON values for every parameter: each call is either a valid result or an isError, never a crash."""
     hypothesis = pytest.importorskip("hypothesis")

@@ -217,6 +217,7 @@ def test_serve_refuses_bad_arguments(tmp_path):
 
 
 @pytest.mark.slow  # Node MCP Inspector against stdio and HTTP servers
+@pytest.mark.timeout(900)  # its own subprocess limit: 300 s ran out under load 21
 def test_independent_client_mcp_inspector_cli():
     """The official MCP Inspector CLI (Node) against `knnrag serve`, stdio and HTTP: tests/inspector_check.sh.
 

@@ -131,6 +131,7 @@ def test_indexer_command_builds_a_store(tmp_path: Path, docs: Path):
     assert (data / "store").is_dir()
 
 
+@pytest.mark.slow  # an HTTP server process and its healthcheck: 2.3 s CPU
 def test_mcp_command_and_healthcheck_on_the_host(tmp_path: Path, docs: Path):
     svc = _compose()["services"]["mcp"]
     port = _free_port()

@@ -183,6 +183,7 @@ async def test_http_end_to_end_with_token_and_checks(tmp_path, root):
         srv.close()
 
 
+@pytest.mark.slow  # two HTTP server processes: 3.9 s CPU
 async def test_http_without_token_and_port_in_use(tmp_path, root):
     from mcp.client.streamable_http import streamable_http_client
 
@@ -199,6 +200,7 @@ async def test_http_without_token_and_port_in_use(tmp_path, root):
         srv.close()
 
 
+@pytest.mark.slow  # a server process per bad argument: 3.9 s CPU
 def test_serve_refuses_bad_arguments(tmp_path):
     r = subprocess.run(knnrag() + ["serve", "--store", str(tmp_path / "s"), "--allow-root", str(tmp_path / "missing"),
                                    "--json"], capture_output=True, text=True, timeout=60)

@@ -103,6 +103,7 @@ def calibrated(llama, tmp_path_factory):
     return out, rep
 
 
+@pytest.mark.slow  # a datastore build with a held-out slice: 7.5 s CPU
 def test_heldout_slice_never_enters_the_datastore(llama, calibrated):
     from lm.datastore.token_store import TokenStore
 
@@ -132,6 +133,7 @@ def test_build_calibrates_and_load_uses_it(llama, calibrated, caplog):
     assert exact.config == KNNConfig(k=3)  # an explicit config is used as given
 
 
+@pytest.mark.slow  # builds, appends to and recalibrates a datastore: 14.9 s CPU
 def test_calibration_survives_append_and_reopen(llama, calibrated, tmp_path):
     import shutil
 
@@ -150,6 +152,7 @@ def test_calibration_survives_append_and_reopen(llama, calibrated, tmp_path):
     assert KNNLM.load(llama, out).calibration == cal
 
 
+@pytest.mark.slow  # calibrates on a random datastore: 3.8 s CPU
 def test_unrelated_random_datastore_gives_lambda_zero(llama, tmp_path, caplog):
     rng = np.random.default_rng(0)
     (tmp_path / "noise.txt").write_text("".join(str(x) for x in rng.integers(0, 10, size=1500)))  # digits only

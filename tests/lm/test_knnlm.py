@@ -220,6 +220,7 @@ def test_append_corpus_and_dedup(llama, corpus, tmp_path):
     assert r2.entries_total == r1.entries_total + r2.entries_added
 
 
+@pytest.mark.slow  # two datastore builds: 5 s CPU
 def test_decontamination_drops_windows(llama, corpus, tmp_path):
     ev = tmp_path / "eval.txt"
     ev.write_text(OTHER[:200])
@@ -272,6 +273,7 @@ def test_bad_input_errors(llama, datastore, corpus, tmp_path):
         load_lm(str(tmp_path / "no-such-model"))
 
 
+@pytest.mark.slow  # five CLI commands over a fresh build: 5 s CPU
 def test_cli_build_info_eval_generate_explain(llama_dir, corpus, tmp_path, capsys):
     from retrieval.cli.root import main
 

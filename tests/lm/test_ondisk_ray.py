@@ -40,6 +40,7 @@ def _queries(st, n=12):
     return st.keys(np.arange(0, st.count, max(1, st.count // n))[:n]).astype(np.float32) + 0.05
 
 
+@pytest.mark.slow  # on-disk IVF builds through the CLI: 4.4 s CPU
 def test_cli_ondisk_build_keeps_stdout_json_and_refuses_fast_scan(tiny, tmp_path, capfd):
     from retrieval.cli.root import main
 

@@ -120,7 +120,8 @@ def _state(store_dir: Path):
     return rows
 
 
-@pytest.fixture(scope="module", params=["auto", "HNSW16,Flat"])
+# the fast lane kills the default index's writer at each step; the full lane the HNSW one's too
+@pytest.fixture(scope="module", params=["auto", pytest.param("HNSW16,Flat", marks=pytest.mark.slow)])
 def reference(request, tmp_path_factory):
     base = tmp_path_factory.mktemp("ref")
     refdir = base / "states"

@@ -31,6 +31,7 @@ def _mixture(n, lam_of, T=4.0, V=50, K=16, seed=0):
     return base[np.arange(n), y].astype(np.float32), D, vals == y[:, None], vals, max_p
 
 
+@pytest.mark.slow  # calibration sweeps over a planted setting: 3.8 s CPU
 def test_calibration_recovers_a_known_setting():
     base_lp, D, hit, vals, max_p = _mixture(6000, lambda D: np.full(D.shape[0], 0.4))
     cal = choose(base_lp, D, hit, vals, max_p)
@@ -40,6 +41,7 @@ def test_calibration_recovers_a_known_setting():
     assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal
 
 
+@pytest.mark.slow  # two calibration sweeps: 3.4 s CPU
 def test_per_token_lambda_is_kept_when_it_beats_the_fixed_lambda():
     base_lp, D, hit, vals, max_p = _mixture(6000, lambda D: np.where(D[:, 0] < 3.5, 0.9, 0.02), seed=1)
     cal = choose(base_lp, D, hit, vals, max_p)
@@ -118,6 +120,7 @@ def test_heldout_slice_never_enters_the_datastore(llama, calibrated):
         assert not ((prov[:, 0] == doc) & (prov[:, 1] >= start)).any()
 
 
+@pytest.mark.slow  # a build with a calibration sweep: 7 s CPU
 def test_build_calibrates_and_load_uses_it(llama, calibrated, caplog):
     out, rep = calibrated
     cal = Calibration.from_json(rep.calibration)

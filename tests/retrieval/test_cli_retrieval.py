@@ -128,23 +128,27 @@ def test_stats_collections_delete(tmp_path, corpus):
     assert st2["chunks"] == st["collections"][0]["chunks"] - removed - 1
 
 
+# one CLI process per case (~1 s CPU each): the fast lane runs every third case, the full lane all
+SUBPROCESS_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     "args,type_,needle",
     [
         (["search", "", "--store", "store"], "InvalidInputError", "empty"),
-        (["search", "x", "--store", "store", "-k", "0"], "InvalidInputError", "k must be"),
-        (["search", "x", "--store", "store", "-k", "1000000"], "InvalidInputError", "maximum"),
+        pytest.param(["search", "x", "--store", "store", "-k", "0"], "InvalidInputError", "k must be", marks=SUBPROCESS_SLOW),
+        pytest.param(["search", "x", "--store", "store", "-k", "1000000"], "InvalidInputError", "maximum", marks=SUBPROCESS_SLOW),
         (["search", "x", "--store", "store", "--collection", "nope"], "NotFoundError", "default"),
-        (["search", "x", "--store", "nostore"], "NotFoundError", "no knnrag store"),
-        (["search", "x", "--store", "store", "--filter", "novalue"], "InvalidInputError", "KEY=VALUE"),
+        pytest.param(["search", "x", "--store", "nostore"], "NotFoundError", "no knnrag store", marks=SUBPROCESS_SLOW),
+        pytest.param(["search", "x", "--store", "store", "--filter", "novalue"], "InvalidInputError", "KEY=VALUE", marks=SUBPROCESS_SLOW),
         (["search", "x", "--store", "store", "--embedder", "hash-32"], "MismatchError", "hash-64"),
-        (["index", "missing-dir", "--store", "store"], "InvalidInputError", "not found"),
-        (["index", "docs", "--store", "store", "--embedder", "hash-32"], "MismatchError", "hash-64"),
+        pytest.param(["index", "missing-dir", "--store", "store"], "InvalidInputError", "not found", marks=SUBPROCESS_SLOW),
+        pytest.param(["index", "docs", "--store", "store", "--embedder", "hash-32"], "MismatchError", "hash-64", marks=SUBPROCESS_SLOW),
         (["index", "docs", "--store", "store", "--index-factory", "Bogus99"], "InvalidInputError", "factory"),
-        (["delete", "--store", "store", "--id", "424242"], "NotFoundError", "nothing matched"),
-        (["search", "--queries", "nofile.jsonl", "--store", "store"], "InvalidInputError", "queries file"),
+        pytest.param(["delete", "--store", "store", "--id", "424242"], "NotFoundError", "nothing matched", marks=SUBPROCESS_SLOW),
+        pytest.param(["search", "--queries", "nofile.jsonl", "--store", "store"], "InvalidInputError", "queries file", marks=SUBPROCESS_SLOW),
         (["search", "rivers", "--store", "store", "--min-score", "nan"], "InvalidInputError", "finite"),
-        (["search", "rivers", "--store", "store", "--min-score", "inf", "--mode", "bm25"], "InvalidInputError", "finite"),
+        pytest.param(["search", "rivers", "--store", "store", "--min-score", "inf", "--mode", "bm25"], "InvalidInputError", "finite", marks=SUBPROCESS_SLOW),
     ],
 )
 def test_errors_are_one_json_object(built, args, type_, needle):

@@ -74,6 +74,7 @@ async def test_stdio_end_to_end_and_lazy_initialize(tmp_path, root):
     assert (store / "store.json").exists()
 
 
+@pytest.mark.slow  # a stdio server process driven line by line: 2.7 s (tests/mcp_server/test_stdio.py stays in the fast lane)
 def test_stdout_carries_only_json_rpc(tmp_path, root):
     msgs = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -153,6 +154,7 @@ INIT = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": 
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}).encode()
 
 
+@pytest.mark.slow  # an HTTP server process, bearer-token and host checks: 2.4 s (in-process HTTP tests stay in the fast lane)
 async def test_http_end_to_end_with_token_and_checks(tmp_path, root):
     import httpx2
     from mcp.client.streamable_http import streamable_http_client

@@ -120,8 +120,7 @@ def _state(store_dir: Path):
     return rows
 
 
-# the fast lane kills the default index's writer at each step; the full lane the HNSW one's too
-@pytest.fixture(scope="module", params=["auto", pytest.param("HNSW16,Flat", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=["auto", "HNSW16,Flat"])
 def reference(request, tmp_path_factory):
     base = tmp_path_factory.mktemp("ref")
     refdir = base / "states"
@@ -149,6 +148,7 @@ def _check_after_crash(store_dir: Path, expected_options: list) -> None:
 
 # every step once per index type, cycling through commit kinds:
 # 3 = index update with an edited and a deleted file, 4 = delete by id, 6 = delete by source
+@pytest.mark.slow  # kills a writer process at each commit step (crash loop)
 @pytest.mark.parametrize("step,commit_no", [(s, (3, 4, 6)[i % 3]) for i, s in enumerate(STEPS)])
 def test_kill_at_named_step(reference, tmp_path, step, commit_no):
     factory, states = reference

@@ -7,8 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrieval.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from lm.knnlm import KNNLM, KNNOverrides
 
 
 def _knn_options(p: argparse.ArgumentParser, *, lam: bool = True) -> None:
@@ -146,7 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_verify(dsub)
 
 
-def _overrides(args):
+def _overrides(args: argparse.Namespace) -> KNNOverrides:
     """The flags the user passed; KNNLM.load applies them over the datastore's calibrated config."""
     from lm.knnlm import KNNConfig, KNNOverrides
 
@@ -158,7 +162,7 @@ def _overrides(args):
     return ov
 
 
-def _knnlm(args):
+def _knnlm(args: argparse.Namespace) -> KNNLM:
     from lm.knnlm import KNNLM
 
     ov = _overrides(args)
@@ -304,11 +308,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _write_through(s: str) -> None:
+    """Each generated piece reaches the terminal as it is made."""
+    sys.stdout.write(s)
+    sys.stdout.flush()
+
+
 def cmd_generate(args) -> int:
     from retrieval.cli.output import emit_json
 
     knn = _knnlm(args)
-    stream = None if args.json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    stream = None if args.json else _write_through
     text = knn.generate(args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample, top_p=args.top_p,
                         chat=args.chat, on_token=stream, seed=args.seed, stop_on_repeat=not args.allow_repeats)
     if args.json:

@@ -26,7 +26,7 @@ from retrieval.errors import InvalidInputError
 log = logging.getLogger(__name__)
 
 
-def _processor_base():
+def _processor_base() -> type:
     from transformers import LogitsProcessor
 
     return LogitsProcessor

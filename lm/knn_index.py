@@ -2,7 +2,8 @@
 
 Plugin-style, so retrieval never imports lm: this registrar (called from lm.cli.register, after
 the store commands are registered) adds `--knn` / `--knn-model` to the existing `index`
-sub-parser, wraps its handler, and wraps `stats` to show both halves.
+sub-parser and hooks into `index` and `stats` through retrieval's extension point
+(retrieval/cli/extend.py): after the store's own work, each adds its kNN half to the output.
 
 The datastore lives at STORE/.knn/<collection>/ (a dot folder, so the store never lists it as a
 collection). Each chunk is one datastore document whose source is `chunk:<chunk id>`, so every
@@ -13,14 +14,16 @@ After each `index`, chunks that are new get their entries appended, and chunks t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from retrieval.cli.extend import Contribution, add_hook
+
+if TYPE_CHECKING:
+    from retrieval.store.docstore import DocStore
 
 from lm.datastore.live import PREFIX, _dead_docs, _other_incarnation, owner_record, stale_docs
 
@@ -36,19 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="also build/update the collection's kNN-LM token datastore from the same chunks (STORE/.knn/COLLECTION)")
         index.add_argument("--knn-model", default=None, metavar="MODEL",
                            help="LM for --knn (default: the datastore's own, else bundled SmolLM2)")
-        inner = index.get_default("func")
-        index.set_defaults(func=lambda args: _index(inner, args))
+        add_hook(index, _after_index)
     delete = sub.choices.get("delete")
     if delete is not None:
-        inner_delete = delete.get_default("func")
-        delete.set_defaults(func=lambda args: _delete(inner_delete, args))
+        add_hook(delete, _after_delete)
     stats = sub.choices.get("stats")
     if stats is not None:
-        inner_stats = stats.get_default("func")
-        stats.set_defaults(func=lambda args: _stats(inner_stats, args))
+        add_hook(stats, _stats)
 
 
-def chunk_texts(store: Any, collection: str) -> dict[str, str]:
+def chunk_texts(store: DocStore, collection: str) -> dict[str, str]:
     """chunk id -> chunk text of every live chunk of the collection."""
     return store.live_chunks(collection).texts
 
@@ -182,23 +182,10 @@ def _rename_sources(ds: Any, names: dict[str, str]) -> None:
     ds.commit()
 
 
-def _run_inner(inner, args) -> tuple[int, str]:
-    """Run the wrapped store command; with --json its output is held back so that the kNN half can
-    be added to the same JSON object (on failure it is written out as it was)."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf) if args.json else contextlib.nullcontext():
-        rc = inner(args)
-    if rc:
-        sys.stdout.write(buf.getvalue())
-    return rc, buf.getvalue()
-
-
-def _index(inner, args) -> int:
+def _after_index(args: argparse.Namespace) -> Contribution | None:
+    """`index --knn`: sync the collection's datastore with the chunks the store now holds."""
     if not getattr(args, "knn", False):
-        return inner(args)
-    rc, held = _run_inner(inner, args)
-    if rc:
-        return rc
+        return None
     from lm.datastore.token_store import TokenStore
     from lm.models import load_lm
     from retrieval.store.docstore import DocStore
@@ -209,40 +196,21 @@ def _index(inner, args) -> int:
         spec = TokenStore.open(out).manifest.get("lm_spec")
     with DocStore.open(Path(args.store), create=False, read_only=True) as store:
         rep = sync(store, args.collection, load_lm(spec), out, lm_spec=spec)
-    if args.json:
-        d = json.loads(held)
-        d["knn"] = rep
-        from retrieval.cli.output import emit_json
-
-        emit_json(d)
-    else:
-        sys.stdout.write(f"knn datastore {out}: +{rep['entries_added']} entries from {rep['chunks_added']} chunks, "
-                         f"{rep['entries_tombstoned']} entries of {rep['chunks_tombstoned']} removed chunks masked\n")
-    return 0
+    return Contribution("knn", rep, [f"knn datastore {out}: +{rep['entries_added']} entries from {rep['chunks_added']} chunks, "
+                                     f"{rep['entries_tombstoned']} entries of {rep['chunks_tombstoned']} removed chunks masked"])
 
 
-def _delete(inner, args) -> int:
-    """`knnrag delete` on a collection with a kNN datastore: its entries go in the same command."""
+def _after_delete(args: argparse.Namespace) -> Contribution | None:
+    """`delete` on a collection with a kNN datastore: its entries are tombstoned in the same command."""
     out = datastore_dir(args.store, args.collection)
     if not (out / "manifest.json").is_file():
-        return inner(args)
-    rc, held = _run_inner(inner, args)
-    if rc:
-        return rc
+        return None
     from retrieval.store.docstore import DocStore
 
     with DocStore.open(Path(args.store), create=False, read_only=True) as store:
         rep = prune(store, args.collection, out)
-    if args.json:
-        from retrieval.cli.output import emit_json
-
-        d = json.loads(held)
-        d["knn"] = rep
-        emit_json(d)
-    else:
-        sys.stdout.write(held)
-        sys.stdout.write(f"knn datastore {out}: {rep['entries_tombstoned']} entries of {rep['chunks_tombstoned']} removed chunks masked\n")
-    return 0
+    return Contribution("knn", rep, [f"knn datastore {out}: {rep['entries_tombstoned']} entries of "
+                                     f"{rep['chunks_tombstoned']} removed chunks masked"])
 
 
 def knn_stats(store: str | Path, collection: str) -> dict | None:
@@ -256,20 +224,9 @@ def knn_stats(store: str | Path, collection: str) -> dict | None:
             "chunks": ds.manifest.get("doc_count", 0), "lm_id": ds.manifest["lm_id"]}
 
 
-def _stats(inner, args) -> int:
+def _stats(args: argparse.Namespace) -> Contribution:
+    """`stats`: the kNN-LM datastore of the collection (of each collection that has one)."""
     cols = [args.collection] if args.collection else sorted(p.name for p in (Path(args.store) / ".knn").glob("*") if p.is_dir())
-    rc, held = _run_inner(inner, args)
-    if rc:
-        return rc
     knn = {c: s for c in cols if (s := knn_stats(args.store, c)) is not None}
-    if args.json:
-        from retrieval.cli.output import emit_json
-
-        d = json.loads(held)
-        d["knn"] = knn
-        emit_json(d)
-    else:
-        for c, s in knn.items():
-            sys.stdout.write(f"{c} (kNN-LM): {s['live_entries']} live entries of {s['entries']} ({s['tombstoned']} tombstoned) "
-                             f"from {s['chunks']} chunks, LM {s['lm_id']}\n")
-    return 0
+    return Contribution("knn", knn, [f"{c} (kNN-LM): {s['live_entries']} live entries of {s['entries']} ({s['tombstoned']} "
+                                     f"tombstoned) from {s['chunks']} chunks, LM {s['lm_id']}" for c, s in knn.items()])

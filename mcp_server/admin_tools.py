@@ -82,6 +82,7 @@ def _register_create_collection(server: Any) -> None:
         spec = embedder if embedder is not None else fixed
 
         def work() -> dict:
+            chosen: str | None
             if embedder is not None and embedder != fixed:
                 chosen = allowed_embedder(embedder, state.config.allow_roots)
             else:

@@ -36,7 +36,7 @@ def _register_knn_next_tokens(server: Any) -> None:
         T.text(context, "context", MAX_TEXT_CHARS)
         state = T.state(ctx)
 
-        def work():
+        def work() -> tuple[dict, bool]:
             knnlm = state.knnlm()
             with state.lm_lock:
                 d = knnlm.next_tokens(context, top=top)
@@ -77,7 +77,7 @@ def _register_knn_generate(server: Any) -> None:
         T.text(prompt, "prompt", MAX_TEXT_CHARS)
         state = T.state(ctx)
 
-        def work():
+        def work() -> tuple[str, bool]:
             knnlm = state.knnlm()
             if max_new_tokens >= knnlm.lm.max_length:
                 raise InvalidInputError(f"max_new_tokens={max_new_tokens} does not fit the LM's "
@@ -105,7 +105,7 @@ def _register_perplexity(server: Any) -> None:
         T.text(text, "text", MAX_PPL_CHARS)
         state = T.state(ctx)
 
-        def work():
+        def work() -> tuple[dict, bool]:
             knnlm = state.knnlm()
             with state.lm_lock:
                 return knnlm.perplexity(text).to_dict(), bool(knnlm.has_datastore)

@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import anyio
 from mcp.server.mcpserver import Context
@@ -23,7 +23,11 @@ from mcp_server import schemas as S
 from retrieval.errors import KnnragError, NotFoundError
 from retrieval.types import Hit
 
+if TYPE_CHECKING:
+    from mcp_server.state import ServerState
+
 log = logging.getLogger("knnrag.mcp")
+R = TypeVar("R")
 
 MAX_QUERY_CHARS = 10_000
 MAX_TEXT_CHARS = 20_000  # generation inputs: a 135M LM on CPU, keep calls under a minute
@@ -72,8 +76,9 @@ Filters = Annotated[dict[str, Any], Field(description=FILTERS_HELP, max_length=6
     {"$or": [{"owner": "ana"}, {"tags": "public"}]}])]
 
 
-def state(ctx: Context):
-    return ctx.request_context.lifespan_context
+def state(ctx: Context) -> ServerState:
+    """The server's shared state: build_server's lifespan yields it (the SDK types it as a dict)."""
+    return cast("ServerState", ctx.request_context.lifespan_context)
 
 
 def result(model: BaseModel, links: Sequence[S.HitOut] = ()) -> CallToolResult:
@@ -97,7 +102,7 @@ def tool_error(e: KnnragError) -> ToolError:
     return ToolError(f"{mcp_hint(e.message)}. Hint: {hint}" if hint else mcp_hint(e.message))
 
 
-async def run(fn: Callable[[], Any]) -> Any:
+async def run(fn: Callable[[], R]) -> R:
     """Blocking work in a worker thread; library errors become clear isError results."""
     try:
         return await anyio.to_thread.run_sync(fn)

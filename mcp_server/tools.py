@@ -9,8 +9,8 @@ drop_collection (exclusive) never closes a collection under a reader.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context
@@ -28,6 +28,10 @@ from retrieval.store import admin
 from retrieval.store.admin import MAX_NEIGHBOURS
 from retrieval.store.filters import compile_where
 from retrieval.store.search import MAX_K, MODES
+
+if TYPE_CHECKING:
+    from lm.rag.answer import RagAnswer
+    from retrieval.types import Hit
 
 MAX_SEARCH_K = min(1000, MAX_K)
 MAX_PAGE_HITS = 200  # no page holds more (a hit is >= ~250 characters of JSON); spares converting all k
@@ -111,14 +115,15 @@ def _register_ask(server: Any) -> None:
         T.text(question, "question", MAX_QUERY_CHARS)
         state = T.state(ctx)
 
-        def work():
+        def work() -> RagAnswer:
             from lm.rag.answer import RagConfig, answer
 
             with state.gate.shared():
                 store = state.store()
                 T.require_collection(store, collection)
-                extra = {} if state.config.min_score is None else {"min_score": state.config.min_score}
-                cfg = RagConfig(k=k, answer_mode=mode, model=state.config.model, **extra)
+                cfg = RagConfig(k=k, answer_mode=mode, model=state.config.model)
+                if state.config.min_score is not None:
+                    cfg = replace(cfg, min_score=state.config.min_score)
                 with state.lm_lock:  # the LM loads only if something relevant was retrieved
                     return answer(question, store=store, knnlm=lambda: state.ask_knnlm(collection),
                                   collection=collection, config=cfg)
@@ -144,7 +149,7 @@ def _register_get_chunks(server: Any) -> None:
         """The chunks with these ids, with text, source and lines; unknown ids are listed in `missing`."""
         state = T.state(ctx)
 
-        def work():
+        def work() -> list[Hit]:
             with state.gate.shared():
                 store = state.store()
                 T.require_collection(store, collection)
@@ -175,7 +180,7 @@ def _register_chunk_context(server: Any) -> None:
         a hit without fetching the whole file."""
         state = T.state(ctx)
 
-        def work():
+        def work() -> tuple[list[Hit], Hit, list[Hit]]:
             with state.gate.shared():
                 store = state.store()
                 T.require_collection(store, collection)
@@ -194,13 +199,14 @@ def _register_list_collections(server: Any) -> None:
     async def list_collections(ctx: Context) -> Annotated[CallToolResult, S.CollectionsOut]:
         """Collections in the store with their sizes and embedding model."""
         state = T.state(ctx)
-        def work():
+        def work() -> list[dict]:
             with state.gate.shared():
                 return state.store().list_collections()
 
         rows = await T.run(work)
         return T.result(S.CollectionsOut(collections=[
-            S.CollectionOut(**{f: r.get(f) for f in S.CollectionOut.model_fields if r.get(f) is not None}) for r in rows]))
+            S.CollectionOut.model_validate({f: r.get(f) for f in S.CollectionOut.model_fields if r.get(f) is not None})
+            for r in rows]))
 
 
 def _register_stats(server: Any) -> None:
@@ -213,7 +219,7 @@ def _register_stats(server: Any) -> None:
         """Counts, sizes and models of the store or one collection."""
         state = T.state(ctx)
 
-        def work():
+        def work() -> dict:
             with state.gate.shared():
                 store = state.store()
                 if collection is not None:
@@ -244,7 +250,7 @@ def _register_chunk_resource(server: Any) -> None:
                      security=ResourceSecurity(exempt_params={"id"}))
     async def chunk(collection: str, id: str, ctx: Context) -> str:
         state = T.state(ctx)
-        def work():
+        def work() -> list[Hit]:
             with state.gate.shared():
                 return state.store().get([id], collection=collection)
 

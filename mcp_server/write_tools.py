@@ -253,7 +253,7 @@ def _register_delete(server: Any) -> None:
         state = T.state(ctx)
         wanted = _delete_sources(sources or [], state.config.allow_roots)
 
-        def work():
+        def work() -> dict:
             store = state.store()
             T.require_collection(store, collection)
             d = store.delete(sources=wanted or None, ids=ids or None, collection=collection)

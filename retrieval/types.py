@@ -5,7 +5,7 @@ Kept free of heavy imports so every layer (CLI, MCP, LangChain adapter) can shar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 
@@ -115,3 +115,12 @@ class Hit:
             "end_line": self.end_line, "heading": self.heading, "metadata": dict(self.metadata),
             "doc_id": self.doc_id, "collection": self.collection,
         }
+
+
+class LiveChunks(NamedTuple):
+    """Every live chunk of a collection as one committed generation holds it: what an index built
+    from the chunks (the kNN-LM datastore) syncs from. `texts` keys are the ids search hits carry."""
+
+    uid: str  # the collection's identity (a new one after drop + re-create)
+    generation: int  # the committed generation the texts were read at
+    texts: dict[str, str]  # chunk id -> chunk text

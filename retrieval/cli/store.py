@@ -1,5 +1,8 @@
 """`knnrag index | search | stats | delete | collections`: the document store on the command line.
 
+Other packages extend `index` and `stats` through retrieval/cli/extend.py (lm adds `index --knn`
+and the kNN half of `stats`), never by replacing these handlers.
+
 Cheap to import: the store (faiss, numpy) loads inside the handlers, and a search never imports
 torch (queries are embedded by the numpy BERT fast path).
 """
@@ -11,11 +14,18 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrieval.cli import watch
+from retrieval.cli.extend import accept_hooks, merged, run_hooks
 from retrieval.cli.filters import WHERE_HELP, combine
 from retrieval.errors import InvalidInputError, NotFoundError
 from retrieval.store.source_paths import shown
+
+if TYPE_CHECKING:
+    from retrieval.store.docstore import DocStore
+    from retrieval.store.search import SearchRequest
+    from retrieval.types import Hit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parse-timeout", type=float, metavar="S", help="skip a PDF/office file parsing longer (default 60 s; 600 s with --ocr)")
     p.add_argument("--parse-memory-mb", type=int, default=1024, metavar="MB", help="memory limit of the PDF/office parser process (default 1024)")
     p.set_defaults(func=cmd_index)
+    accept_hooks(p)
 
     s = sub.add_parser("search", help="search a store (hybrid dense + BM25 by default)",
                        description="Search a collection. Give a QUERY, or --queries FILE for a batch (BEIR queries.jsonl "
@@ -72,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st = sub.add_parser("stats", help="what a store holds: collections, chunks, sources, embedder, index type, size")
     _store_args(st, collection_default=None)
     st.set_defaults(func=cmd_stats)
+    accept_hooks(st)
 
     cal = sub.add_parser("calibrate", help="tune a collection's hybrid fusion on pseudo-queries from its own text",
                          description="Make pseudo-queries from the collection (titles, headings, sentences with words held "
@@ -89,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--source", nargs="+", default=[], metavar="PATH", help="source paths as indexed, folders or globs")
     d.add_argument("--id", nargs="+", default=[], metavar="ID", help="chunk ids (as printed by search)")
     d.set_defaults(func=cmd_delete)
+    accept_hooks(d)
 
     c = sub.add_parser("collections", help="list the collections of a store")
     c.add_argument("--store", required=True, metavar="DIR", help="store directory")
@@ -110,14 +123,14 @@ def _emit(obj: object) -> None:
     emit_json(obj)
 
 
-def _open(args, *, write: bool, embedder=None):
+def _open(args: argparse.Namespace, *, write: bool, embedder: object = None) -> DocStore:
     from retrieval.store.docstore import DocStore
 
     return DocStore.open(Path(args.store), embedder=embedder, create=write, read_only=not write)
 
 
 # --------------------------------------------------------------------------- index
-def cmd_index(args) -> int:
+def cmd_index(args: argparse.Namespace) -> int:
     show = not args.json and not args.no_progress and sys.stderr.isatty()
     if args.max_file_mb <= 0:
         raise InvalidInputError(f"--max-file-mb must be positive, got {args.max_file_mb}", "use e.g. --max-file-mb 20")
@@ -137,27 +150,11 @@ def cmd_index(args) -> int:
                                 show_progress=show, index_factory=args.index_factory, force=args.force,
                                 near_dup_threshold=args.near_dup or None, max_file_bytes=int(args.max_file_mb * 1e6),
                                 documents=documents)
-        d = rep.to_dict()
-        refused = _explicit_skips(args.paths, d["skipped"])
-        if args.json:
-            _emit(d)
-            return 1 if refused else 0
-        out = sys.stdout
-        out.write(f"{args.collection}: {d['files_seen']} files seen, {d['added']} added, {d['updated']} updated, "
-                  f"{d['removed']} removed, {d['unchanged']} unchanged; {d['chunks_added']} chunks added, "
-                  f"{d['chunks_removed']} removed in {d['seconds']:.1f}s\n")
-        dropped = {k: v for k, v in d["dropped"].items() if v}
-        if dropped:
-            out.write("dropped chunks: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) + "\n")
-        for s in d["skipped"]:
-            out.write(f"skipped {s['source']}: {s['reason']}\n")
-        for c in d["converted"]:
-            facts = ", ".join(f"{k.replace('_', ' ')} {len(v) if isinstance(v, list) else v}" for k, v in c.items()
-                              if k not in ("source", "kind") and v)
-            out.write(f"converted {c['source']}" + (f": {facts}" if facts else "") + "\n")
-        for e in d["emptied"]:
-            what = e["source"] + (f" record {e['doc_id']}" if e.get("doc_id") is not None else "")
-            out.write(f"not searchable, every chunk dropped: {what} ({e['reason']})\n")
+    d = rep.to_dict()
+    refused = _explicit_skips(args.paths, d["skipped"])
+    if not args.json:
+        _print_index_report(args.collection, d)
+    _finish(args, d)
     for s in refused:
         sys.stderr.write(f"error: {s['source']} was not indexed: {s['reason']}\n")
     return 1 if refused else 0
@@ -168,6 +165,36 @@ def _explicit_skips(paths: list[str], skipped: list[dict]) -> list[dict]:
     the run fails (exit 1), while files skipped inside a walked folder are only reported."""
     named = {os.path.realpath(p) for p in paths if os.path.isfile(p)}
     return [s for s in skipped if os.path.realpath(str(s["source"])) in named]
+
+
+def _print_index_report(collection: str, d: dict) -> None:
+    out = sys.stdout
+    out.write(f"{collection}: {d['files_seen']} files seen, {d['added']} added, {d['updated']} updated, "
+              f"{d['removed']} removed, {d['unchanged']} unchanged; {d['chunks_added']} chunks added, "
+              f"{d['chunks_removed']} removed in {d['seconds']:.1f}s\n")
+    dropped = {k: v for k, v in d["dropped"].items() if v}
+    if dropped:
+        out.write("dropped chunks: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) + "\n")
+    for s in d["skipped"]:
+        out.write(f"skipped {s['source']}: {s['reason']}\n")
+    for c in d.get("converted", []):
+        facts = ", ".join(f"{k.replace('_', ' ')} {len(v) if isinstance(v, list) else v}" for k, v in c.items()
+                          if k not in ("source", "kind") and v)
+        out.write(f"converted {c['source']}" + (f": {facts}" if facts else "") + "\n")
+    for e in d["emptied"]:
+        what = e["source"] + (f" record {e['doc_id']}" if e.get("doc_id") is not None else "")
+        out.write(f"not searchable, every chunk dropped: {what} ({e['reason']})\n")
+
+
+def _finish(args: argparse.Namespace, obj: dict) -> None:
+    """Run the command's hooks (retrieval/cli/extend.py) once its store is closed: with --json print
+    its one JSON object with their contributions, else their lines after its own text."""
+    extra = run_hooks(args)
+    if args.json:
+        _emit(merged(obj, extra))
+        return
+    for c in extra:
+        sys.stdout.write("".join(line + "\n" for line in c.lines))
 
 
 # --------------------------------------------------------------------------- search
@@ -204,7 +231,7 @@ def _read_queries(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def _request(args, store):
+def _request(args: argparse.Namespace, store: DocStore) -> SearchRequest:
     """The CLI's search settings as one SearchRequest; fusion flags override the collection's fusion."""
     from retrieval.store.search import SearchRequest
 
@@ -220,7 +247,7 @@ def _request(args, store):
     return req
 
 
-def cmd_search(args) -> int:
+def cmd_search(args: argparse.Namespace) -> int:
     if (args.query is not None) == bool(args.queries):
         raise InvalidInputError("give either a QUERY or --queries FILE", "e.g. knnrag search 'install' --store DIR")
     with _open(args, write=False, embedder=args.embedder) as store:
@@ -249,7 +276,7 @@ def cmd_search(args) -> int:
     return 0
 
 
-def _print_hits(hits) -> None:
+def _print_hits(hits: list[Hit]) -> None:
     from retrieval.ingest.documents.units import where as place
 
     for n, h in enumerate(hits, 1):
@@ -262,28 +289,30 @@ def _print_hits(hits) -> None:
 
 
 # --------------------------------------------------------------------------- stats / delete / collections
-def cmd_stats(args) -> int:
+def cmd_stats(args: argparse.Namespace) -> int:
     with _open(args, write=False) as store:
         st = store.stats(args.collection)
-        if args.json:
-            _emit(st)
-            return 0
-        cols = [st] if args.collection else st["collections"]
-        if not cols:
-            sys.stdout.write(f"{args.store}: no collections yet\n")
-        for c in cols:
-            sys.stdout.write(
-                f"{c['name']}: {c['chunks']} chunks from {c['sources']} sources, embedder {c['embedder']} (dim {c['dim']}), "
-                f"index {c['index_type']} ({c['vectors']} vectors), {c['bm25_terms']} BM25 terms, "
-                f"generation {c['generation']}, {c['disk_bytes'] / 1e6:.1f} MB\n")
-            f = c.get("fusion")
-            if f:
-                how = f"rrf k={f['rrf_k']}" if f["method"] == "rrf" else f"convex {f['norm']} alpha={f['alpha']}"
-                sys.stdout.write(f"  hybrid fusion: {how} ({f['source']})\n")
+    if not args.json:
+        _print_stats(args.store, [st] if args.collection else st["collections"])
+    _finish(args, st)
     return 0
 
 
-def cmd_calibrate(args) -> int:
+def _print_stats(store: str, cols: list[dict]) -> None:
+    if not cols:
+        sys.stdout.write(f"{store}: no collections yet\n")
+    for c in cols:
+        sys.stdout.write(
+            f"{c['name']}: {c['chunks']} chunks from {c['sources']} sources, embedder {c['embedder']} (dim {c['dim']}), "
+            f"index {c['index_type']} ({c['vectors']} vectors), {c['bm25_terms']} BM25 terms, "
+            f"generation {c['generation']}, {c['disk_bytes'] / 1e6:.1f} MB\n")
+        f = c.get("fusion")
+        if f:
+            how = f"rrf k={f['rrf_k']}" if f["method"] == "rrf" else f"convex {f['norm']} alpha={f['alpha']}"
+            sys.stdout.write(f"  hybrid fusion: {how} ({f['source']})\n")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from retrieval.store.calibrate import CalibrationConfig
     from retrieval.store.docstore import DocStore
 
@@ -300,7 +329,7 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def cmd_delete(args) -> int:
+def cmd_delete(args: argparse.Namespace) -> int:
     if not args.source and not args.id:
         raise InvalidInputError("nothing to delete", "pass --source PATH... or --id ID...")
     from retrieval.store.docstore import DocStore
@@ -311,14 +340,13 @@ def cmd_delete(args) -> int:
             what = ", ".join(args.source + args.id)
             raise NotFoundError(f"nothing matched {what} in collection {args.collection!r}",
                                 "source paths are as indexed (see `knnrag search ... --json`); ids as printed by search")
-        if args.json:
-            _emit(res)
-        else:
-            sys.stdout.write(f"removed {res['removed_chunks']} chunks ({res['removed_sources']} sources)\n")
+    if not args.json:
+        sys.stdout.write(f"removed {res['removed_chunks']} chunks ({res['removed_sources']} sources)\n")
+    _finish(args, res)  # hooks: lm tombstones the collection's kNN datastore in the same command
     return 0
 
 
-def cmd_collections(args) -> int:
+def cmd_collections(args: argparse.Namespace) -> int:
     with _open(args, write=False) as store:
         cols = store.list_collections()
         if args.json:

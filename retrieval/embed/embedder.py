@@ -17,11 +17,16 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from retrieval.errors import InvalidInputError, ModelLoadError
+
+if TYPE_CHECKING:
+    from retrieval.embed.numpy_bert import NumpyBert
+    from retrieval.embed.onnx_bert import OnnxBert
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +188,10 @@ class TransformerEmbedder:
         self._span_tok.no_padding()
         self._span_tok.no_truncation()
         self._model_type = cfg.get("model_type")
-        self._np_bert = None
-        self._torch_model = None
-        self._onnx_model = None
-        self._onnx_query_model = None
+        self._np_bert: NumpyBert | None = None
+        self._torch_model: tuple[ModuleType, Any] | None = None  # (torch, the transformers model)
+        self._onnx_model: OnnxBert | None = None
+        self._onnx_query_model: OnnxBert | None = None
         self._onnx_graph: Path | bytes | None = None
         self._onnx_lock = threading.Lock()
         self._queries = 0
@@ -202,7 +207,7 @@ class TransformerEmbedder:
     def _encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts))]
 
-    def _torch(self):
+    def _torch(self) -> tuple[ModuleType, Any]:
         if self._torch_model is None:
             import torch
             from transformers import AutoModel
@@ -214,14 +219,14 @@ class TransformerEmbedder:
             self._torch_model = (torch, model)
         return self._torch_model
 
-    def _numpy(self):
+    def _numpy(self) -> NumpyBert:
         if self._np_bert is None:
             from retrieval.embed.numpy_bert import NumpyBert
 
             self._np_bert = NumpyBert(self.model_dir)
         return self._np_bert
 
-    def _onnx(self, query: bool = False):
+    def _onnx(self, query: bool = False) -> OnnxBert:
         """The bulk session uses every core; queries get their own one-thread session: concurrent
         server requests each run one, and a 20-token query gains little from a second thread
         (p50 36 vs 46 ms on a 2-core machine under load 9; the numpy path took 122)."""

@@ -15,13 +15,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from retrieval.errors import CorruptStoreError, InvalidInputError
 
 log = logging.getLogger(__name__)
+
+# faiss ships no type stubs: its indexes (faiss.Index subclasses, an IndexIDMap2 around one) are
+# opaque to mypy. The alias names what a parameter holds.
+FaissIndex: TypeAlias = Any
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class IndexConfig:
         return cls(**known)
 
 
-def _faiss():
+def _faiss() -> ModuleType:
     import faiss  # imported lazily: `import retrieval` stays cheap
 
     return faiss
@@ -74,24 +79,24 @@ def validate_factory(factory: str, dim: int) -> None:
         ) from None
 
 
-def _inner(index):
+def _inner(index: FaissIndex) -> FaissIndex:
     faiss = _faiss()
     return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
 
 
-def is_hnsw(index) -> bool:
+def is_hnsw(index: FaissIndex) -> bool:
     return isinstance(_inner(index), _faiss().IndexHNSW)
 
 
-def is_ivf(index) -> bool:
+def is_ivf(index: FaissIndex) -> bool:
     return isinstance(_inner(index), _faiss().IndexIVF)
 
 
-def supports_remove(index) -> bool:
+def supports_remove(index: FaissIndex) -> bool:
     return not is_hnsw(index)
 
 
-def build_index(xb: np.ndarray, ids: np.ndarray, factory: str, config: IndexConfig):
+def build_index(xb: np.ndarray, ids: np.ndarray, factory: str, config: IndexConfig) -> FaissIndex:
     """A fresh IndexIDMap2 over `factory`, trained if needed, holding xb under ids."""
     faiss = _faiss()
     n, d = xb.shape  # (N, D)
@@ -114,29 +119,29 @@ def build_index(xb: np.ndarray, ids: np.ndarray, factory: str, config: IndexConf
     return index
 
 
-def add_vectors(index, xb: np.ndarray, ids: np.ndarray) -> None:
+def add_vectors(index: FaissIndex, xb: np.ndarray, ids: np.ndarray) -> None:
     if len(ids):
         index.add_with_ids(np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))  # (N, D), (N,)
 
 
-def remove_vectors(index, ids: np.ndarray) -> int:
+def remove_vectors(index: FaissIndex, ids: np.ndarray) -> int:
     faiss = _faiss()
     if not len(ids):
         return 0
     return int(index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))))
 
 
-def index_ids(index) -> np.ndarray:
+def index_ids(index: FaissIndex) -> np.ndarray:
     """The chunk ids an IndexIDMap2 holds, in insertion order."""
     faiss = _faiss()
     return faiss.vector_to_array(index.id_map).astype(np.int64)  # (N,)
 
 
-def write_index(index, path: Path) -> None:
+def write_index(index: FaissIndex, path: Path) -> None:
     _faiss().write_index(index, str(path))
 
 
-def read_index(path: Path, *, mmap: bool = True):
+def read_index(path: Path, *, mmap: bool = True) -> FaissIndex:
     """Read an index; the flat codes stay memory-mapped when FAISS supports it, so opening is cheap."""
     faiss = _faiss()
     try:
@@ -154,12 +159,12 @@ def read_index(path: Path, *, mmap: bool = True):
         ) from None
 
 
-def copy_index(index):
+def copy_index(index: FaissIndex) -> FaissIndex:
     """A writable in-memory copy (the loaded index may be memory-mapped read-only)."""
     return _faiss().clone_index(index)
 
 
-def _params(index, sel, k: int, config: IndexConfig):
+def _params(index: FaissIndex, sel: Any, k: int, config: IndexConfig) -> Any:
     faiss = _faiss()
     if is_hnsw(index):
         return faiss.SearchParametersHNSW(sel=sel, efSearch=max(config.ef_search, k))
@@ -169,7 +174,7 @@ def _params(index, sel, k: int, config: IndexConfig):
 
 
 def search(
-    index,
+    index: FaissIndex | None,
     xq: np.ndarray,
     k: int,
     *,
@@ -245,7 +250,7 @@ def exact_search(xq: np.ndarray, xb: np.ndarray, ids: np.ndarray, k: int) -> tup
     return D, I
 
 
-def flat_view(index) -> tuple[np.ndarray, np.ndarray] | None:
+def flat_view(index: FaissIndex) -> tuple[np.ndarray, np.ndarray] | None:
     """(xb (N, D) the stored vectors, ids (N,)) of an IndexIDMap over an exact inner-product
     IndexFlat; None for any other index. xb is a view when aligned: it lives as long as `index`."""
     faiss = _faiss()

@@ -48,25 +48,28 @@ class _Visible(HTMLParser):
         line, col = self.getpos()
         return self.line_starts[line - 1] + col
 
-    def handle_starttag(self, tag, attrs):
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.events.append((self._pos(), "start", tag))
         if tag in _VOID:
             self.events.append((self._pos(), "end", tag))
 
-    def handle_startendtag(self, tag, attrs):
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.events.append((self._pos(), "start", tag))
         self.events.append((self._pos(), "end", tag))
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, tag: str) -> None:
         self.events.append((self._pos(), "end", tag))
 
-    def handle_data(self, data):
+    def handle_data(self, data: str) -> None:
         self.events.append((self._pos(), "data", data))
 
-    def handle_comment(self, data):
+    def handle_comment(self, data: str) -> None:
         self.events.append((self._pos(), "other", None))
 
-    handle_decl = handle_pi = unknown_decl = handle_comment
+    handle_pi = unknown_decl = handle_comment
+
+    def handle_decl(self, decl: str) -> None:
+        self.handle_comment(decl)
 
 
 def _segment_map(raw: str, rstart: int) -> tuple[str, tuple[int, ...] | None, tuple[int, ...] | None]:

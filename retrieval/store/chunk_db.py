@@ -153,6 +153,11 @@ def assigned_id(key: str) -> int | None:
     return int(key) if _ASSIGNED.fullmatch(key) else None
 
 
+def live_texts(conn: sqlite3.Connection) -> dict[str, str]:
+    """Every live chunk's text, keyed by the id its hits carry (the external id, else the row id)."""
+    return {str(ext or rid): text for rid, ext, text in conn.execute("SELECT id, ext_id, text FROM chunks")}
+
+
 def resolve_ids(conn: sqlite3.Connection, ids: Sequence[str | int]) -> dict[str, int]:
     """Chunk ids (opaque strings: given by the user / LangChain, or assigned) -> row ids.
 

@@ -38,7 +38,8 @@ from retrieval.store.manifest import STORE_FORMAT, check_format, new_collection_
 from retrieval.store.open_collections import OpenCollections
 from retrieval.store.search import MAX_K, MODES, Hit, SearchRequest
 from retrieval.store.source_paths import expand
-from retrieval.store.threads import BlasThreads, LiveChunks
+from retrieval.store.threads import BlasThreads
+from retrieval.types import LiveChunks
 
 log = logging.getLogger(__name__)
 
@@ -359,8 +360,7 @@ class DocStore:
         index keyed by chunk id (lm's kNN datastore) compares itself with to drop what is gone."""
         c = self.collection(collection)
         with c.reading() as (conn, snap):
-            texts = {str(ext or rid): text for rid, ext, text in conn.execute("SELECT id, ext_id, text FROM chunks")}
-            return LiveChunks(c.uid, snap.generation, texts)
+            return LiveChunks(c.uid, snap.generation, chunk_db.live_texts(conn))
 
     def get(self, ids: Sequence[str], *, collection: str = "default") -> list[Hit]:
         """Chunks by id (unknown ids are left out), score 0."""

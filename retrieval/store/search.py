@@ -21,7 +21,7 @@ from retrieval.store import chunk_db
 from retrieval.store.collection import Collection, Snapshot
 from retrieval.types import Hit
 
-__all__ = ["MAX_K", "MODES", "Hit", "SearchRequest", "Scope", "clean_query", "search_one", "get_hits", "has_doc_ids"]
+__all__ = ["MAX_K", "MODES", "Hit", "SearchRequest", "as_request", "Scope", "clean_query", "search_one", "get_hits", "has_doc_ids"]
 
 MODES = ("dense", "bm25", "hybrid")
 MAX_K = 10_000

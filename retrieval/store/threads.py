@@ -1,16 +1,10 @@
-"""Thread limits for small jobs, and what a derived index reads of a collection (LiveChunks)."""
+"""Thread limits for small jobs (one query, a few changed chunks)."""
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
-
-
-class LiveChunks(NamedTuple):
-    uid: str  # the collection's identity (a new one after drop + re-create)
-    generation: int  # the committed generation the texts were read at
-    texts: dict[str, str]  # chunk id -> text
+from typing import Any
 
 
 class BlasThreads:

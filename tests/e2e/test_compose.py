@@ -70,6 +70,18 @@ def test_compose_shape():
     assert all(p.startswith("127.0.0.1:") for p in mcp["ports"]), "publish on loopback by default"
 
 
+def test_every_service_can_build_its_image():
+    """`docker compose up` on a fresh machine builds what it cannot pull: no knnrag image is published."""
+    services = _compose()["services"]
+    for name, svc in services.items():
+        assert svc.get("build"), f"service {name} has no build: a machine without the image would try to pull {svc['image']}"
+    by_image: dict[str, list] = {}
+    for svc in services.values():
+        by_image.setdefault(svc["image"], []).append(svc["build"])
+    assert all(b == builds[0] for builds in by_image.values() for b in builds), "one image, one build recipe"
+    assert services["ray-worker"]["build"]["args"]["KNNRAG_EXTRAS"] == "ray"
+
+
 def test_dockerfile_installs_cpu_torch_first_and_drops_root():
     text = DOCKERFILE.read_text()
     runs = [m.group(1) for m in re.finditer(r"^RUN (.+)$", text, re.M)]
@@ -119,6 +131,7 @@ def test_indexer_command_builds_a_store(tmp_path: Path, docs: Path):
     assert (data / "store").is_dir()
 
 
+@pytest.mark.slow  # an HTTP server process and its healthcheck: 2.3 s CPU
 def test_mcp_command_and_healthcheck_on_the_host(tmp_path: Path, docs: Path):
     svc = _compose()["services"]["mcp"]
     port = _free_port()

@@ -74,6 +74,7 @@ async def test_stdio_end_to_end_and_lazy_initialize(tmp_path, root):
     assert (store / "store.json").exists()
 
 
+@pytest.mark.slow  # a stdio server process driven line by line: 2.7 s (tests/mcp_server/test_stdio.py stays in the fast lane)
 def test_stdout_carries_only_json_rpc(tmp_path, root):
     msgs = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -153,6 +154,7 @@ INIT = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": 
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}).encode()
 
 
+@pytest.mark.slow  # an HTTP server process, bearer-token and host checks: 2.4 s (in-process HTTP tests stay in the fast lane)
 async def test_http_end_to_end_with_token_and_checks(tmp_path, root):
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
@@ -183,6 +185,7 @@ async def test_http_end_to_end_with_token_and_checks(tmp_path, root):
         srv.close()
 
 
+@pytest.mark.slow  # two HTTP server processes: 3.9 s CPU
 async def test_http_without_token_and_port_in_use(tmp_path, root):
     from mcp.client.streamable_http import streamable_http_client
 
@@ -199,6 +202,7 @@ async def test_http_without_token_and_port_in_use(tmp_path, root):
         srv.close()
 
 
+@pytest.mark.slow  # a server process per bad argument: 3.9 s CPU
 def test_serve_refuses_bad_arguments(tmp_path):
     r = subprocess.run(knnrag() + ["serve", "--store", str(tmp_path / "s"), "--allow-root", str(tmp_path / "missing"),
                                    "--json"], capture_output=True, text=True, timeout=60)
@@ -216,6 +220,8 @@ def test_serve_refuses_bad_arguments(tmp_path):
     assert nan.returncode == 2 and "finite" in json.loads(nan.stdout)["error"]
 
 
+@pytest.mark.slow  # Node MCP Inspector against stdio and HTTP servers
+@pytest.mark.timeout(900)  # its own subprocess limit: 300 s ran out under load 21
 def test_independent_client_mcp_inspector_cli():
     """The official MCP Inspector CLI (Node) against `knnrag serve`, stdio and HTTP: tests/inspector_check.sh.
 

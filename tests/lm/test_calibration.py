@@ -31,6 +31,7 @@ def _mixture(n, lam_of, T=4.0, V=50, K=16, seed=0):
     return base[np.arange(n), y].astype(np.float32), D, vals == y[:, None], vals, max_p
 
 
+@pytest.mark.slow  # calibration sweeps over a planted setting: 3.8 s CPU
 def test_calibration_recovers_a_known_setting():
     base_lp, D, hit, vals, max_p = _mixture(6000, lambda D: np.full(D.shape[0], 0.4))
     cal = choose(base_lp, D, hit, vals, max_p)
@@ -40,6 +41,7 @@ def test_calibration_recovers_a_known_setting():
     assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal
 
 
+@pytest.mark.slow  # two calibration sweeps: 3.4 s CPU
 def test_per_token_lambda_is_kept_when_it_beats_the_fixed_lambda():
     base_lp, D, hit, vals, max_p = _mixture(6000, lambda D: np.where(D[:, 0] < 3.5, 0.9, 0.02), seed=1)
     cal = choose(base_lp, D, hit, vals, max_p)
@@ -103,6 +105,7 @@ def calibrated(llama, tmp_path_factory):
     return out, rep
 
 
+@pytest.mark.slow  # a datastore build with a held-out slice: 7.5 s CPU
 def test_heldout_slice_never_enters_the_datastore(llama, calibrated):
     from lm.datastore.token_store import TokenStore
 
@@ -117,6 +120,7 @@ def test_heldout_slice_never_enters_the_datastore(llama, calibrated):
         assert not ((prov[:, 0] == doc) & (prov[:, 1] >= start)).any()
 
 
+@pytest.mark.slow  # a build with a calibration sweep: 7 s CPU
 def test_build_calibrates_and_load_uses_it(llama, calibrated, caplog):
     out, rep = calibrated
     cal = Calibration.from_json(rep.calibration)
@@ -132,6 +136,7 @@ def test_build_calibrates_and_load_uses_it(llama, calibrated, caplog):
     assert exact.config == KNNConfig(k=3)  # an explicit config is used as given
 
 
+@pytest.mark.slow  # builds, appends to and recalibrates a datastore: 14.9 s CPU
 def test_calibration_survives_append_and_reopen(llama, calibrated, tmp_path):
     import shutil
 
@@ -150,6 +155,7 @@ def test_calibration_survives_append_and_reopen(llama, calibrated, tmp_path):
     assert KNNLM.load(llama, out).calibration == cal
 
 
+@pytest.mark.slow  # calibrates on a random datastore: 3.8 s CPU
 def test_unrelated_random_datastore_gives_lambda_zero(llama, tmp_path, caplog):
     rng = np.random.default_rng(0)
     (tmp_path / "noise.txt").write_text("".join(str(x) for x in rng.integers(0, 10, size=1500)))  # digits only
@@ -184,6 +190,7 @@ def test_old_manifest_opens_with_old_defaults_and_a_note(llama, calibrated, tmp_
     assert any("not calibrated" in r.getMessage() and "datastore calibrate" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow  # calibration sweep and a matplotlib plot
 def test_cli_calibrate_info_and_plot(llama, calibrated, tmp_path, capsys):
     import shutil
 

@@ -179,6 +179,7 @@ def test_explain_lists_neighbours_with_sources(llama, datastore):
     assert abs(sum(t["prob"] for t in knn.next_tokens("The", top=1000)["knn"]) - 1) < 1e-3
 
 
+@pytest.mark.slow  # three datastore builds, one interrupted
 def test_resume_after_interruption_equals_one_shot(llama, corpus, tmp_path, monkeypatch):
     from lm.datastore.token_store import TokenStore
 
@@ -219,6 +220,7 @@ def test_append_corpus_and_dedup(llama, corpus, tmp_path):
     assert r2.entries_total == r1.entries_total + r2.entries_added
 
 
+@pytest.mark.slow  # two datastore builds: 5 s CPU
 def test_decontamination_drops_windows(llama, corpus, tmp_path):
     ev = tmp_path / "eval.txt"
     ev.write_text(OTHER[:200])
@@ -271,6 +273,7 @@ def test_bad_input_errors(llama, datastore, corpus, tmp_path):
         load_lm(str(tmp_path / "no-such-model"))
 
 
+@pytest.mark.slow  # five CLI commands over a fresh build: 5 s CPU
 def test_cli_build_info_eval_generate_explain(llama_dir, corpus, tmp_path, capsys):
     from retrieval.cli.root import main
 
@@ -347,6 +350,7 @@ def test_cached_encoder_equals_one_long_forward(llama):
     assert enc.forward_tokens == d.ids.size  # every token forwarded once
 
 
+@pytest.mark.slow  # two datastore builds
 def test_kv_cache_build_stores_the_same_entries(llama, corpus, tmp_path):
     from lm.datastore.token_store import TokenStore
 

@@ -40,6 +40,7 @@ def _queries(st, n=12):
     return st.keys(np.arange(0, st.count, max(1, st.count // n))[:n]).astype(np.float32) + 0.05
 
 
+@pytest.mark.slow  # on-disk IVF builds through the CLI: 4.4 s CPU
 def test_cli_ondisk_build_keeps_stdout_json_and_refuses_fast_scan(tiny, tmp_path, capfd):
     from retrieval.cli.root import main
 
@@ -56,6 +57,7 @@ def test_cli_ondisk_build_keeps_stdout_json_and_refuses_fast_scan(tiny, tmp_path
     assert not (tmp_path / "fs" / "manifest.json").exists()  # refused before anything was written
 
 
+@pytest.mark.ray
 def test_ray_ondisk_build_equals_one_process_build(ray, tiny, tmp_path, monkeypatch):
     from lm.datastore import ondisk
     from lm.datastore.ray_build import RayBuildConfig, build_datastore_ray
@@ -83,6 +85,7 @@ def test_ray_ondisk_build_equals_one_process_build(ray, tiny, tmp_path, monkeypa
         build_datastore(lm, files, tmp_path / "ray", BuildConfig(**{**CFG.__dict__, "index_ondisk": False}), progress=False)
 
 
+@pytest.mark.ray
 def test_sharded_search_over_ondisk_lists_equals_one_index(ray, tiny, tmp_path):
     from lm.datastore.shards import ShardedStore
 

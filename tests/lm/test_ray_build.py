@@ -56,6 +56,7 @@ def _files(tiny):
     return [str(corpus / n) for n in ("a.txt", "b.txt", "dup.txt")]
 
 
+@pytest.mark.ray
 def test_ray_build_equals_one_process_build(ray, tiny, tmp_path):
     from lm.datastore.ray_build import RayBuildConfig, build_datastore_ray
 
@@ -69,6 +70,7 @@ def test_ray_build_equals_one_process_build(ray, tiny, tmp_path):
     _same(tmp_path / "one", tmp_path / "ray")
 
 
+@pytest.mark.ray
 def test_killed_worker_is_retried_and_result_identical(ray, tiny, tmp_path):
     from lm.datastore.ray_build import RayBuildConfig, build_datastore_ray
 
@@ -82,6 +84,7 @@ def test_killed_worker_is_retried_and_result_identical(ray, tiny, tmp_path):
     _same(tmp_path / "one", tmp_path / "ray")
 
 
+@pytest.mark.ray
 def test_interrupted_ray_build_resumes(ray, tiny, tmp_path):
     """Stop after the first committed task (deadline), resume on Ray: same datastore as one shot."""
     from lm.datastore.ray_build import RayBuildConfig, build_datastore_ray
@@ -99,6 +102,7 @@ def test_interrupted_ray_build_resumes(ray, tiny, tmp_path):
     _same(tmp_path / "one", tmp_path / "ray")
 
 
+@pytest.mark.ray
 def test_cli_build_with_ray(ray, tiny, tmp_path, capsys):
     from retrieval.cli.root import main
 

@@ -12,6 +12,7 @@ from tests.support.ray_session import ray_local  # noqa: F401 - sets the test pr
 from tests.support.tiny_lm import CORPUS, make_tiny_lm
 
 ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # two `ray start` processes per module
 
 
 @pytest.fixture(scope="module")

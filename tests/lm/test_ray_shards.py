@@ -72,6 +72,7 @@ def _same_distances(got, ref, kw):
     ("IVF16,PQ4", {"nprobe": 4, "rerank": 2}),
     ("IVF16,PQ4", {"exact": True}),
 ])
+@pytest.mark.ray
 def test_sharded_search_equals_one_index(ray, tmp_path, factory, kw):
     from lm.datastore.shards import ShardedStore
 
@@ -105,6 +106,7 @@ def lm_store(tmp_path_factory):
     return llama_dir, corpus, out
 
 
+@pytest.mark.ray
 def test_knnlm_on_shards_equals_one_index(ray, lm_store):
     from lm.datastore.shards import shard_knnlm
     from lm.knnlm import KNNLM, KNNConfig
@@ -123,6 +125,7 @@ def test_knnlm_on_shards_equals_one_index(ray, lm_store):
     assert got_next == ref_next
 
 
+@pytest.mark.ray
 def test_cli_eval_and_explain_with_shards(ray, lm_store, capsys):
     from retrieval.cli.root import main
 
@@ -144,6 +147,7 @@ def test_cli_eval_and_explain_with_shards(ray, lm_store, capsys):
     assert json.loads(capsys.readouterr().out)["type"] == "InvalidInputError"
 
 
+@pytest.mark.ray
 def test_mcp_server_state_serves_from_shards(ray, lm_store, tmp_path):
     from lm.datastore.shards import ShardedStore
     from lm.knnlm import KNNLM
@@ -184,6 +188,7 @@ def test_shard_searcher_rerank_from_ram_or_mmap_equals_one_index(tmp_path, monke
     ("IVF16,PQ4", "ram", {"nprobe": 4, "rerank": 2}),
     ("IVF16,PQ4", "ondisk", {"nprobe": 4}),
 ])
+@pytest.mark.ray
 def test_sharded_search_skips_tombstones_inside_the_search(ray, tmp_path, factory, storage, kw):
     """A deleted document's entries never come back from shards either, including a delete made
     after the shards started; the k neighbours are the k nearest *live* ones, as in one index."""

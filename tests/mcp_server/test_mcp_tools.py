@@ -15,7 +15,7 @@ from mcp_server.server import ServerConfig, ServerState, build_server  # noqa: E
 from mcp_server.tool_support import MAX_QUERY_CHARS, bound_hits  # noqa: E402
 from mcp_server.tools import MAX_SEARCH_K
 from tests.support.docs import write_docs
-from tests.support.mcp import text_of
+from tests.support.mcp import call, server_for, text_of
 from tests.support.tiny_lm import make_tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,26 +42,6 @@ def env(tmp_path_factory, lm_dir):
     state = ServerState(cfg)
     yield {"cfg": cfg, "state": state, "root": root, "outside": outside, "base": base}
     state.close()
-
-
-def server_for(env, **overrides):
-    cfg = ServerConfig(**{**env["cfg"].__dict__, **overrides}) if overrides else env["cfg"]
-    state = env["state"] if not overrides else ServerState(cfg)
-    if overrides:  # share the loaded store and LM, change only the config
-        state._store, state._knnlm, state._lm = env["state"].store(), env["state"]._knnlm, env["state"]._lm
-    return build_server(cfg, state=state)
-
-
-async def call(env, name, args=None, **overrides):
-    async with Client(server_for(env, **overrides)) as c:
-        return await c.call_tool(name, args or {})
-
-
-@pytest.fixture(scope="module")
-async def indexed(env):
-    res = await call(env, "index_paths", {"paths": [str(env["root"])]})
-    assert not res.is_error, text_of(res)
-    return res.structured_content
 
 
 # --------------------------------------------------------------------------- listing
@@ -300,6 +280,7 @@ async def test_fuzz_every_tool_with_hostile_arguments(env, indexed):
         assert not ok.is_error and ok.structured_content["hits"]
 
 
+@pytest.mark.slow  # hypothesis fuzzing of every tool
 async def test_fuzz_random_arguments_never_crash_the_server(env, indexed):
     """Random JSON values for every parameter: each call is either a valid result or an isError, never a crash."""
     hypothesis = pytest.importorskip("hypothesis")

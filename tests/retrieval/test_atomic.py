@@ -151,6 +151,7 @@ def _check_after_crash(store_dir: Path, expected_options: list) -> None:
 
 # every step once per index type, cycling through commit kinds:
 # 3 = index update with an edited and a deleted file, 4 = delete by id, 6 = delete by source
+@pytest.mark.slow  # kills a writer process at each commit step (crash loop)
 @pytest.mark.parametrize("step,commit_no", [(s, (3, 4, 6)[i % 3]) for i, s in enumerate(STEPS)])
 def test_kill_at_named_step(reference, tmp_path, step, commit_no):
     factory, states = reference
@@ -160,6 +161,7 @@ def test_kill_at_named_step(reference, tmp_path, step, commit_no):
     _check_after_crash(tmp_path / "w" / "store", [expected])
 
 
+@pytest.mark.slow  # kills writer processes at random points
 def test_kill_after_random_delays(reference, tmp_path):
     factory, states = reference
     rng = random.Random(1234)

@@ -105,6 +105,7 @@ SCALE = int(os.environ.get("KNNRAG_HYPOTHESIS_SCALE", "1"))  # raise for a longe
 CONFIGS = [ChunkerConfig(max_tokens=32, overlap_tokens=8), ChunkerConfig(max_tokens=64, overlap_tokens=0), ChunkerConfig()]
 
 
+@pytest.mark.slow  # hypothesis fuzzing
 @settings(max_examples=60 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=markdown_docs(), cfg=st.sampled_from(CONFIGS), kind=st.sampled_from(["markdown", "text", "rst"]))
 def test_markdown_text_invariants_minilm(text, cfg, kind):
@@ -112,6 +113,7 @@ def test_markdown_text_invariants_minilm(text, cfg, kind):
     check_invariants(d, chunk_document(d, minilm_spans, cfg), minilm_spans, cfg)
 
 
+@pytest.mark.slow  # hypothesis fuzzing
 @settings(max_examples=40 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=code_docs(), cfg=st.sampled_from(CONFIGS))
 def test_code_invariants_minilm(text, cfg):
@@ -134,6 +136,7 @@ def test_arbitrary_unicode_minilm(text):
     check_invariants(d, chunk_document(d, minilm_spans, cfg), minilm_spans, cfg)
 
 
+@pytest.mark.slow  # hypothesis fuzzing
 @settings(max_examples=25 * SCALE, deadline=None)
 @given(paras=st.lists(_para.map(lambda p: p[:300]), min_size=1, max_size=5), tags=st.lists(st.sampled_from(["p", "div", "li", "h2", "b", "span"]), min_size=1, max_size=6))
 def test_html_invariants(paras, tags):

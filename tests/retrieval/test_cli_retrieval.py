@@ -72,6 +72,7 @@ def _index(tmp_path, *extra):
     return one_json(knnrag("index", "docs", "--store", "store", "--embedder", "hash-64", "--json", *extra, cwd=tmp_path))
 
 
+@pytest.mark.slow  # several CLI subprocesses
 def test_index_and_search_json(tmp_path, corpus):
     rep = _index(tmp_path)
     assert rep["files_seen"] == 4 and rep["added"] == 4 and rep["chunks_added"] >= 5
@@ -97,6 +98,7 @@ def test_index_and_search_json(tmp_path, corpus):
     assert "docs/README.md:1-" in human
 
 
+@pytest.mark.slow  # several CLI subprocesses
 def test_batch_queries(tmp_path, corpus):
     _index(tmp_path)
     (tmp_path / "queries.jsonl").write_text(
@@ -112,6 +114,7 @@ def test_batch_queries(tmp_path, corpus):
     assert [r["query_id"] for r in recs] == ["1", "3"] and _rel(recs[1]["hits"][0]["source"], tmp_path) == "docs/guide/setup.rst"
 
 
+@pytest.mark.slow  # several CLI subprocesses
 def test_stats_collections_delete(tmp_path, corpus):
     _index(tmp_path, "--collection", "notes", "--tag", "mine")
     st = one_json(knnrag("stats", "--store", "store", "--json", cwd=tmp_path))
@@ -131,23 +134,27 @@ def test_stats_collections_delete(tmp_path, corpus):
     assert st2["chunks"] == st["collections"][0]["chunks"] - removed - 1
 
 
+# one CLI process per case (~1 s CPU each): the fast lane runs every third case, the full lane all
+SUBPROCESS_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     "args,type_,needle",
     [
         (["search", "", "--store", "store"], "InvalidInputError", "empty"),
-        (["search", "x", "--store", "store", "-k", "0"], "InvalidInputError", "k must be"),
-        (["search", "x", "--store", "store", "-k", "1000000"], "InvalidInputError", "maximum"),
+        pytest.param(["search", "x", "--store", "store", "-k", "0"], "InvalidInputError", "k must be", marks=SUBPROCESS_SLOW),
+        pytest.param(["search", "x", "--store", "store", "-k", "1000000"], "InvalidInputError", "maximum", marks=SUBPROCESS_SLOW),
         (["search", "x", "--store", "store", "--collection", "nope"], "NotFoundError", "default"),
-        (["search", "x", "--store", "nostore"], "NotFoundError", "no knnrag store"),
-        (["search", "x", "--store", "store", "--filter", "novalue"], "InvalidInputError", "KEY=VALUE"),
+        pytest.param(["search", "x", "--store", "nostore"], "NotFoundError", "no knnrag store", marks=SUBPROCESS_SLOW),
+        pytest.param(["search", "x", "--store", "store", "--filter", "novalue"], "InvalidInputError", "KEY=VALUE", marks=SUBPROCESS_SLOW),
         (["search", "x", "--store", "store", "--embedder", "hash-32"], "MismatchError", "hash-64"),
-        (["index", "missing-dir", "--store", "store"], "InvalidInputError", "not found"),
-        (["index", "docs", "--store", "store", "--embedder", "hash-32"], "MismatchError", "hash-64"),
+        pytest.param(["index", "missing-dir", "--store", "store"], "InvalidInputError", "not found", marks=SUBPROCESS_SLOW),
+        pytest.param(["index", "docs", "--store", "store", "--embedder", "hash-32"], "MismatchError", "hash-64", marks=SUBPROCESS_SLOW),
         (["index", "docs", "--store", "store", "--index-factory", "Bogus99"], "InvalidInputError", "factory"),
-        (["delete", "--store", "store", "--id", "424242"], "NotFoundError", "nothing matched"),
-        (["search", "--queries", "nofile.jsonl", "--store", "store"], "InvalidInputError", "queries file"),
+        pytest.param(["delete", "--store", "store", "--id", "424242"], "NotFoundError", "nothing matched", marks=SUBPROCESS_SLOW),
+        pytest.param(["search", "--queries", "nofile.jsonl", "--store", "store"], "InvalidInputError", "queries file", marks=SUBPROCESS_SLOW),
         (["search", "rivers", "--store", "store", "--min-score", "nan"], "InvalidInputError", "finite"),
-        (["search", "rivers", "--store", "store", "--min-score", "inf", "--mode", "bm25"], "InvalidInputError", "finite"),
+        pytest.param(["search", "rivers", "--store", "store", "--min-score", "inf", "--mode", "bm25"], "InvalidInputError", "finite", marks=SUBPROCESS_SLOW),
     ],
 )
 def test_errors_are_one_json_object(built, args, type_, needle):

@@ -205,3 +205,17 @@ def test_title_tokens_count_title_weight_times(tmp_path):
         hits = s.search("quokka", k=2, mode="bm25")
         # once each, the short body would win on length; the title counts three times
         assert [h.doc_id for h in hits] == ["titled", "body"] and hits[0].score > hits[1].score
+
+
+def test_live_chunks_lists_live_chunks_with_their_generation(store):
+    ids = store.add_texts(["first text", "second text"], ids=["x1", None])
+    third = store.add_texts(["third text"])
+    before = store.live_chunks()
+    assert before.texts == {"x1": "first text", ids[1]: "second text", third[0]: "third text"}
+    assert before.generation == store.stats("default")["generation"] == 2
+    store.delete(ids=["x1"])
+    after = store.live_chunks("default")
+    assert after.generation == 3 and set(after.texts) == set(before.texts) - {"x1"} and after.uid == before.uid != ""
+    assert all(h.text == after.texts[h.id] for h in store.get(list(after.texts)))  # the ids hits carry
+    with pytest.raises(NotFoundError):
+        store.live_chunks("missing")

@@ -34,6 +34,7 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     assert "bundled MiniLM" in ei.value.hint
 
 
+@pytest.mark.integration  # loads the bundled MiniLM
 def test_minilm_spans_count_every_piece_without_padding(minilm):
     text = "word " * 400
     spans = minilm.token_spans(text)
@@ -114,6 +115,7 @@ def test_unknown_backend_is_a_clear_error():
         load_embedder(None, backend="tensorrt")
 
 
+@pytest.mark.integration  # loads the bundled MiniLM
 def test_token_budget_batches_cover_every_row_once(minilm):
     texts = [("word " * n).strip() for n in (3, 300, 40, 7, 120, 120, 1, 60, 250, 15) * 3]
     lens = [len(x) for x in minilm._encode_ids(texts)]

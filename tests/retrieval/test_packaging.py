@@ -45,6 +45,7 @@ def test_the_dockerfile_graph_step_builds_the_graph_that_search_uses(tmp_path):
     assert out.stdout.strip() == "PosixPath"
 
 
+@pytest.mark.slow  # builds a wheel with pip
 def test_editable_build_prints_no_setuptools_warning(tmp_path):
     """pip shows a build backend's Python warnings even with -q: setuptools' meta path finder
     strategy warned "Editable installation ... may take precedence during imports" on every setup.

@@ -42,6 +42,7 @@ def _index(main, capsys, docs, store, *extra) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.ray
 def test_ray_index_equals_plain_index_hash(ray, docs, tmp_path, capsys):
     from retrieval.cli.root import main
 
@@ -57,6 +58,7 @@ def test_ray_index_equals_plain_index_hash(ray, docs, tmp_path, capsys):
 
 
 @pytest.mark.integration
+@pytest.mark.ray
 def test_ray_index_equals_plain_index_minilm(ray, docs, tmp_path, capsys):
     from retrieval.cli.root import main
 

@@ -260,6 +260,7 @@ def test_search_request_carries_the_settings(store):
         store.search("river", top_k=3)
 
 
+@pytest.mark.slow  # calibrates fusion twice on a growing collection
 def test_calibration_records_its_choice_and_reruns_when_the_collection_grows(tmp_path):
     from retrieval.store import calibrate
 

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a 4k-token wiki store and 1,000-token texts")
     ap.add_argument("--store-tokens", type=int, default=20_000)
     ap.add_argument("--test-tokens", type=int, default=1200)
+    ap.add_argument("--recalibrate", action="store_true", help="calibrate the (cached) datastores again with this code first")
     a = ap.parse_args(argv)
     if a.quick:
         a.store_tokens, a.test_tokens = 4000, 1000
@@ -91,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         used += len(tok(art, add_special_tokens=False)["input_ids"])
     stores = {"wiki": _build(lm, "wiki", files, work / f"ds-wiki-{a.store_tokens}"),
               "small": _build(lm, "small", [ROOT / "ARCHITECTURE.md"], work / "ds-small")}
+    if a.recalibrate:
+        from lm.datastore.calibrate import calibrate_store
+        from lm.datastore.token_store import TokenStore
+
+        for path in stores.values():
+            calibrate_store(lm, TokenStore.open(path))
     texts = _texts(tok, a.test_tokens)
     rows, worst_ours, worst_peer, gain_ours, gain_peer = [], 0.0, 0.0, None, None
     for sname, path in stores.items():

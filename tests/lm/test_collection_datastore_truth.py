@@ -15,6 +15,8 @@ from retrieval.store import admin
 from retrieval.store.docstore import DocStore
 from tests.support.tiny_lm import CORPUS, make_tiny_lm
 
+pytestmark = pytest.mark.slow  # every test builds a token datastore with the tiny LM
+
 PELICAN = "The harbour pelican PELICAN-4242 guards the lighthouse keys every winter night. " * 3
 BANANA = "Bananas are yellow when ripe and green before; they grow in large hanging bunches. " * 3
 

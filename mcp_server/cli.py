@@ -113,7 +113,9 @@ def ui(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--store {store} is not a knnrag store", "build one with `knnrag index PATH --store DIR`")
     for k, v in {"transport": "http", "host": "127.0.0.1", "allowed_host": [], "allowed_origin": [],
                  "allow_unauthenticated": False, "replies": None, "json_response": False, "min_score": None,
-                 "max_write_seconds": 3600.0, "index_wait_seconds": 300.0, "ray": None, "shards": None}.items():
+                 "max_write_seconds": 3600.0, "index_wait_seconds": 300.0, "ray": None, "shards": None,
+                 "watch": [], "watch_collection": "default", "max_sessions": 1000, "sessions_per_client": 100,
+                 "session_idle_seconds": 900.0, "connection_idle_seconds": 30.0}.items():
         setattr(args, k, v)
 
     def announce(cfg) -> None:

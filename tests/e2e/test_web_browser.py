@@ -62,6 +62,9 @@ def site(tmp_path_factory):
             m = re.search(r"knnrag ui: (http://127\.0\.0\.1:\d+/\S*)", line)
             url = m.group(1) if m else None
         assert url, f"knnrag ui did not announce its address (exit {proc.poll()})"
+        import threading
+
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain its log: a full pipe would stall it
         _wait_up(port)
         yield {"url": url, "base": base, "shots": base / "shots"}
     finally:
@@ -111,6 +114,7 @@ def test_a_hit_opens_its_file_context_with_the_characters_marked(site, drv):
 
 
 def test_ask_shows_a_cited_answer_linked_to_its_characters(site, drv):
+    W.open_page(drv, site["url"])  # its own page: nothing left open by an earlier test
     ans = W.ask(drv, "How are path parameters declared in the route?", mode="extractive")
     assert ans.get_attribute("data-grounded") == "true"
     phrase = ans.find_element("css selector", "mark.exact").text

@@ -149,7 +149,7 @@ async def test_add_texts_has_a_total_budget_per_call(free):
 async def test_perplexity_text_is_bounded_before_any_model_loads(free):
     res = await call(free, "perplexity", {"text": "word " * 1000})
     assert res.is_error and "over the limit of 4000" in text_of(res), text_of(res)
-    assert free["state"]._lm is None  # refused up front: nothing was loaded or scored
+    assert free["state"]._knnlm is None  # refused up front: nothing was loaded or scored
 
 
 async def test_chunk_context_stays_within_the_result_budget(free):

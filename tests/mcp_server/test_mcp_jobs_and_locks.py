@@ -71,9 +71,9 @@ async def test_index_progress_is_real_and_jobs_can_be_polled(env):
 
 
 async def test_a_write_waits_a_bounded_time_and_says_who_holds_the_lock(env, monkeypatch):
-    import mcp_server.write_tools as W
+    import mcp_server.tool_support as T
 
-    monkeypatch.setattr(W, "LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(T, "LOCK_WAIT_S", 0.3)
     state = env["state"]
     release = threading.Event()
 

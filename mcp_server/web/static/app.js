@@ -201,14 +201,15 @@ async function doSearch(ev) {
 
 /* ---------- ask ---------- */
 function passageOf(d) {
+  /* The answer is an exact passage of a chunk (answer_span); a confident phrase inside it (phrase, with
+     chunk offsets) is marked, else the whole copied passage is. A generated answer is shown as is. */
   const ans = String(d.answer || "");
-  const p = d.phrase;
-  if (p && typeof p === "object" && Number.isInteger(p.start) && p.end > p.start && p.end <= ans.length)
-    return { text: ans, mark: [p.start, p.end] };
-  if (typeof p === "string" && ans.includes(p)) return { text: ans, mark: [ans.indexOf(p), ans.indexOf(p) + p.length] };
-  const s = d.answer_span;
-  if (s && s.sentence && s.chunk_start >= s.sentence_start && s.chunk_end <= s.sentence_end)
-    return { text: s.sentence, mark: [s.chunk_start - s.sentence_start, s.chunk_end - s.sentence_start] };
+  const p = d.phrase, s = d.answer_span;
+  if (p && s && Number.isInteger(p.chunk_start) && Number.isInteger(s.chunk_start)) {
+    const a = p.chunk_start - s.chunk_start, b = p.chunk_end - s.chunk_start;
+    if (a >= 0 && b > a && b <= ans.length) return { text: ans, mark: [a, b] };
+  }
+  if (s && s.text === ans && ans) return { text: ans, mark: [0, ans.length] };
   return { text: ans, mark: null };
 }
 

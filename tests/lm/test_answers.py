@@ -130,6 +130,7 @@ def test_auto_mode_sizes_the_model_without_loading_it(tmp_path):
         rag.RagConfig(answer_mode="poetry")
 
 
+@pytest.mark.slow  # waits on real time (watchers, queued writes, generation): 2-4 s alone
 def test_generation_stops_on_a_repeated_sentence(tmp_path):
     import torch
 

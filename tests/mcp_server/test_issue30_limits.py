@@ -60,6 +60,7 @@ async def test_create_collection_bounds_the_fake_dimension_and_listing_survives(
     assert not listed.is_error and "small" in text_of(listed) and "huge" not in text_of(listed)
 
 
+@pytest.mark.slow  # waits on real time (watchers, queued writes, generation): 2-4 s alone
 async def test_create_collection_takes_a_model_folder_under_a_root_only(free, tmp_path):
     inside = free["root"] / "models" / "bad"
     inside.mkdir(parents=True)

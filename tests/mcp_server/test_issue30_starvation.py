@@ -30,6 +30,7 @@ def hold_write_lock(state):
     return done
 
 
+@pytest.mark.slow  # waits on real time (watchers, queued writes, generation): 2-4 s alone
 async def test_queued_writes_leave_threads_for_searches(env):
     state = env["state"]
     async with Client(build_server(env["cfg"], state=state)) as c:

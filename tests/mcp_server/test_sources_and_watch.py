@@ -82,6 +82,7 @@ async def test_search_filters_take_custom_keys_and_operators(indexed):
     assert bad.is_error and "unknown kind 'pdf'" in text_of(bad) and "markdown" in text_of(bad)
 
 
+@pytest.mark.slow  # waits on real time (watchers, queued writes, generation): 2-4 s alone
 async def test_serve_watch_follows_the_files(tmp_path):
     root = tmp_path / "root"
     (root / "docs").mkdir(parents=True)

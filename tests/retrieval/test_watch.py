@@ -65,6 +65,7 @@ def watched(tmp_path):
     store.close()
 
 
+@pytest.mark.slow  # waits on real time (watchers, queued writes, generation): 2-4 s alone
 def test_watch_follows_edits_new_files_deletions_and_ignores(watched):
     docs, store, batches = watched["docs"], watched["store"], watched["batches"]
     first = batches.get(timeout=WAIT_S)  # the catch-up walk

@@ -27,6 +27,7 @@ import numpy as np
 
 from lm.rag.citations import EchoCutStream, cut_echo, echoes, extract_citations
 from lm.rag.modes import GENERATE_MIN_PARAMS  # noqa: F401  (re-exported: the answer-mode size rule)
+from lm.rag.protocols import AnswerLM, AnswerStore, KNNLMSource
 from lm.rag.provenance import SpanCitation
 from lm.rag.records import AnswerSpan, Citation, Excerpt, Source
 from retrieval.errors import InvalidInputError
@@ -200,7 +201,7 @@ def _abstain(question: str, collection: str, knnlm: Any, lm: Any, why: str, on_t
                      confidence=confidence)
 
 
-def answer(question: str, *, store: Any, knnlm: Any, lm: Any = None, collection: str = "default",
+def answer(question: str, *, store: AnswerStore, knnlm: KNNLMSource, lm: AnswerLM | None = None, collection: str = "default",
            config: RagConfig | None = None, on_token: Callable[[str], None] | None = None,
            fitted: Any = None) -> RagAnswer:
     """Answer `question` from `store` (a DocStore).

@@ -40,6 +40,8 @@ def body(marker: str, seed: int) -> str:
 
 
 class StoreMachine(RuleBasedStateMachine):
+    checked = 0  # invariant checks run, over every example (the long run reports it)
+
     def __init__(self) -> None:
         super().__init__()
         import tempfile
@@ -230,6 +232,7 @@ class StoreMachine(RuleBasedStateMachine):
     def search_and_datastore_hold_exactly_the_live_texts(self):
         if self.api is None:
             return
+        StoreMachine.checked += 1
         from lm.datastore.live import mask_stale
         from lm.datastore.token_store import TokenStore
         from lm.knn_index import datastore_dir
@@ -281,4 +284,7 @@ def test_write_surface_matches_the_reference_model(tiny_lm):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     StoreMachine.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
                                               suppress_health_check=list(HealthCheck))
+    StoreMachine.checked = 0
     StoreMachine.TestCase().runTest()
+    print(f"state machine: {StoreMachine.checked} steps checked against the reference model")
+    assert StoreMachine.checked >= EXAMPLES  # every example ran steps, not only its set-up

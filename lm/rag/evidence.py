@@ -20,6 +20,7 @@ class TermStats(NamedTuple):
     tokenize: Callable[[str], list[str]]
     df: Callable[[str], int]
     n_docs: int
+    # placeholders only: term_stats always fills these from the collection's own BM25 index and config
     avgdl: float = 100.0
     k1: float = 1.2
     b: float = 0.75
@@ -29,7 +30,7 @@ class TermStats(NamedTuple):
 
     def max_idf(self) -> float:
         """The IDF of a term no document holds: normalises IDFs to [0, 1] for any collection size."""
-        return math.log(1.0 + (self.n_docs + 1) / 0.5)
+        return math.log(1.0 + (self.n_docs + 1) / 0.5)  # BM25 idf of a term in no document (df = 0, the +0.5 smoothing)
 
 
 def term_stats(store: Any, collection: str) -> TermStats:

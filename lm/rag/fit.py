@@ -29,7 +29,7 @@ LENGTH_COST = 0.25
 PHRASE_PRECISION = 0.8
 # the issue's 3 sentences / 80 words; 12 embedded units is not tuned (each costs one MiniLM forward)
 SHAPE = {"max_embed": 12, "max_units": 3, "max_words": 80}
-TAUS = tuple(round(x, 2) for x in np.arange(0.3, 1.0, 0.05))
+TAUS = tuple(round(x, 2) for x in np.arange(0.3, 1.0, 0.05))  # the search grid tau is fitted on (the fit picks one)
 
 
 def _clogit(groups: Sequence[tuple[np.ndarray, np.ndarray]], dim: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def _logistic(F: np.ndarray, y: np.ndarray) -> np.ndarray:
     on the raw features."""
     mu, sd = F.mean(0), F.std(0) + 1e-9
     A = np.hstack([np.ones((len(F), 1)), (F - mu) / sd])
-    sw = np.where(y, 0.5 / max(1, y.sum()), 0.5 / max(1, (~y).sum()))
+    sw = np.where(y, 0.5 / max(1, y.sum()), 0.5 / max(1, (~y).sum()))  # class-balanced: each class weighs half
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
         z = A @ w
@@ -138,7 +138,7 @@ def fit(rows: list[dict]) -> dict[str, Any]:
         score = np.mean([x["gold_in"] - LENGTH_COST * x["words"] / 80 for x in preds])
         if best is None or score > best[0] + 1e-9:
             best = (score, tau)
-    m["tau"] = float(best[1]) if best else 0.5
+    m["tau"] = float(best[1]) if best else 0.5  # no tau met the fit's constraints: the middle of the grid, recorded in params.json
     conf = sorted(((x["phrase_conf"], x["phrase_y"]) for x in (predict(r, {**m, "phrase_threshold": 0.0}) for r in ans)
                    if "phrase_conf" in x), reverse=True)
     m["phrase_threshold"] = _precision_cut(conf)
@@ -152,7 +152,7 @@ def _abstain_model(F: np.ndarray, y: np.ndarray, cols: list[int]) -> tuple[list[
     full[0] = coef[0]
     full[[c + 1 for c in cols]] = coef[1:]
     p = 1 / (1 + np.exp(-np.clip(full[0] + F @ full[1:], -50, 50)))
-    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
+    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)  # candidate thresholds the fit searches, not a tuned value
     worst = [min((p[y] >= t).mean(), (p[~y] < t).mean()) for t in grid]
     return full.tolist(), float(grid[int(np.argmax(worst))])
 

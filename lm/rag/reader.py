@@ -86,6 +86,7 @@ def _features(ws: list[Span], i: int, j: int, qpos: list[int], cut_before: list[
     left = max((1.0 / (i - k) for k in qpos if k < i), default=0.0)
     right = max((1.0 / (k - j) for k in qpos if k > j), default=0.0)
     window = sum(1 for k in qpos if i - 5 <= k < i or j < k <= j + 5) / max(1, len(qpos))
+    # capital: most of the phrase's words capitalised (a majority, not a tuned cut)
     shape = {"number": number, "capital": float(capital > 0.5), "code": float(in_code)}
     vec = [float(n == 1), float(n == 2), float(n == 3), float(n == 4), float(n >= 5), float(in_code), number, capital,
            left, right, window, float(cut_before[i]), float(j + 1 == len(ws) or cut_before[j + 1]), float(i == 0),

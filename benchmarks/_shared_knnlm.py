@@ -78,3 +78,17 @@ def build_rate_from_shards(root: Path) -> dict:
     secs = run[-1][0] - run[0][0]
     entries = sum(c for _t, c in run[1:])
     return {"entries": entries, "seconds": round(secs, 1), "store_tokens_per_s": round(entries / secs, 2)}
+
+
+def wiki_articles(path: Path) -> list[str]:
+    arts, cur = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        s = line.strip()
+        if s.startswith("= ") and s.endswith(" =") and not s.startswith("= ="):
+            if cur:
+                arts.append("".join(cur))
+            cur = []
+        cur.append(line)
+    if cur:
+        arts.append("".join(cur))
+    return [a for a in arts if a.strip()]

@@ -5,12 +5,12 @@ Not a benchmark itself (no `bench_` prefix).
 """
 from __future__ import annotations
 
-import collections
 import re
 import string
 from pathlib import Path
 
 from benchmarks.common import ROOT, data_dir
+from lm.rag.rows import f1  # noqa: F401  (SQuAD token F1: one copy, in lm.rag.rows)
 
 # hand-written questions about this project's own docs (a second store, never used for fitting)
 PROJECT_QUESTIONS = [
@@ -37,18 +37,6 @@ def squad() -> Path:
 def norm(s: str) -> str:
     s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
-
-
-def f1(pred: str, golds: list[str]) -> float:
-    """SQuAD token F1 of `pred` against the best of `golds`."""
-    best = 0.0
-    for g in golds:
-        p, t = norm(pred).split(), norm(g).split()
-        common = sum((collections.Counter(p) & collections.Counter(t)).values())
-        if common:
-            pr, rc = common / len(p), common / len(t)
-            best = max(best, 2 * pr * rc / (pr + rc))
-    return best
 
 
 def build_store(path: Path, cacm_records: int = 1500) -> None:

@@ -20,10 +20,9 @@ import argparse
 import gzip
 import json
 import time
-from importlib import metadata
-from pathlib import Path
 
-from benchmarks.common import ROOT, WORK, data_dir, median, record
+from benchmarks._shared_answers import build_answer_stores
+from benchmarks.common import ROOT, WORK, median, record
 
 PEER = "top hit's whole chunk; best unit by MiniLM cosine"
 QDIR = ROOT / "benchmarks" / "data" / "questions"
@@ -33,34 +32,6 @@ ROWS = ROOT / "benchmarks" / "data" / "answer_rows.jsonl.gz"
 class _NoLM:
     def __call__(self):
         raise AssertionError("extractive answers and abstentions must not load the LM")
-
-
-def build(path: Path, spec: dict) -> None:
-    """The collections of corpora.json (the same builder as fit_answers: data, not shared code)."""
-    from retrieval.store.docstore import DocStore
-
-    with DocStore.open(path) as s:
-        have = {c["name"] for c in s.list_collections()}
-        for name, c in spec["stores"].items():
-            if name in have:
-                continue
-            if "paths" in c:
-                s.index_paths([str(ROOT / p) for p in c["paths"]], collection=name, exclude=c.get("exclude", []))
-            elif "packages" in c:
-                out = path.parent / name
-                out.mkdir(parents=True, exist_ok=True)
-                for pkg in c["packages"]:
-                    md = metadata.metadata(pkg)
-                    ext = ".md" if "markdown" in (md.get("Description-Content-Type") or "") else ".rst"  # type: ignore[attr-defined]
-                    (out / f"{pkg}{ext}").write_text(md.get_payload() or "", encoding="utf-8")  # type: ignore[attr-defined]
-                s.index_paths([str(out)], collection=name)
-            elif "first" in c:
-                lines = (data_dir(c["data"]) / c["file"]).read_text(encoding="utf-8").splitlines()[:c["first"]]
-                tmp = path.parent / f"{name}.jsonl"
-                tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-                s.index_paths([str(tmp)], collection=name)
-            else:
-                s.index_paths([str(data_dir(c["data"]) / c.get("file", ""))], collection=name)
 
 
 def _right(q: dict, source: str | None, doc_id: str | None) -> bool:
@@ -149,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads((QDIR / "corpora.json").read_text(encoding="utf-8"))
     store_path = WORK / "answers" / "store"
     store_path.parent.mkdir(parents=True, exist_ok=True)
-    build(store_path, spec)
+    build_answer_stores(store_path, spec)
     with gzip.open(ROWS, "rt", encoding="utf-8") as f:
         rows = [json.loads(x) for x in f if x.strip()]
     n = 12 if args.quick else args.per_set

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._shared_knnlm import wiki_articles
 from benchmarks.common import WORK, data_dir, record
 
 PEER = "the base LM and the pre-calibration defaults (k=64, lambda=0.25, T=2.55), same test pass"
@@ -52,20 +53,6 @@ def _take(tok, docs: list[str], n_tokens: int) -> tuple[list[str], list[str]]:
 def _prefix(tok, text: str, n_tokens: int) -> str:
     ids = tok(text[: n_tokens * 8], add_special_tokens=False)["input_ids"][:n_tokens]
     return tok.decode(ids)
-
-
-def wiki_articles(path: Path) -> list[str]:
-    arts, cur = [], []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        s = line.strip()
-        if s.startswith("= ") and s.endswith(" =") and not s.startswith("= ="):
-            if cur:
-                arts.append("".join(cur))
-            cur = []
-        cur.append(line)
-    if cur:
-        arts.append("".join(cur))
-    return [a for a in arts if a.strip()]
 
 
 def domain(name: str, tok, store_tokens: int, test_tokens: int) -> tuple[list[str], str]:

@@ -21,23 +21,10 @@ import sysconfig
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks._shared_knnlm import wiki_articles
 from benchmarks.common import ROOT, WORK, data_dir, record
 
 PEER = "the previous calibration of the same datastore (best-mean lambda, no distance gate)"
-
-
-def _wiki_articles(path: Path) -> list[str]:
-    arts: list[str] = []
-    cur: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        s = line.strip()
-        if s.startswith("= ") and s.endswith(" =") and not s.startswith("= =") and cur:
-            arts.append("".join(cur))
-            cur = []
-        cur.append(line)
-    if cur:
-        arts.append("".join(cur))
-    return [a for a in arts if a.strip()]
 
 
 def _prefix(tok, text: str, n: int) -> str:
@@ -82,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     work = WORK / "knnlm_unlike"
     src = work / f"wiki-{a.store_tokens}"
     src.mkdir(parents=True, exist_ok=True)
-    arts, used, files = _wiki_articles(data_dir("wikitext-2") / "wiki.train.tokens"), 0, []
+    arts, used, files = wiki_articles(data_dir("wikitext-2") / "wiki.train.tokens"), 0, []
     for i, art in enumerate(arts):
         if used >= a.store_tokens:
             break
